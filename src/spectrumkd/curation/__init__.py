@@ -1,0 +1,40 @@
+"""Curation: from per-example difficulties to a per-epoch curriculum (pure functions)."""
+
+from spectrumkd.curation.config import SpectrumKDConfig
+from spectrumkd.curation.plan import CurationStrategy, CurriculumPlan, EpochPlan, RankSlice
+from spectrumkd.curation.schedule import (
+    SpectrumKD,
+    forward_window_starts,
+    step_parity_epochs,
+    temperatures,
+    window_starts,
+    window_totals,
+)
+from spectrumkd.curation.spectrum import (
+    ZONES,
+    Spectrum,
+    ZoneSizes,
+    build_spectrum,
+    round_half_up,
+    zone_sizes,
+)
+
+__all__ = [
+    "ZONES",
+    "CurationStrategy",
+    "CurriculumPlan",
+    "EpochPlan",
+    "RankSlice",
+    "Spectrum",
+    "SpectrumKD",
+    "SpectrumKDConfig",
+    "ZoneSizes",
+    "build_spectrum",
+    "forward_window_starts",
+    "round_half_up",
+    "step_parity_epochs",
+    "temperatures",
+    "window_starts",
+    "window_totals",
+    "zone_sizes",
+]

@@ -1,0 +1,102 @@
+"""What every curation strategy hands to a trainer: per epoch, which examples and which temperature.
+
+A trainer, sampler or callback depends on :class:`CurriculumPlan` only, so a new strategy
+(POCL, SRD, a classic curriculum, ...) plugs in by implementing :class:`CurationStrategy`
+without touching the training code.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, overload
+
+
+class RankSlice(Sequence[str]):
+    """A read-only view ``ids[start:stop]`` that does not copy: a 1M-example schedule of 25
+    epochs would otherwise hold 25 copies of almost the whole id list."""
+
+    __slots__ = ("_ids", "_start", "_stop")
+
+    def __init__(self, ids: Sequence[str], start: int, stop: int) -> None:
+        self._ids, self._start, self._stop = ids, start, stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._ids[self._start + index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids[self._start : self._stop])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"RankSlice(ranks {self._start + 1}..{self._stop}, {len(self)} ids)"
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch of a curriculum. ``epoch`` is 1-based, as in the paper."""
+
+    epoch: int
+    ids: Sequence[str]
+    temperature: float
+    kd_weight: float | None = None  # None: the trainer's own alpha decides
+    info: dict[str, Any] = field(default_factory=dict)  # strategy-specific facts, e.g. window ranks
+
+    def to_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"epoch": self.epoch, **self.info, "temperature": self.temperature}
+        if self.kd_weight is not None:
+            row["kd_weight"] = self.kd_weight
+        row["num_examples"] = len(self.ids)
+        row["ids"] = list(self.ids)
+        return row
+
+
+@dataclass(frozen=True)
+class CurriculumPlan:
+    """A whole curriculum: ``epochs[j-1]`` is epoch ``j``."""
+
+    strategy: str
+    epochs: tuple[EpochPlan, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_epochs(self) -> int:
+        return len(self.epochs)
+
+    def epoch(self, epoch: int) -> EpochPlan:
+        if not 1 <= epoch <= self.num_epochs:
+            raise ValueError(f"epoch {epoch} is outside this {self.strategy} plan's epochs 1..{self.num_epochs}")
+        return self.epochs[epoch - 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, **self.metadata, "epochs": [e.to_dict() for e in self.epochs]}
+
+
+class CurationStrategy(abc.ABC):
+    """Turns per-example difficulties into a :class:`CurriculumPlan`.
+
+    Strategies that need more than difficulties (reflections, domains, a model) take those in
+    their constructor, so the call that trainers and the CLI make stays the same.
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def plan(self, ids: Sequence[str], difficulties: Sequence[float]) -> CurriculumPlan:
+        """Build the plan; a pure function of the inputs and the strategy's configuration."""
