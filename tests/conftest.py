@@ -12,13 +12,20 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-EMBEDDED_DOLLY = Path(__file__).resolve().parents[1] / "src" / "spectrumkd" / "data" / "embedded" / "dolly_dev.jsonl"
+EMBEDDED_DOLLY = (
+    Path(__file__).resolve().parents[1]
+    / "src"
+    / "spectrumkd"
+    / "data"
+    / "embedded"
+    / "dolly_dev.jsonl"
+)
 
 
 def _dolly_texts(limit: int = 400) -> list[str]:
     texts = []
     with EMBEDDED_DOLLY.open() as handle:
-        for line, _ in zip(handle, range(limit)):
+        for line, _ in zip(handle, range(limit), strict=False):
             row = json.loads(line)
             texts.append(row["prompt"] + row["output"])
     return texts
@@ -35,7 +42,11 @@ def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
     tokenizer.train_from_iterator(_dolly_texts(), trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
 
 

@@ -22,8 +22,12 @@ from spectrumkd.curation import (
 
 # Losses on a 1/8 grid add up exactly in float64, so Algorithm 1's running sum and the prefix-sum
 # search must agree to the last bit; that lets the literal reference decide ties exactly.
-dyadic_losses = st.lists(st.integers(min_value=0, max_value=400).map(lambda v: v / 8), min_size=1, max_size=120)
-ratios = st.tuples(st.sampled_from([0.0, 0.05, 0.1, 0.2, 0.3]), st.sampled_from([0.0, 0.1, 0.2, 0.35]))
+dyadic_losses = st.lists(
+    st.integers(min_value=0, max_value=400).map(lambda v: v / 8), min_size=1, max_size=120
+)
+ratios = st.tuples(
+    st.sampled_from([0.0, 0.05, 0.1, 0.2, 0.3]), st.sampled_from([0.0, 0.1, 0.2, 0.35])
+)
 schedules = st.builds(
     lambda n, k, mode, direction: (n, k, mode, direction),
     st.integers(1, 30),
@@ -34,14 +38,18 @@ schedules = st.builds(
 
 
 def make_config(la, lb, n, k, mode="adaptive", direction="forward") -> SpectrumKDConfig:
-    return SpectrumKDConfig(lambda_a=la, lambda_b=lb, epochs=n, warmup_epochs=k, step_mode=mode, direction=direction)
+    return SpectrumKDConfig(
+        lambda_a=la, lambda_b=lb, epochs=n, warmup_epochs=k, step_mode=mode, direction=direction
+    )
 
 
 def ids_for(n: int) -> list[str]:
     return [f"ex{i:04d}" for i in range(n)]
 
 
-def algorithm1_reference(sorted_kept: list[float], early: int, window: int, n: int, k: int) -> list[int]:
+def algorithm1_reference(
+    sorted_kept: list[float], early: int, window: int, n: int, k: int
+) -> list[int]:
     """Algorithm 1 of the paper, transcribed loop for loop (0-based t = window start)."""
     if n <= k + 1 or early == 0:
         return [0] * n
@@ -80,7 +88,9 @@ def test_zones_and_windows_hold_every_invariant(losses, lab, sched):
     assert zones["excluded"]["size"] == excluded
     window = N - excluded - early
     assert plan.metadata["window_size"] == window
-    trainable = set(zones["early"]["ids"]) | set(zones["continuous"]["ids"]) | set(zones["late"]["ids"])
+    trainable = (
+        set(zones["early"]["ids"]) | set(zones["continuous"]["ids"]) | set(zones["late"]["ids"])
+    )
 
     starts = []
     for epoch in plan.epochs:
@@ -100,7 +110,7 @@ def test_zones_and_windows_hold_every_invariant(losses, lab, sched):
     assert (steps >= 0).all() if direction == "forward" else (steps <= 0).all()
     # Windows are contiguous slices of the spectrum.
     spectrum_order = [i for z in ("early", "continuous", "late") for i in zones[z]["ids"]]
-    for epoch, w in zip(plan.epochs, starts):
+    for epoch, w in zip(plan.epochs, starts, strict=True):
         assert list(epoch.ids) == spectrum_order[w : w + window]
 
 
@@ -137,9 +147,15 @@ def test_drift_free_and_linear_match_their_definitions(losses, n, k):
     linear = SpectrumKD(make_config(0.2, 0.1, n, k, "linear")).plan(ids_for(N), losses)
     for epoch in range(k + 2, n):
         j = epoch - k - 1
-        expected = min(w for w in range(sizes.early + 1) if td[w] >= td[0] + j * delta_avg) if sizes.early else 0
+        expected = (
+            min(w for w in range(sizes.early + 1) if td[w] >= td[0] + j * delta_avg)
+            if sizes.early
+            else 0
+        )
         assert drift.epoch(epoch).info["window_start_rank"] - 1 == expected
-        assert linear.epoch(epoch).info["window_start_rank"] - 1 == round_half_up(sizes.early * j / (n - k - 1))
+        assert linear.epoch(epoch).info["window_start_rank"] - 1 == round_half_up(
+            sizes.early * j / (n - k - 1)
+        )
 
 
 def increments(losses: np.ndarray, mode: str, n: int = 25, k: int = 5) -> np.ndarray:
@@ -179,7 +195,9 @@ def test_temperature_is_linear_from_tau0_to_taun(n, tau0, taun):
 
 
 def test_plan_temperatures_follow_the_config():
-    plan = SpectrumKD(SpectrumKDConfig(epochs=5, warmup_epochs=2, tau_start=1.0, tau_end=2.0)).plan(ids_for(50), np.arange(50.0))
+    plan = SpectrumKD(SpectrumKDConfig(epochs=5, warmup_epochs=2, tau_start=1.0, tau_end=2.0)).plan(
+        ids_for(50), np.arange(50.0)
+    )
     assert [e.temperature for e in plan.epochs] == [1.0, 1.25, 1.5, 1.75, 2.0]
 
 
@@ -202,12 +220,19 @@ def test_ties_are_broken_by_id():
 def test_zone_sizes_round_halves_up_and_match_the_spec():
     sizes = zone_sizes(25, 0.1, 0.1)  # 2.5 -> 3 (Python's round would give 2)
     assert (sizes.early, sizes.excluded, sizes.n_kept, sizes.window) == (3, 3, 22, 19)
-    assert sizes.bounds() == {"early": (1, 3), "continuous": (4, 19), "late": (20, 22), "excluded": (23, 25)}
+    assert sizes.bounds() == {
+        "early": (1, 3),
+        "continuous": (4, 19),
+        "late": (20, 22),
+        "excluded": (23, 25),
+    }
 
 
 def test_no_slide_when_epochs_do_not_exceed_warmup_plus_one():
     with pytest.warns(UserWarning, match="never slides"):
-        plan = SpectrumKD(SpectrumKDConfig(epochs=3, warmup_epochs=2)).plan(ids_for(40), np.arange(40.0))
+        plan = SpectrumKD(SpectrumKDConfig(epochs=3, warmup_epochs=2)).plan(
+            ids_for(40), np.arange(40.0)
+        )
     assert {e.info["window_start_rank"] for e in plan.epochs} == {1}
 
 

@@ -56,4 +56,6 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}); fix or remove that line") from None
+                raise ValueError(
+                    f"{path}:{number}: not valid JSON ({error.msg}); fix or remove that line"
+                ) from None

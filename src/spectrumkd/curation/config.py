@@ -19,17 +19,34 @@ class SpectrumKDConfig:
     Defaults are the paper's instruction-following setting (spec section 1).
     """
 
-    lambda_a: float = field(default=0.1, metadata={"help": "Share of the spectrum in each of the Early and Late zones."})
-    lambda_b: float = field(default=0.1, metadata={"help": "Share of the hardest examples excluded from training."})
-    epochs: int = field(default=25, metadata={"help": "Number of training epochs n (numbered 1..n)."})
-    warmup_epochs: int = field(default=5, metadata={"help": "Warm-up epochs k; epochs 1..k+1 use the first window."})
-    tau_start: float = field(default=1.0, metadata={"help": "Distillation temperature of epoch 1 (tau_0)."})
-    tau_end: float = field(default=2.0, metadata={"help": "Distillation temperature of epoch n (tau_n)."})
+    lambda_a: float = field(
+        default=0.1, metadata={"help": "Share of the spectrum in each of the Early and Late zones."}
+    )
+    lambda_b: float = field(
+        default=0.1, metadata={"help": "Share of the hardest examples excluded from training."}
+    )
+    epochs: int = field(
+        default=25, metadata={"help": "Number of training epochs n (numbered 1..n)."}
+    )
+    warmup_epochs: int = field(
+        default=5, metadata={"help": "Warm-up epochs k; epochs 1..k+1 use the first window."}
+    )
+    tau_start: float = field(
+        default=1.0, metadata={"help": "Distillation temperature of epoch 1 (tau_0)."}
+    )
+    tau_end: float = field(
+        default=2.0, metadata={"help": "Distillation temperature of epoch n (tau_n)."}
+    )
     step_mode: StepMode = field(
         default="adaptive",
-        metadata={"help": "adaptive (Algorithm 1), drift_free (targets td(0)+j*delta_avg exactly) or linear (ablation)."},
+        metadata={
+            "help": "adaptive (Algorithm 1), drift_free (targets td(0)+j*delta_avg exactly) or linear (ablation)."
+        },
     )
-    direction: Direction = field(default="forward", metadata={"help": "forward: easy to hard; reverse: hard to easy (ablation)."})
+    direction: Direction = field(
+        default="forward",
+        metadata={"help": "forward: easy to hard; reverse: hard to easy (ablation)."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("lambda_a", "lambda_b"):
@@ -68,5 +85,7 @@ class SpectrumKDConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown SpectrumKD setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown SpectrumKD setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return cls(**values)

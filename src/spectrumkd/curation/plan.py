@@ -81,11 +81,17 @@ class CurriculumPlan:
 
     def epoch(self, epoch: int) -> EpochPlan:
         if not 1 <= epoch <= self.num_epochs:
-            raise ValueError(f"epoch {epoch} is outside this {self.strategy} plan's epochs 1..{self.num_epochs}")
+            raise ValueError(
+                f"epoch {epoch} is outside this {self.strategy} plan's epochs 1..{self.num_epochs}"
+            )
         return self.epochs[epoch - 1]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, **self.metadata, "epochs": [e.to_dict() for e in self.epochs]}
+        return {
+            "strategy": self.strategy,
+            **self.metadata,
+            "epochs": [e.to_dict() for e in self.epochs],
+        }
 
 
 class CurationStrategy(abc.ABC):

@@ -19,7 +19,9 @@ def temperatures(epochs: int, tau_start: float, tau_end: float) -> list[float]:
     """tau_j = tau_0 + (tau_n - tau_0) (j - 1) / (n - 1), j = 1..n; one epoch -> tau_0."""
     if epochs == 1:
         return [float(tau_start)]
-    return [tau_start + (tau_end - tau_start) * (j - 1) / (epochs - 1) for j in range(1, epochs + 1)]
+    return [
+        tau_start + (tau_end - tau_start) * (j - 1) / (epochs - 1) for j in range(1, epochs + 1)
+    ]
 
 
 def step_parity_epochs(baseline_epochs: int, n_examples: int, window: int) -> int:
@@ -44,7 +46,9 @@ def window_totals(kept: np.ndarray, sizes: ZoneSizes) -> np.ndarray:
     return np.maximum.accumulate(prefix[starts + sizes.window] - prefix[starts])
 
 
-def forward_window_starts(kept: np.ndarray, sizes: ZoneSizes, config: SpectrumKDConfig) -> list[int]:
+def forward_window_starts(
+    kept: np.ndarray, sizes: ZoneSizes, config: SpectrumKDConfig
+) -> list[int]:
     """0-based window start w of each epoch 1..n, sliding from easy to hard.
 
     ``kept`` is the ascending difficulty of ranks 1..N' (Early, Continuous, Late).
@@ -110,7 +114,11 @@ class SpectrumKD(CurationStrategy):
         prefix = np.concatenate(([0.0], np.cumsum(spectrum.difficulties, dtype=np.float64)))
         epochs = []
         for epoch, (w, tau) in enumerate(
-            zip(window_starts(spectrum, config), temperatures(config.epochs, config.tau_start, config.tau_end)),
+            zip(
+                window_starts(spectrum, config),
+                temperatures(config.epochs, config.tau_start, config.tau_end),
+                strict=True,
+            ),
             start=1,
         ):
             total = float(prefix[w + sizes.window] - prefix[w])
@@ -120,7 +128,11 @@ class SpectrumKD(CurationStrategy):
                 "total_difficulty": total,
                 "mean_difficulty": total / sizes.window,
             }
-            epochs.append(EpochPlan(epoch, RankSlice(spectrum.ids, w, w + sizes.window), float(tau), None, info))
+            epochs.append(
+                EpochPlan(
+                    epoch, RankSlice(spectrum.ids, w, w + sizes.window), float(tau), None, info
+                )
+            )
         zones = {}
         for zone, (start, end) in sizes.bounds().items():
             zone_ids = spectrum.ids[start - 1 : end]

@@ -97,18 +97,22 @@ class Spectrum:
         """One row per example in rank order: id, difficulty, rank (1-based), zone."""
         return [
             {"id": id_, "difficulty": float(d), "rank": rank, "zone": self.sizes.zone_of_rank(rank)}
-            for rank, (id_, d) in enumerate(zip(self.ids, self.difficulties), start=1)
+            for rank, (id_, d) in enumerate(zip(self.ids, self.difficulties, strict=True), start=1)
         ]
 
 
-def build_spectrum(ids: Sequence[str], difficulties: Sequence[float] | np.ndarray, lambda_a: float, lambda_b: float) -> Spectrum:
+def build_spectrum(
+    ids: Sequence[str], difficulties: Sequence[float] | np.ndarray, lambda_a: float, lambda_b: float
+) -> Spectrum:
     """Sort ascending by difficulty, ties broken by id, and cut the four zones."""
     ids = list(ids)
     if not all(map(str.__instancecheck__, ids)):
         ids = [str(i) for i in ids]
     values = np.asarray(difficulties, dtype=np.float64)
     if values.ndim != 1 or len(values) != len(ids):
-        raise ValueError(f"got {len(ids)} ids but {values.size} difficulties; they must pair one to one")
+        raise ValueError(
+            f"got {len(ids)} ids but {values.size} difficulties; they must pair one to one"
+        )
     bad = ~np.isfinite(values)
     if bad.any():
         named = ", ".join(ids[i] for i in np.flatnonzero(bad)[:5])
@@ -121,7 +125,9 @@ def build_spectrum(ids: Sequence[str], difficulties: Sequence[float] | np.ndarra
         raise ValueError(f"example id {duplicate!r} appears more than once; ids must be unique")
     order = _sort_by_difficulty_then_id(values, ids)
     return Spectrum(
-        ids=tuple(np.array(ids, dtype=object)[order]),  # fancy indexing beats a list comprehension 5x at 1M
+        ids=tuple(
+            np.array(ids, dtype=object)[order]
+        ),  # fancy indexing beats a list comprehension 5x at 1M
         difficulties=values[order],
         sizes=zone_sizes(len(ids), lambda_a, lambda_b),
     )
