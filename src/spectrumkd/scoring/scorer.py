@@ -1,0 +1,247 @@
+"""One inference pass of the initial student over the training set (spec section 2.1).
+
+Examples are batched by length (longest first, so a batch that does not fit in memory fails in
+the first seconds, not after an hour), scored under ``torch.inference_mode``, and written in
+shards as they finish. The batch plan depends only on the data and the batching settings, so a
+killed run that resumes computes every example in the same batch as an uninterrupted run would,
+and its final table is byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from spectrumkd.io import read_jsonl, write_json, write_jsonl
+from spectrumkd.scoring.difficulty import DifficultyTable, table_from_rows
+
+IGNORE_INDEX = -100
+
+
+class ScorableExample(Protocol):
+    id: str
+    input_ids: Sequence[int]
+    labels: Sequence[int]
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    max_tokens_per_batch: int = 4096  # padded tokens; logits take tokens x vocab x 4 bytes
+    max_batch_size: int = 64
+    shard_batches: int = 8  # batches per shard file: the work a kill can lose
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens_per_batch", "max_batch_size", "shard_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+
+
+def length_bucketed_batches(lengths: Sequence[int], settings: ScoringSettings) -> list[list[int]]:
+    """Group example indices into batches of similar length under a padded-token budget.
+
+    Longest first; ties keep dataset order, so the plan is a pure function of the lengths.
+    An example longer than the budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        width = lengths[current[0]] if current else lengths[index]  # the first is the longest
+        if current and (
+            (len(current) + 1) * width > settings.max_tokens_per_batch
+            or len(current) >= settings.max_batch_size
+        ):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def response_token_losses(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy (float32) over positions whose label is not -100, and their
+    count, per row. Row by row, so a batch never holds a second float32 copy of all its logits."""
+    sums, counts = [], []
+    for row_logits, row_labels in zip(logits, labels, strict=True):
+        targets = row_labels[1:]
+        losses = F.cross_entropy(
+            row_logits[:-1].float(), targets, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        sums.append(losses.double().sum())
+        counts.append((targets != IGNORE_INDEX).sum())
+    return torch.stack(sums), torch.stack(counts)
+
+
+def pad_batch(
+    examples: Sequence[ScorableExample], pad_token_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Right padding: with an attention mask, causal models give real tokens the same logits."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.as_tensor(example.input_ids)
+        labels[row, :n] = torch.as_tensor(example.labels)
+        attention_mask[row, :n] = 1
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "labels": labels.to(device),
+    }
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Cheap identity of a model's weights: config plus per-tensor float64 sums, hashed."""
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, param in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(np.float64(param.detach().double().sum().item()).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(examples: Sequence[ScorableExample]) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(
+            json.dumps([example.id, list(example.input_ids), list(example.labels)]).encode()
+        )
+    return digest.hexdigest()[:16]
+
+
+def score_examples(
+    model: torch.nn.Module,
+    examples: Sequence[ScorableExample],
+    *,
+    pad_token_id: int = 0,
+    settings: ScoringSettings | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> DifficultyTable:
+    """Per-example response cross-entropy of ``model`` (sum and token count; mean derived).
+
+    With ``out_dir``, finished shards are written to ``out_dir/shards`` and reused by a rerun
+    with the same model, data and settings, and the table goes to ``out_dir/difficulties.jsonl``.
+    """
+    settings = settings or ScoringSettings()
+    if not examples:
+        raise ValueError("no examples to score; check the data source and the length limit")
+    empty = [e.id for e in examples if not any(label != IGNORE_INDEX for label in e.labels[1:])]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} examples have no response tokens to score (first: {empty[0]!r}); drop them"
+        )
+    batches = length_bucketed_batches([len(e.input_ids) for e in examples], settings)
+    shards = [
+        batches[i : i + settings.shard_batches]
+        for i in range(0, len(batches), settings.shard_batches)
+    ]
+    shard_dir = _prepare_shard_dir(model, examples, settings, out_dir, len(shards))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    rows: dict[int, dict] = {}
+    total_tokens = sum(len(e.input_ids) for e in examples)
+    bar = tqdm(
+        total=total_tokens, unit="tok", unit_scale=True, desc="scoring", disable=not progress
+    )
+    try:
+        for shard_index, shard in enumerate(shards):
+            shard_path = shard_dir / f"shard-{shard_index:05d}.jsonl" if shard_dir else None
+            if shard_path is not None and shard_path.exists():
+                shard_rows = list(read_jsonl(shard_path))
+            else:
+                shard_rows = [
+                    row
+                    for batch in shard
+                    for row in _score_batch(model, examples, batch, pad_token_id, device)
+                ]
+                if shard_path is not None:
+                    write_jsonl(shard_path, shard_rows)
+            for row in shard_rows:
+                rows[row["index"]] = row
+            bar.update(sum(len(examples[i].input_ids) for batch in shard for i in batch))
+    finally:
+        bar.close()
+        model.train(was_training)
+    ordered = [rows[i] for i in range(len(examples))]
+    table = table_from_rows(ordered)
+    if out_dir is not None:
+        table.write_jsonl(Path(out_dir) / "difficulties.jsonl")
+    return table
+
+
+def _score_batch(model, examples, batch: list[int], pad_token_id: int, device) -> list[dict]:
+    inputs = pad_batch([examples[i] for i in batch], pad_token_id, device)
+    with torch.inference_mode():
+        logits = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        ).logits
+        sums, counts = response_token_losses(logits, inputs["labels"])
+    if not torch.isfinite(sums).all():
+        bad = [
+            examples[i].id for i, s in zip(batch, sums.tolist(), strict=True) if not np.isfinite(s)
+        ]
+        raise FloatingPointError(
+            f"non-finite loss for {len(bad)} examples (first: {bad[0]!r}); the model's weights or dtype overflow "
+            "(try dtype float32)"
+        )
+    return [
+        {"index": i, "id": examples[i].id, "loss_sum": s, "tokens": c}
+        for i, s, c in zip(batch, sums.tolist(), counts.tolist(), strict=True)
+    ]
+
+
+def _prepare_shard_dir(
+    model, examples, settings: ScoringSettings, out_dir, num_shards: int
+) -> Path | None:
+    if out_dir is None:
+        return None
+    shard_dir = Path(out_dir) / "shards"
+    manifest = {
+        "model": model_fingerprint(model),
+        "data": data_fingerprint(examples),
+        "settings": asdict(settings),
+        "num_examples": len(examples),
+        "num_shards": num_shards,
+    }
+    manifest_path = shard_dir / "manifest.json"
+    if manifest_path.exists():
+        previous = json.loads(manifest_path.read_text())
+        if previous != manifest:
+            changed = ", ".join(k for k in manifest if previous.get(k) != manifest[k])
+            raise ValueError(
+                f"{shard_dir} holds scores of a different run ({changed} changed); "
+                "pass another output folder or delete that one to start over"
+            )
+    else:
+        write_json(manifest_path, manifest)
+    return shard_dir
+
+
+__all__ = [
+    "ScoringSettings",
+    "data_fingerprint",
+    "length_bucketed_batches",
+    "model_fingerprint",
+    "pad_batch",
+    "response_token_losses",
+    "score_examples",
+]

@@ -1,0 +1,170 @@
+"""The bucketed scorer against batch-of-one scoring and the model's own `labels=` loss, and its
+kill-and-resume behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spectrumkd.scoring import (
+    ScoringSettings,
+    length_bucketed_batches,
+    read_difficulties,
+    score_examples,
+)
+
+
+@dataclass(frozen=True)
+class Ex:
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+
+
+def random_examples(n: int, vocab: int, seed: int = 0, max_len: int = 48) -> list[Ex]:
+    rng = np.random.default_rng(seed)
+    examples = []
+    for i in range(n):
+        length = int(rng.integers(6, max_len))
+        prompt = int(rng.integers(1, length - 2))
+        ids = rng.integers(3, vocab, size=length).tolist()
+        examples.append(Ex(f"{i:05d}", ids, [-100] * prompt + ids[prompt:]))
+    return examples
+
+
+def test_bucketed_scores_equal_batch_of_one_and_the_models_own_loss(tiny_model):
+    examples = random_examples(40, tiny_model.config.vocab_size)
+    bucketed = score_examples(
+        tiny_model, examples, settings=ScoringSettings(max_tokens_per_batch=512), progress=False
+    )
+    one_by_one = score_examples(
+        tiny_model, examples, settings=ScoringSettings(max_batch_size=1), progress=False
+    )
+    assert bucketed.ids == one_by_one.ids == tuple(e.id for e in examples)
+    np.testing.assert_allclose(bucketed.loss_mean, one_by_one.loss_mean, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(bucketed.tokens, one_by_one.tokens)
+    for example, mean, tokens in zip(examples, bucketed.loss_mean, bucketed.tokens, strict=True):
+        with torch.no_grad():
+            reference = tiny_model(
+                input_ids=torch.tensor([example.input_ids]), labels=torch.tensor([example.labels])
+            ).loss.item()
+        assert mean == pytest.approx(reference, abs=1e-4)
+        assert tokens == sum(label != -100 for label in example.labels[1:])
+    np.testing.assert_allclose(
+        bucketed.difficulties("sum"), bucketed.loss_mean * bucketed.tokens, rtol=1e-12
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(1, 300), min_size=1, max_size=200),
+    st.integers(1, 2000),
+    st.integers(1, 16),
+)
+def test_length_buckets_cover_every_example_once_within_budget(lengths, budget, max_batch):
+    plan = length_bucketed_batches(
+        lengths, ScoringSettings(max_tokens_per_batch=budget, max_batch_size=max_batch)
+    )
+    flat = [i for batch in plan for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))
+    for batch in plan:
+        assert len(batch) <= max_batch
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= budget
+    assert plan == length_bucketed_batches(
+        lengths, ScoringSettings(max_tokens_per_batch=budget, max_batch_size=max_batch)
+    )
+
+
+def test_table_and_file_round_trip(tiny_model, tmp_path):
+    examples = random_examples(12, tiny_model.config.vocab_size)
+    table = score_examples(tiny_model, examples, out_dir=tmp_path, progress=False)
+    ids, values = read_difficulties(tmp_path / "difficulties.jsonl")
+    assert ids == list(table.ids)
+    np.testing.assert_array_equal(values, table.loss_mean)
+
+
+def test_rerun_with_another_model_is_refused(tiny_model, tmp_path):
+    from conftest import build_tiny_llama
+
+    examples = random_examples(6, tiny_model.config.vocab_size)
+    score_examples(tiny_model, examples, out_dir=tmp_path, progress=False)
+    other = build_tiny_llama(tiny_model.config.vocab_size, seed=1)
+    with pytest.raises(ValueError, match=r"holds scores of a different run \(model changed\)"):
+        score_examples(other, examples, out_dir=tmp_path, progress=False)
+
+
+def test_examples_without_response_tokens_are_refused(tiny_model):
+    with pytest.raises(ValueError, match="no response tokens.*'x'"):
+        score_examples(tiny_model, [Ex("x", [5, 6, 7], [-100, -100, -100])], progress=False)
+
+
+SCORING_SCRIPT = """
+import json, sys, time, torch
+from dataclasses import dataclass
+from transformers import AutoModelForCausalLM
+from spectrumkd.scoring import ScoringSettings, score_examples
+
+@dataclass(frozen=True)
+class Ex:
+    id: str
+    input_ids: list
+    labels: list
+
+model_dir, data_file, out_dir, delay = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+if delay:
+    model.register_forward_pre_hook(lambda *args: time.sleep(delay))
+examples = [Ex(**row) for row in json.load(open(data_file))]
+score_examples(model, examples, settings=ScoringSettings(max_batch_size=2, shard_batches=1), out_dir=out_dir, progress=False)
+"""
+
+
+def run_scoring(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-c", SCORING_SCRIPT, *args], env=env)
+
+
+def test_killed_scoring_resumes_to_a_byte_identical_table(tiny_model_dir, tmp_path):
+    vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    examples = random_examples(60, vocab, seed=3)
+    data_file = tmp_path / "examples.json"
+    data_file.write_text(json.dumps([e.__dict__ for e in examples]))
+
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    process = run_scoring([str(tiny_model_dir), str(data_file), str(killed), "0.2"])
+    shards = killed / "shards"
+    deadline = time.time() + 120
+    while (
+        len(list(shards.glob("shard-*.jsonl"))) < 3
+        and time.time() < deadline
+        and process.poll() is None
+    ):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before_resume = len(list(shards.glob("shard-*.jsonl")))
+    assert 3 <= done_before_resume < 30, "the kill must land mid-run"
+    assert not (killed / "difficulties.jsonl").exists()
+    finished = {path: path.stat().st_mtime_ns for path in shards.glob("shard-*.jsonl")}
+
+    assert run_scoring([str(tiny_model_dir), str(data_file), str(killed), "0"]).wait() == 0
+    assert run_scoring([str(tiny_model_dir), str(data_file), str(clean), "0"]).wait() == 0
+    assert (killed / "difficulties.jsonl").read_bytes() == (
+        clean / "difficulties.jsonl"
+    ).read_bytes()
+    assert len(list(shards.glob("shard-*.jsonl"))) == 30
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items()), (
+        "finished shards are reused"
+    )
