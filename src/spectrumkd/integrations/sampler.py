@@ -1,0 +1,115 @@
+"""Serve each epoch's subset of a curriculum to a PyTorch training loop.
+
+Two shapes of the same mechanism, because trainers differ in what they let a user replace:
+
+- :class:`CurriculumSampler` for loops that own their ``DataLoader`` (pass ``sampler=``);
+- :class:`CurriculumDataset`, a view of the dataset whose items are the current epoch's subset,
+  for trainers that build their own sampler (``transformers.Trainer``, TRL trainers).
+
+Both take epochs 0-based in ``set_epoch`` (the PyTorch / accelerate convention) and read plan
+epoch ``epoch + 1`` (the paper's 1-based numbering).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from spectrumkd.curation.plan import CurriculumPlan, EpochPlan
+
+
+def _positions(dataset_ids: Sequence[str], plan: CurriculumPlan) -> dict[str, int]:
+    position = {}
+    for index, id_ in enumerate(dataset_ids):
+        if id_ in position:
+            raise ValueError(f"example id {id_!r} appears twice in the dataset; ids must be unique")
+        position[id_] = index
+    for epoch in plan.epochs:
+        missing = next((i for i in epoch.ids if i not in position), None)
+        if missing is not None:
+            raise ValueError(
+                f"the {plan.strategy} plan's epoch {epoch.epoch} names id {missing!r}, which is not in the dataset; "
+                "score and curate the same (tokenised, length-filtered) dataset you train on"
+            )
+    return position
+
+
+class CurriculumSampler(Sampler[int]):
+    """Yields dataset indices of the current epoch's examples, shuffled by (seed, epoch)."""
+
+    def __init__(
+        self,
+        dataset_ids: Sequence[str],
+        plan: CurriculumPlan,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.plan = plan
+        self.shuffle = shuffle
+        self.seed = seed
+        self._position = _positions(dataset_ids, plan)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.plan.epoch(epoch + 1)  # validates the range
+        self.epoch = epoch
+
+    @property
+    def current(self) -> EpochPlan:
+        return self.plan.epoch(self.epoch + 1)
+
+    def __len__(self) -> int:
+        return len(self.current.ids)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = [self._position[i] for i in self.current.ids]
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            indices = [
+                indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()
+            ]
+        return iter(indices)
+
+
+class CurriculumDataset(Dataset):
+    """A fixed-size view: item ``i`` is the ``i``-th example of the current epoch's subset.
+
+    Trainers compute their step counts from ``len(dataset)`` once, so every epoch of the plan
+    must have the same size (true of SpectrumKD's window); other plans are refused here.
+    """
+
+    def __init__(
+        self, dataset: Sequence[Any], dataset_ids: Sequence[str], plan: CurriculumPlan
+    ) -> None:
+        if len(dataset) != len(dataset_ids):
+            raise ValueError(
+                f"dataset has {len(dataset)} rows but {len(dataset_ids)} ids were given"
+            )
+        sizes = {len(e.ids) for e in plan.epochs}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"the {plan.strategy} plan changes the subset size between epochs ({min(sizes)}..{max(sizes)}); "
+                "a Trainer needs a constant epoch size: use CurriculumSampler in your own loop instead"
+            )
+        self.dataset = dataset
+        self.plan = plan
+        self._position = _positions(dataset_ids, plan)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.plan.epoch(epoch + 1)
+        self.epoch = epoch
+
+    @property
+    def current(self) -> EpochPlan:
+        return self.plan.epoch(self.epoch + 1)
+
+    def __len__(self) -> int:
+        return len(self.current.ids)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self._position[self.current.ids[index]]]
