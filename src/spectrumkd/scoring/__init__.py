@@ -4,7 +4,6 @@ from spectrumkd.scoring.difficulty import REDUCTIONS, DifficultyTable, read_diff
 from spectrumkd.scoring.scorer import (
     ScoringSettings,
     length_bucketed_batches,
-    pad_batch,
     response_token_losses,
     score_examples,
 )
@@ -14,7 +13,6 @@ __all__ = [
     "DifficultyTable",
     "ScoringSettings",
     "length_bucketed_batches",
-    "pad_batch",
     "read_difficulties",
     "response_token_losses",
     "score_examples",

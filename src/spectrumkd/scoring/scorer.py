@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from spectrumkd.data.tokenize import collate
 from spectrumkd.io import read_jsonl, write_json, write_jsonl
 from spectrumkd.scoring.difficulty import DifficultyTable, table_from_rows
 
@@ -82,26 +83,6 @@ def response_token_losses(
         sums.append(losses.double().sum())
         counts.append((targets != IGNORE_INDEX).sum())
     return torch.stack(sums), torch.stack(counts)
-
-
-def pad_batch(
-    examples: Sequence[ScorableExample], pad_token_id: int, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Right padding: with an attention mask, causal models give real tokens the same logits."""
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        input_ids[row, :n] = torch.as_tensor(example.input_ids)
-        labels[row, :n] = torch.as_tensor(example.labels)
-        attention_mask[row, :n] = 1
-    return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": attention_mask.to(device),
-        "labels": labels.to(device),
-    }
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -189,7 +170,10 @@ def score_examples(
 
 
 def _score_batch(model, examples, batch: list[int], pad_token_id: int, device) -> list[dict]:
-    inputs = pad_batch([examples[i] for i in batch], pad_token_id, device)
+    # Right padding: with an attention mask, causal models give real tokens the same logits.
+    inputs = {
+        k: v.to(device) for k, v in collate([examples[i] for i in batch], pad_token_id).items()
+    }
     with torch.inference_mode():
         logits = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
@@ -241,7 +225,6 @@ __all__ = [
     "data_fingerprint",
     "length_bucketed_batches",
     "model_fingerprint",
-    "pad_batch",
     "response_token_losses",
     "score_examples",
 ]

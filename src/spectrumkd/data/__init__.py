@@ -1,0 +1,49 @@
+"""Data stage: load prompt/response pairs, render them with the paper's templates, tokenise."""
+
+from spectrumkd.data.loading import (
+    EMBEDDED_SOURCES,
+    PRESETS,
+    SUPPORTED_SUFFIXES,
+    Example,
+    FieldMap,
+    embedded_dolly_path,
+    load_examples,
+)
+from spectrumkd.data.templates import (
+    TEMPLATES,
+    render_chat,
+    render_code,
+    render_instruction,
+    render_math,
+)
+from spectrumkd.data.tokenize import (
+    IGNORE_INDEX,
+    DataCollator,
+    TokenizedDataset,
+    TokenizedExample,
+    TokenizedTorchDataset,
+    collate,
+    tokenize_examples,
+)
+
+__all__ = [
+    "EMBEDDED_SOURCES",
+    "IGNORE_INDEX",
+    "PRESETS",
+    "SUPPORTED_SUFFIXES",
+    "TEMPLATES",
+    "DataCollator",
+    "Example",
+    "FieldMap",
+    "TokenizedDataset",
+    "TokenizedExample",
+    "TokenizedTorchDataset",
+    "collate",
+    "embedded_dolly_path",
+    "load_examples",
+    "render_chat",
+    "render_code",
+    "render_instruction",
+    "render_math",
+    "tokenize_examples",
+]

@@ -1,0 +1,373 @@
+"""Load prompt/response pairs from local files, saved datasets, the hub or the embedded Dolly split.
+
+Every source ends up as a list of :class:`Example` with the prompt already rendered, so scoring,
+curation and distillation never need to know which column layout or template the data came in.
+Bad rows raise with their index instead of being skipped: silently dropping training data would
+change the difficulty spectrum the curation step sees.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from spectrumkd.data.templates import (
+    TEMPLATES,
+    render_chat,
+    render_code,
+    render_instruction,
+    render_math,
+)
+
+SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+PRESETS = ("dolly", "alpaca", "prompt_response", "messages")
+EMBEDDED_SOURCES = ("embedded:dolly",)
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+# Suffixes that mark a string as a file name even when the file is missing; anything else without
+# a leading "./", "/" or "~" may be a hub id such as "teknium/OpenHermes-2.5".
+_FILE_LIKE_SUFFIXES = frozenset(
+    {*SUPPORTED_SUFFIXES, ".txt", ".tsv", ".gz", ".zip", ".arrow", ".xlsx", ".xls", ".jsonl.gz"}
+)
+_RESPONSE_COLUMNS = ("response", "output", "completion")
+_SCALAR_TYPES = (str, int, float, bool)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training or evaluation pair; ``prompt`` is the fully rendered model input."""
+
+    id: str
+    prompt: str
+    response: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Which columns hold what.
+
+    Exactly one prompt source is used, in this order: ``messages`` (a chat list whose last
+    assistant turn is the response; ``response`` then names that same column), ``instruction``
+    (plus optional ``input``), or ``prompt`` (raw prompt text).
+    """
+
+    instruction: str | None
+    input: str | None
+    response: str
+    prompt: str | None = None
+    messages: str | None = None
+
+
+def embedded_dolly_path() -> Path:
+    """The packaged 1,000-row Dolly dev split (MiniLLM processing, CC BY-SA 3.0)."""
+    path = Path(str(resources.files("spectrumkd.data") / "embedded" / "dolly_dev.jsonl"))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"embedded Dolly data is missing from the installed package: {path}"
+        )
+    return path
+
+
+def load_examples(
+    source: str | Path,
+    *,
+    fields: str | FieldMap | None = None,
+    template: str = "instruction",
+    tokenizer: Any = None,
+    split: str = "train",
+    id_field: str | None = None,
+    limit: int | None = None,
+) -> list[Example]:
+    """Load ``source`` and render every row into an :class:`Example`.
+
+    ``source`` is a .jsonl/.json/.parquet/.csv file, a folder (``save_to_disk`` output or any
+    folder ``datasets.load_dataset`` understands), ``"embedded:dolly"``, or a hub dataset name.
+    ``fields`` is a preset name (see :data:`PRESETS`), a :class:`FieldMap`, or ``None`` to infer
+    the layout from the column names. ``template`` is one of :data:`TEMPLATES`; chat data and
+    ``template="chat"`` need ``tokenizer``.
+    """
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+
+    dataset = _load_dataset(source, split)
+    columns = list(dataset.column_names)
+    fmap = _resolve_fields(fields, columns)
+    if fmap.messages is not None and tokenizer is None:
+        raise ValueError(
+            f"column {fmap.messages!r} holds chat messages, which are rendered with the tokenizer's "
+            "chat template; pass tokenizer="
+        )
+    if template == "chat" and fmap.messages is None and tokenizer is None:
+        raise ValueError(
+            "template='chat' renders prompts with the tokenizer's chat template; pass tokenizer="
+        )
+    if id_field is not None and id_field not in columns:
+        raise ValueError(f"id_field {id_field!r} is not a column; columns are {columns}")
+
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    rows = dataset.to_list()
+
+    used = {fmap.instruction, fmap.input, fmap.response, fmap.prompt, fmap.messages, id_field}
+    # A MiniLLM-style pre-rendered "prompt" column duplicates what the template rebuilds.
+    used.add("prompt")
+    examples = []
+    seen_ids: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        example_id = f"{index:06d}" if id_field is None else str(row[id_field])
+        if example_id in seen_ids:
+            raise ValueError(
+                f"duplicate id {example_id!r} in column {id_field!r} (rows {seen_ids[example_id]} "
+                f"and {index}); ids must be unique"
+            )
+        seen_ids[example_id] = index
+        prompt, response = _render_row(row, index, fmap, template, tokenizer)
+        meta = {
+            key: value
+            for key, value in row.items()
+            if key not in used and (value is None or isinstance(value, _SCALAR_TYPES))
+        }
+        examples.append(Example(id=example_id, prompt=prompt, response=response, meta=meta))
+    return examples
+
+
+def _load_dataset(source: str | Path, split: str) -> Any:
+    # Imported here because `datasets` takes about a second to import and most of the package
+    # (templates, tokenisation of in-memory examples) does not need it.
+    import datasets
+
+    if isinstance(source, str) and source.startswith("embedded:"):
+        if source not in EMBEDDED_SOURCES:
+            raise ValueError(
+                f"unknown embedded source {source!r}; available: {', '.join(EMBEDDED_SOURCES)}"
+            )
+        return _load_file(embedded_dolly_path())
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _load_file(path)
+    if path.is_dir():
+        return _load_folder(path, split)
+    text = str(source)
+    if isinstance(source, Path) or _looks_like_path(text):
+        raise FileNotFoundError(f"no such data file or folder: {text}")
+
+    try:
+        return datasets.load_dataset(text, split=split)
+    except Exception as error:  # the hub client raises many unrelated types; report them as one
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{text!r} is neither a local file or folder nor a reachable Hugging Face hub dataset "
+            f"(split {split!r}): {detail}"
+        ) from error
+
+
+def _looks_like_path(text: str) -> bool:
+    if text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1:
+        return True
+    name = text.rsplit("/", 1)[-1].lower()
+    return any(name.endswith(suffix) for suffix in _FILE_LIKE_SUFFIXES)
+
+
+def _load_file(path: Path) -> Any:
+    import datasets
+
+    suffix = path.suffix.lower()
+    if suffix not in _BUILDERS:
+        raise ValueError(
+            f"unsupported file type {path.suffix or '(no suffix)'!r} for {path}; supported: "
+            f"{', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    kwargs: dict[str, Any] = {}
+    if suffix == ".csv":
+        # CSV carries no types: pandas would turn a response "42" into an int and "NA" into
+        # None, so read every column as a string and keep empty cells as "".
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+        kwargs["features"] = datasets.Features({name: datasets.Value("string") for name in header})
+        kwargs["keep_default_na"] = False
+    return datasets.load_dataset(_BUILDERS[suffix], data_files=str(path), split="train", **kwargs)
+
+
+def _load_folder(path: Path, split: str) -> Any:
+    import datasets
+
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(
+                    f"split {split!r} not in {path}; available splits: {', '.join(loaded)}"
+                )
+            return loaded[split]
+        return loaded
+    return datasets.load_dataset(str(path), split=split)
+
+
+def _resolve_fields(fields: str | FieldMap | None, columns: list[str]) -> FieldMap:
+    if isinstance(fields, FieldMap):
+        fmap = fields
+    elif fields is None:
+        preset = _detect_preset(columns)
+        if preset is None:
+            raise ValueError(
+                f"cannot tell which columns hold the prompt and the response; columns are {columns}. "
+                f"Pass fields= one of {', '.join(PRESETS)} or a FieldMap"
+            )
+        fmap = _preset(preset, columns)
+    elif fields in PRESETS:
+        fmap = _preset(fields, columns)
+    else:
+        raise ValueError(
+            f"unknown fields preset {fields!r}; choose one of {', '.join(PRESETS)} or pass a FieldMap"
+        )
+
+    if fmap.messages is None and fmap.instruction is None and fmap.prompt is None:
+        raise ValueError(
+            "FieldMap needs one of messages=, instruction= or prompt= to build prompts from"
+        )
+    named = [fmap.instruction, fmap.input, fmap.response, fmap.prompt, fmap.messages]
+    missing = [name for name in named if name is not None and name not in columns]
+    if missing:
+        raise ValueError(f"column(s) {missing} not found; columns are {columns}")
+    return fmap
+
+
+def _detect_preset(columns: list[str]) -> str | None:
+    if "messages" in columns:
+        return "messages"
+    if "instruction" in columns and ("response" in columns or "output" in columns):
+        # databricks-dolly-15k spells its columns context/response, Alpaca and the MiniLLM files
+        # input/output; both presets map the latter identically.
+        return "dolly" if "context" in columns or "response" in columns else "alpaca"
+    if "prompt" in columns and any(name in columns for name in _RESPONSE_COLUMNS):
+        return "prompt_response"
+    return None
+
+
+def _first(columns: list[str], candidates: tuple[str, ...]) -> str | None:
+    return next((name for name in candidates if name in columns), None)
+
+
+def _preset(name: str, columns: list[str]) -> FieldMap:
+    def need(column: str | None, what: str) -> str:
+        if column is None:
+            raise ValueError(f"fields={name!r} needs {what}; columns are {columns}")
+        return column
+
+    if name == "dolly":
+        return FieldMap(
+            instruction=need(_first(columns, ("instruction",)), "an 'instruction' column"),
+            input=_first(columns, ("context", "input")),
+            response=need(
+                _first(columns, ("response", "output")), "a 'response' or 'output' column"
+            ),
+        )
+    if name == "alpaca":
+        return FieldMap(
+            instruction=need(_first(columns, ("instruction",)), "an 'instruction' column"),
+            input=_first(columns, ("input",)),
+            response=need(_first(columns, ("output",)), "an 'output' column"),
+        )
+    if name == "prompt_response":
+        return FieldMap(
+            instruction=None,
+            input=None,
+            prompt=need(_first(columns, ("prompt",)), "a 'prompt' column"),
+            response=need(
+                _first(columns, _RESPONSE_COLUMNS), "a 'response', 'output' or 'completion' column"
+            ),
+        )
+    column = need(_first(columns, ("messages",)), "a 'messages' column")
+    return FieldMap(instruction=None, input=None, response=column, messages=column)
+
+
+def _render_row(
+    row: Mapping[str, Any], index: int, fmap: FieldMap, template: str, tokenizer: Any
+) -> tuple[str, str]:
+    if fmap.messages is not None:
+        return _render_messages(row[fmap.messages], index, fmap.messages, tokenizer)
+
+    response = _required_text(row, index, fmap.response)
+    if fmap.instruction is not None:
+        instruction = _required_text(row, index, fmap.instruction)
+        extra = _optional_text(row, index, fmap.input)
+        if template == "instruction":
+            return render_instruction(instruction, extra), response
+        text = instruction + "\n\n" + extra if extra else instruction
+    else:
+        text = _required_text(row, index, fmap.prompt)  # type: ignore[arg-type]
+        if template == "instruction":
+            return render_instruction(text), response
+
+    if template == "math":
+        return render_math(text), response
+    if template == "code":
+        return render_code(text), response
+    if template == "chat":
+        return render_chat(tokenizer, [{"role": "user", "content": text}]), response
+    return text, response
+
+
+def _required_text(row: Mapping[str, Any], index: int, column: str) -> str:
+    value = row.get(column)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(
+            f"row {index}: column {column!r} is empty; drop the row or map another column with fields="
+        )
+    if not isinstance(value, str):
+        raise ValueError(
+            f"row {index}: column {column!r} holds {type(value).__name__}, not text; map another "
+            "column with fields="
+        )
+    return value
+
+
+def _optional_text(row: Mapping[str, Any], index: int, column: str | None) -> str:
+    if column is None:
+        return ""
+    value = row.get(column)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"row {index}: column {column!r} holds {type(value).__name__}, not text")
+    return value
+
+
+def _render_messages(messages: Any, index: int, column: str, tokenizer: Any) -> tuple[str, str]:
+    if isinstance(messages, str):
+        # Some exports store the chat list as a JSON string column.
+        try:
+            messages = json.loads(messages)
+        except json.JSONDecodeError:
+            raise ValueError(
+                f"row {index}: column {column!r} is text, not a list of messages"
+            ) from None
+    if not isinstance(messages, list) or not all(
+        isinstance(turn, Mapping) and "role" in turn and "content" in turn for turn in messages
+    ):
+        raise ValueError(
+            f"row {index}: column {column!r} must be a list of {{role, content}} messages"
+        )
+    last = max((i for i, turn in enumerate(messages) if turn["role"] == "assistant"), default=None)
+    if last is None:
+        raise ValueError(
+            f"row {index}: column {column!r} has no assistant turn to use as the response"
+        )
+    response = messages[last]["content"]
+    if not isinstance(response, str) or not response.strip():
+        raise ValueError(
+            f"row {index}: column {column!r} last assistant turn is empty; drop the row or fix the data"
+        )
+    if last == 0:
+        raise ValueError(f"row {index}: column {column!r} has no turn before the assistant reply")
+    history = [{"role": turn["role"], "content": turn["content"]} for turn in messages[:last]]
+    return render_chat(tokenizer, history), response
