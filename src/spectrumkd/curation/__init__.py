@@ -1,6 +1,7 @@
 """Curation: from per-example difficulties to a per-epoch curriculum (pure functions)."""
 
 from spectrumkd.curation.config import SpectrumKDConfig
+from spectrumkd.curation.files import SCHEDULE_FILE, SPECTRUM_FILE, spectrum_rows, write_curation
 from spectrumkd.curation.plan import CurationStrategy, CurriculumPlan, EpochPlan, RankSlice
 from spectrumkd.curation.schedule import (
     SpectrumKD,
@@ -20,6 +21,10 @@ from spectrumkd.curation.spectrum import (
 )
 
 __all__ = [
+    "SCHEDULE_FILE",
+    "SPECTRUM_FILE",
+    "spectrum_rows",
+    "write_curation",
     "ZONES",
     "CurationStrategy",
     "CurriculumPlan",

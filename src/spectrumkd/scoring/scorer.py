@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -83,6 +84,52 @@ def response_token_losses(
         sums.append(losses.double().sum())
         counts.append((targets != IGNORE_INDEX).sum())
     return torch.stack(sums), torch.stack(counts)
+
+
+@contextmanager
+def logits_at(model: torch.nn.Module, positions: torch.Tensor) -> Iterator[bool]:
+    """Make the output head compute logits only at ``positions`` (a boolean batch x length mask).
+
+    The vocabulary projection and its logits dominate a small model's forward on the CPU (at
+    batch 32, 49k vocabulary: 1 GB of logits), and half the positions are prompt tokens that the
+    difficulty never reads. A pre-hook on the output embedding gathers the hidden states of the
+    wanted positions, so the head sees a (1, K, hidden) tensor; what models do after the head
+    (soft-capping, scaling) still applies. Yields False when the model has no output embedding
+    module to hook, and the caller then takes the full logits.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield False
+        return
+    handle = head.register_forward_pre_hook(
+        lambda module, args: (args[0][positions].unsqueeze(0), *args[1:])
+    )
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
+def _batch_losses(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = inputs["labels"]
+    # Position t predicts token t+1: it is needed when label t+1 is a response token.
+    predicts = torch.zeros_like(labels, dtype=torch.bool)
+    predicts[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    with logits_at(model, predicts) as gathered:
+        logits = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        ).logits
+    if not gathered or logits.shape[:2] != (1, int(predicts.sum())):
+        return response_token_losses(logits, labels)
+    targets = labels[:, 1:][predicts[:, :-1]]
+    losses = F.cross_entropy(logits[0].float(), targets, reduction="none").double()
+    rows = predicts.nonzero()[:, 0]
+    sums = torch.zeros(labels.shape[0], dtype=torch.float64, device=labels.device).index_add_(
+        0, rows, losses
+    )
+    return sums, predicts.sum(dim=1)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -175,10 +222,7 @@ def _score_batch(model, examples, batch: list[int], pad_token_id: int, device) -
         k: v.to(device) for k, v in collate([examples[i] for i in batch], pad_token_id).items()
     }
     with torch.inference_mode():
-        logits = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
-        ).logits
-        sums, counts = response_token_losses(logits, inputs["labels"])
+        sums, counts = _batch_losses(model, inputs)
     if not torch.isfinite(sums).all():
         bad = [
             examples[i].id for i, s in zip(batch, sums.tolist(), strict=True) if not np.isfinite(s)
@@ -225,6 +269,7 @@ __all__ = [
     "data_fingerprint",
     "length_bucketed_batches",
     "model_fingerprint",
+    "logits_at",
     "response_token_losses",
     "score_examples",
 ]

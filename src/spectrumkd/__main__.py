@@ -1,0 +1,5 @@
+import sys
+
+from spectrumkd.cli import main
+
+sys.exit(main())

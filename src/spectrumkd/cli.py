@@ -1,0 +1,381 @@
+"""``spectrumkd`` command line: a thin layer of flags over :mod:`spectrumkd.jobs`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from spectrumkd.curation.config import DIRECTIONS, STEP_MODES, SpectrumKDConfig
+
+# Errors a user can fix get one line; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, OSError)
+
+
+def parse_layers(text: str) -> list[int]:
+    """``"0-9,20,25-29"`` -> [0, ..., 9, 20, 25, ..., 29]."""
+    layers: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            if "-" in part:
+                low, high = (int(x) for x in part.split("-", 1))
+                layers.extend(range(low, high + 1))
+            else:
+                layers.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--layers {text!r}: {part!r} is not an index or a range like 3-7"
+            ) from None
+    return layers
+
+
+def add_data_flags(parser: argparse.ArgumentParser, default_data: str | None = None) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        required=default_data is None,
+        default=default_data,
+        help="JSONL/JSON/Parquet/CSV file, dataset folder, hub name, or embedded:dolly",
+    )
+    group.add_argument(
+        "--fields",
+        default=None,
+        help="column preset: dolly, alpaca, prompt_response, messages (default: detect)",
+    )
+    group.add_argument(
+        "--template",
+        default="instruction",
+        help="instruction (paper Fig. 5), math (Fig. 7), code (Fig. 8), chat, none",
+    )
+    group.add_argument(
+        "--split", default="train", help="split of a hub dataset or saved DatasetDict"
+    )
+    group.add_argument(
+        "--id-field", default=None, help="column holding a unique example id (default: row number)"
+    )
+    group.add_argument("--limit", type=int, default=None, help="use only the first N rows")
+    group.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="drop (never truncate) examples longer than this",
+    )
+    group.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=None,
+        help="drop examples whose prompt is longer than this",
+    )
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run code shipped in a model repository (off by default)",
+    )
+
+
+def add_schedule_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = SpectrumKDConfig()
+    group = parser.add_argument_group("SpectrumKD schedule")
+    group.add_argument(
+        "--lambda-a",
+        type=float,
+        default=defaults.lambda_a,
+        help="Early/Late zone share (default %(default)s)",
+    )
+    group.add_argument(
+        "--lambda-b",
+        type=float,
+        default=defaults.lambda_b,
+        help="Excluded share (default %(default)s)",
+    )
+    group.add_argument(
+        "--epochs", type=int, default=None, help=f"epochs n (default {defaults.epochs})"
+    )
+    group.add_argument(
+        "--baseline-epochs",
+        type=int,
+        default=None,
+        help="instead of --epochs: match this many full-data epochs' optimiser steps (step parity)",
+    )
+    group.add_argument(
+        "--warmup",
+        type=int,
+        default=defaults.warmup_epochs,
+        help="warm-up epochs k (default %(default)s)",
+    )
+    group.add_argument(
+        "--tau-start",
+        type=float,
+        default=defaults.tau_start,
+        help="temperature of epoch 1 (default %(default)s)",
+    )
+    group.add_argument(
+        "--tau-end",
+        type=float,
+        default=defaults.tau_end,
+        help="temperature of epoch n (default %(default)s)",
+    )
+    group.add_argument(
+        "--step-mode",
+        choices=STEP_MODES,
+        default=defaults.step_mode,
+        help="window step rule (default %(default)s)",
+    )
+    group.add_argument(
+        "--direction",
+        choices=DIRECTIONS,
+        default=defaults.direction,
+        help="slide direction (default %(default)s)",
+    )
+
+
+def schedule_config(args: argparse.Namespace, n_examples: int) -> SpectrumKDConfig:
+    from spectrumkd.curation import step_parity_epochs, zone_sizes
+
+    if args.epochs is not None and args.baseline_epochs is not None:
+        raise ValueError("give --epochs or --baseline-epochs, not both")
+    epochs = args.epochs if args.epochs is not None else SpectrumKDConfig().epochs
+    if args.baseline_epochs is not None:
+        window = zone_sizes(n_examples, args.lambda_a, args.lambda_b).window
+        epochs = step_parity_epochs(args.baseline_epochs, n_examples, window)
+    return SpectrumKDConfig(
+        lambda_a=args.lambda_a,
+        lambda_b=args.lambda_b,
+        epochs=epochs,
+        warmup_epochs=args.warmup,
+        tau_start=args.tau_start,
+        tau_end=args.tau_end,
+        step_mode=args.step_mode,
+        direction=args.direction,
+    )
+
+
+def load_tokenized(args: argparse.Namespace, tokenizer):
+    from spectrumkd.data import load_examples, tokenize_examples
+
+    examples = load_examples(
+        args.data,
+        fields=args.fields,
+        template=args.template,
+        tokenizer=tokenizer,
+        split=args.split,
+        id_field=args.id_field,
+        limit=args.limit,
+    )
+    return tokenize_examples(
+        examples, tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length
+    )
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from spectrumkd.jobs import resolve_device, resolve_dtype, score_dataset
+    from spectrumkd.models import load_model, load_tokenizer
+    from spectrumkd.scoring import ScoringSettings
+
+    console = Console(quiet=args.quiet)
+    device = resolve_device(args.device)
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    dataset = load_tokenized(args, tokenizer)
+    console.print(f"data: {dataset.summary()}")
+    model = load_model(
+        args.model,
+        dtype=resolve_dtype(args.dtype, device),
+        device=device,
+        trust_remote_code=args.trust_remote_code,
+    )
+    settings = ScoringSettings(
+        max_tokens_per_batch=args.batch_tokens, max_batch_size=args.max_batch_size
+    )
+    result = score_dataset(
+        model,
+        dataset,
+        args.out,
+        pad_token_id=tokenizer.pad_token_id,
+        settings=settings,
+        reduction=args.reduction,
+        lambda_a=args.lambda_a,
+        lambda_b=args.lambda_b,
+        progress=not args.quiet,
+        description={
+            "model": args.model,
+            "data": args.data,
+            "template": args.template,
+            "max_length": args.max_length,
+        },
+    )
+    losses = result.table.difficulties(args.reduction)
+    console.print(
+        f"scored {len(result.table)} examples ({result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s); "
+        f"loss min {losses.min():.3f} median {float(sorted(losses)[len(losses) // 2]):.3f} max {losses.max():.3f}"
+    )
+    console.print(f"wrote {Path(args.out) / 'spectrum.jsonl'}")
+
+
+def cmd_curate(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from spectrumkd.console import print_plan
+    from spectrumkd.jobs import curate_file
+    from spectrumkd.scoring import read_difficulties
+
+    ids, _ = read_difficulties(args.difficulties, column=args.column)
+    config = schedule_config(args, len(ids))
+    plan = curate_file(args.difficulties, config, args.out, column=args.column)
+    console = Console(quiet=args.quiet)
+    print_plan(plan, console)
+    console.print(f"wrote {Path(args.out) / 'schedule.json'}")
+
+
+def cmd_shrink(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from spectrumkd.jobs import calibration_batches, resolve_device
+    from spectrumkd.models import load_model, load_tokenizer, shrink
+
+    if (args.layers is None) == (args.num_layers is None):
+        raise ValueError("give --layers (e.g. 0-9,20-29) or --num-layers N, exactly one")
+    device = resolve_device(args.device)
+    tokenizer = load_tokenizer(args.teacher, trust_remote_code=args.trust_remote_code)
+    teacher = load_model(
+        args.teacher, dtype="float32", device=device, trust_remote_code=args.trust_remote_code
+    )
+    dataset = load_tokenized(args, tokenizer)
+    batches = calibration_batches(dataset, tokenizer.pad_token_id, rows=args.calibration_rows)
+    _, report = shrink(
+        teacher,
+        tokenizer,
+        batches,
+        keep_layers=args.layers,
+        num_layers=args.num_layers,
+        method=args.method,
+        out_dir=args.out,
+    )
+    Console(quiet=args.quiet).print(report.summary())
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from spectrumkd.demo import run_demo
+
+    run_demo(
+        out_dir=args.out,
+        rows=args.rows,
+        num_layers=args.num_layers,
+        max_length=args.max_length,
+        quiet=args.quiet,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spectrumkd", description=__doc__.split("\n")[0] if __doc__ else None
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for user errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    score = commands.add_parser("score", help="model + data -> difficulty table (spectrum.jsonl)")
+    score.add_argument(
+        "--model",
+        default="smollm2",
+        help="initial student: smollm2, a .gguf file, a local folder or a hub id",
+    )
+    score.add_argument("--out", required=True, help="output folder (a rerun resumes there)")
+    add_data_flags(score)
+    add_model_flags(score)
+    score.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=4096,
+        help="padded tokens per batch (default %(default)s)",
+    )
+    score.add_argument("--max-batch-size", type=int, default=64)
+    score.add_argument(
+        "--reduction",
+        choices=("mean", "sum"),
+        default="mean",
+        help="difficulty = mean or sum of response CE",
+    )
+    score.add_argument(
+        "--lambda-a", type=float, default=0.1, help="zones written into spectrum.jsonl"
+    )
+    score.add_argument("--lambda-b", type=float, default=0.1)
+    score.add_argument("--quiet", action="store_true")
+    score.set_defaults(run=cmd_score)
+
+    curate = commands.add_parser("curate", help="difficulty table + config -> schedule.json")
+    curate.add_argument(
+        "--difficulties",
+        required=True,
+        help='JSONL of {"id": ..., "difficulty": ...} rows (or spectrumkd score output)',
+    )
+    curate.add_argument(
+        "--column", default="difficulty", help="field holding the difficulty (default %(default)s)"
+    )
+    curate.add_argument("--out", required=True)
+    add_schedule_flags(curate)
+    curate.add_argument("--quiet", action="store_true")
+    curate.set_defaults(run=cmd_curate)
+
+    shrink = commands.add_parser(
+        "shrink", help="teacher -> smaller student by keeping a set of layers"
+    )
+    shrink.add_argument("--teacher", default="smollm2")
+    shrink.add_argument(
+        "--out", required=True, help="folder for the student (safetensors) and shrink_report.json"
+    )
+    shrink.add_argument(
+        "--layers", type=parse_layers, default=None, help="layers to keep, e.g. 0-9,20-29"
+    )
+    shrink.add_argument(
+        "--num-layers", type=int, default=None, help="keep this many, chosen by --method"
+    )
+    shrink.add_argument(
+        "--method", choices=("block_influence", "removal_loss"), default="block_influence"
+    )
+    shrink.add_argument("--calibration-rows", type=int, default=32)
+    add_data_flags(shrink, default_data="embedded:dolly")
+    add_model_flags(shrink)
+    shrink.add_argument("--quiet", action="store_true")
+    shrink.set_defaults(run=cmd_shrink)
+
+    demo = commands.add_parser(
+        "demo", help="shrink, score and curate on the embedded default (SmolLM2 + Dolly)"
+    )
+    demo.add_argument("--out", default=None, help="run folder (default runs/demo-<time>)")
+    demo.add_argument(
+        "--rows", type=int, default=None, help="use only the first N Dolly rows (default all 1,000)"
+    )
+    demo.add_argument(
+        "--num-layers", type=int, default=20, help="student layers kept of the teacher's 30"
+    )
+    demo.add_argument("--max-length", type=int, default=256)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"spectrumkd {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

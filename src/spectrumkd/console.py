@@ -1,0 +1,49 @@
+"""Readable terminal summaries (rich) of a spectrum and a curriculum plan."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from spectrumkd.curation.plan import CurriculumPlan
+
+
+def zones_table(plan: CurriculumPlan) -> Table:
+    table = Table(title="Difficulty spectrum zones (loss = response cross-entropy, nats/token)")
+    for column in ("zone", "ranks", "examples", "min loss", "max loss"):
+        table.add_column(column, justify="right" if column != "zone" else "left")
+    for name, zone in plan.metadata["zones"].items():
+        ranks = f"{zone['start_rank']}-{zone['end_rank']}" if zone["size"] else "-"
+        low, high = zone["min_difficulty"], zone["max_difficulty"]
+        table.add_row(
+            name,
+            ranks,
+            str(zone["size"]),
+            "-" if low is None else f"{low:.3f}",
+            "-" if high is None else f"{high:.3f}",
+        )
+    return table
+
+
+def epochs_table(plan: CurriculumPlan) -> Table:
+    table = Table(
+        title=f"{plan.strategy} schedule: {plan.num_epochs} epochs of {plan.metadata.get('window_size', '?')} examples"
+    )
+    for column in ("epoch", "window ranks", "mean loss", "total loss", "temperature"):
+        table.add_column(column, justify="right")
+    for epoch in plan.epochs:
+        info = epoch.info
+        table.add_row(
+            str(epoch.epoch),
+            f"{info['window_start_rank']}-{info['window_end_rank']}",
+            f"{info['mean_difficulty']:.3f}",
+            f"{info['total_difficulty']:.1f}",
+            f"{epoch.temperature:.3f}",
+        )
+    return table
+
+
+def print_plan(plan: CurriculumPlan, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(zones_table(plan))
+    console.print(epochs_table(plan))

@@ -1,0 +1,132 @@
+"""Whole jobs, each a function a user can call from Python: score, curate, shrink.
+
+The CLI (``spectrumkd.cli``) only parses flags and calls these. Every job writes its results
+into one folder, atomically, and a rerun resumes or reuses what is already there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spectrumkd.curation.config import SpectrumKDConfig
+from spectrumkd.curation.files import spectrum_rows, write_curation
+from spectrumkd.curation.plan import CurriculumPlan
+from spectrumkd.curation.schedule import SpectrumKD
+from spectrumkd.curation.spectrum import Spectrum, build_spectrum
+from spectrumkd.data.tokenize import TokenizedDataset, collate
+from spectrumkd.io import write_json, write_jsonl
+from spectrumkd.scoring.difficulty import DifficultyTable, Reduction, read_difficulties
+from spectrumkd.scoring.scorer import ScoringSettings, score_examples
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU that supports it, float32 elsewhere (CPU bf16 is slow here)."""
+    if dtype != "auto":
+        from spectrumkd.models.loading import parse_dtype
+
+        return parse_dtype(dtype)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    table: DifficultyTable
+    spectrum: Spectrum
+    seconds: float
+    tokens: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+def score_dataset(
+    model: torch.nn.Module,
+    dataset: TokenizedDataset,
+    out_dir: str | Path,
+    *,
+    pad_token_id: int,
+    settings: ScoringSettings | None = None,
+    reduction: Reduction = "mean",
+    lambda_a: float = 0.1,
+    lambda_b: float = 0.1,
+    progress: bool = True,
+    description: dict[str, Any] | None = None,
+) -> ScoreResult:
+    """Score ``dataset`` into ``out_dir``: ``difficulties.jsonl`` (dataset order), ``spectrum.jsonl``
+    (rank order, zones for ``lambda_a``/``lambda_b``), ``dropped.jsonl`` (examples the length
+    limit removed) and ``score_summary.json``. A killed run resumes from its finished shards."""
+    out = Path(out_dir)
+    start = time.perf_counter()
+    table = score_examples(
+        model,
+        dataset.examples,
+        pad_token_id=pad_token_id,
+        settings=settings,
+        out_dir=out,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    spectrum = build_spectrum(table.ids, table.difficulties(reduction), lambda_a, lambda_b)
+    write_jsonl(out / "spectrum.jsonl", spectrum_rows(spectrum, table))
+    write_jsonl(out / "dropped.jsonl", [{"id": i, "reason": r} for i, r in dataset.dropped])
+    tokens = sum(len(e.input_ids) for e in dataset.examples)
+    write_json(
+        out / "score_summary.json",
+        {
+            **(description or {}),
+            "examples_scored": len(table),
+            "examples_dropped": len(dataset.dropped),
+            "reduction": reduction,
+            "lambda_a": lambda_a,
+            "lambda_b": lambda_b,
+            "tokens": tokens,
+            "seconds_this_run": round(seconds, 2),
+        },
+    )
+    return ScoreResult(table=table, spectrum=spectrum, seconds=seconds, tokens=tokens)
+
+
+def curate_file(
+    difficulties: str | Path,
+    config: SpectrumKDConfig,
+    out_dir: str | Path,
+    *,
+    column: str = "difficulty",
+) -> CurriculumPlan:
+    """``spectrumkd curate``: a JSONL of ``{"id", "difficulty"}`` rows -> ``out_dir/schedule.json``
+    and ``out_dir/spectrum.jsonl``."""
+    ids, values = read_difficulties(difficulties, column=column)
+    strategy = SpectrumKD(config)
+    spectrum = strategy.spectrum(ids, values)
+    plan = strategy.plan_from_spectrum(spectrum)
+    write_curation(plan, spectrum, out_dir)
+    return plan
+
+
+def calibration_batches(
+    dataset: TokenizedDataset, pad_token_id: int, *, rows: int = 32, batch_size: int = 8
+) -> list[dict[str, torch.Tensor]]:
+    """The first ``rows`` examples as padded batches, for choosing which layers to keep."""
+    chosen = dataset.examples[:rows]
+    if not chosen:
+        raise ValueError(
+            "no calibration examples: the calibration data is empty after the length limit"
+        )
+    return [
+        collate(chosen[i : i + batch_size], pad_token_id) for i in range(0, len(chosen), batch_size)
+    ]

@@ -1,0 +1,239 @@
+"""The command line, end to end on small inputs: exit codes, files and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from transformers import AutoModelForCausalLM
+
+from spectrumkd.cli import main, parse_layers
+
+
+def write_difficulties(path, n=50, seed=0):
+    values = np.random.default_rng(seed).lognormal(1, 0.5, n)
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "difficulty": float(v)}) + "\n" for i, v in enumerate(values)
+        )
+    )
+    return {f"q{i}": float(v) for i, v in enumerate(values)}
+
+
+def test_curate_writes_the_schedule_the_issue_specifies(tmp_path, capsys):
+    difficulties = write_difficulties(tmp_path / "d.jsonl")
+    code = main(
+        [
+            "curate",
+            "--difficulties",
+            str(tmp_path / "d.jsonl"),
+            "--epochs",
+            "6",
+            "--warmup",
+            "2",
+            "--lambda-a",
+            "0.1",
+            "--lambda-b",
+            "0.2",
+            "--tau-start",
+            "1",
+            "--tau-end",
+            "3",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0
+    schedule = json.loads((tmp_path / "out" / "schedule.json").read_text())
+    assert [e["epoch"] for e in schedule["epochs"]] == [1, 2, 3, 4, 5, 6]
+    # N=50: E=5, X=10, N'=40, M=35
+    for epoch in schedule["epochs"]:
+        assert epoch["window_end_rank"] - epoch["window_start_rank"] + 1 == len(epoch["ids"]) == 35
+        assert epoch["total_difficulty"] == pytest.approx(
+            sum(difficulties[i] for i in epoch["ids"])
+        )
+    assert [e["temperature"] for e in schedule["epochs"]] == pytest.approx(
+        [1.0, 1.4, 1.8, 2.2, 2.6, 3.0]
+    )
+    assert (
+        schedule["epochs"][0]["window_start_rank"] == 1
+        and schedule["epochs"][-1]["window_start_rank"] == 6
+    )
+    zones = schedule["zones"]
+    assert [zones[z]["size"] for z in ("early", "continuous", "late", "excluded")] == [5, 30, 5, 10]
+    hardest = sorted(difficulties, key=difficulties.get)[-10:]
+    assert sorted(zones["excluded"]["ids"]) == sorted(hardest)
+    rows = [
+        json.loads(line) for line in (tmp_path / "out" / "spectrum.jsonl").read_text().splitlines()
+    ]
+    assert [r["rank"] for r in rows] == list(range(1, 51))
+    assert "epoch" in capsys.readouterr().out
+
+
+def test_curate_step_parity_sets_the_epochs(tmp_path):
+    write_difficulties(tmp_path / "d.jsonl", n=100)
+    assert (
+        main(
+            [
+                "curate",
+                "--difficulties",
+                str(tmp_path / "d.jsonl"),
+                "--baseline-epochs",
+                "20",
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    schedule = json.loads((tmp_path / "o" / "schedule.json").read_text())
+    assert len(schedule["epochs"]) == 25  # 20 * 100 / 80
+    assert schedule["config"]["epochs"] == 25
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--lambda-a", "0.5", "--lambda-b", "0.1"], "lambda_a=0.5, lambda_b=0.1"),
+        (["--epochs", "3", "--warmup", "3"], "warmup_epochs=3 must be smaller than epochs=3"),
+        (["--epochs", "5", "--baseline-epochs", "4"], "not both"),
+    ],
+)
+def test_curate_refuses_bad_values_in_one_line(tmp_path, capsys, extra, message):
+    write_difficulties(tmp_path / "d.jsonl")
+    assert (
+        main(
+            [
+                "curate",
+                "--difficulties",
+                str(tmp_path / "d.jsonl"),
+                "--out",
+                str(tmp_path / "o"),
+                *extra,
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o" / "schedule.json").exists()
+
+
+def test_curate_names_bad_rows_and_missing_files(tmp_path, capsys):
+    (tmp_path / "bad.jsonl").write_text(
+        '{"id": "a", "difficulty": 1.0}\n{"id": "b", "loss": 2.0}\n'
+    )
+    assert (
+        main(
+            ["curate", "--difficulties", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
+    assert "row 2 needs fields 'id' and 'difficulty'" in capsys.readouterr().err
+    assert (
+        main(
+            ["curate", "--difficulties", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "nan.jsonl").write_text(
+        '{"id": "a", "difficulty": NaN}\n{"id": "b", "difficulty": 1}\n'
+    )
+    assert (
+        main(
+            ["curate", "--difficulties", str(tmp_path / "nan.jsonl"), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
+    assert "NaN or infinite (ids a" in capsys.readouterr().err
+
+
+def dolly_like_file(path, n=24):
+    rows = [
+        {
+            "instruction": f"Say the number {i} in words.",
+            "input": "",
+            "output": f"The number is {i}, written out.",
+        }
+        for i in range(n)
+    ]
+    rows[3]["output"] = "far too long for the limit " * 40  # dropped by --max-length, and counted
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_score_cli_on_a_tiny_model_resumes_to_identical_files(tmp_path, tiny_model_dir):
+    dolly_like_file(tmp_path / "train.jsonl")
+    argv = [
+        "score",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(tmp_path / "train.jsonl"),
+        "--out",
+        str(tmp_path / "s"),
+        "--max-length",
+        "120",
+        "--batch-tokens",
+        "256",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    first = (tmp_path / "s" / "spectrum.jsonl").read_bytes()
+    rows = [json.loads(line) for line in first.decode().splitlines()]
+    assert {r["zone"] for r in rows} <= {"early", "continuous", "late", "excluded"}
+    assert all(r["difficulty"] == pytest.approx(r["loss_sum"] / r["tokens"]) for r in rows)
+    summary = json.loads((tmp_path / "s" / "score_summary.json").read_text())
+    assert (summary["examples_scored"], summary["examples_dropped"]) == (23, 1)
+    assert json.loads((tmp_path / "s" / "dropped.jsonl").read_text())["id"] == "000003"
+    assert main(argv) == 0  # a rerun reuses the shards
+    assert (tmp_path / "s" / "spectrum.jsonl").read_bytes() == first
+
+
+def test_shrink_cli_keeps_the_listed_layers(tmp_path, tiny_model_dir):
+    dolly_like_file(tmp_path / "calib.jsonl")
+    code = main(
+        [
+            "shrink",
+            "--teacher",
+            str(tiny_model_dir),
+            "--layers",
+            "0,2-3",
+            "--data",
+            str(tmp_path / "calib.jsonl"),
+            "--out",
+            str(tmp_path / "student"),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    assert student.config.num_hidden_layers == 3
+    report = json.loads((tmp_path / "student" / "shrink_report.json").read_text())
+    assert report["keep_layers"] == [0, 2, 3]
+
+
+def test_parse_layers():
+    assert parse_layers("0-2,5, 7-8") == [0, 1, 2, 5, 7, 8]
+
+
+def test_missing_model_is_one_line(tmp_path, capsys):
+    dolly_like_file(tmp_path / "t.jsonl")
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tmp_path / "no-such-model"),
+                "--data",
+                str(tmp_path / "t.jsonl"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no-such-model" in err
