@@ -167,3 +167,20 @@ def test_killed_scoring_resumes_to_a_byte_identical_table(tiny_model_dir, tmp_pa
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items()), (
         "finished shards are reused"
     )
+
+
+def test_logits_at_response_positions_equal_the_full_logits_path(tiny_model):
+    from spectrumkd.data import collate
+    from spectrumkd.scoring.scorer import _batch_losses, response_token_losses
+
+    examples = random_examples(8, tiny_model.config.vocab_size, seed=5)
+    inputs = collate(examples, pad_token_id=0)
+    with torch.inference_mode():
+        gathered = _batch_losses(tiny_model, inputs)
+        logits = tiny_model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        ).logits
+        full = response_token_losses(logits, inputs["labels"])
+    assert logits.shape[1] == inputs["input_ids"].shape[1]  # the hook is removed afterwards
+    torch.testing.assert_close(gathered[0], full[0], rtol=0, atol=1e-4)
+    torch.testing.assert_close(gathered[1], full[1])

@@ -1,0 +1,42 @@
+"""The scorer on the real SmolLM2 student (the embedded default teacher, shrunk)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spectrumkd.data import load_examples, tokenize_examples
+from spectrumkd.models import DEFAULT_TEACHER, load_model, load_tokenizer, shrink_model
+from spectrumkd.scoring import ScoringSettings, score_examples
+
+# The 20 layers block influence keeps on Dolly calibration rows (see `spectrumkd demo`).
+KEEP = [0, 1, 2, 4, 5, 6, 7, 8, 10, 11, 18, 19, 20, 21, 22, 23, 24, 27, 28, 29]
+
+
+@pytest.mark.slow
+def test_scorer_matches_labels_loss_on_the_real_smollm2_student():
+    tokenizer = load_tokenizer(DEFAULT_TEACHER)
+    student = shrink_model(load_model(DEFAULT_TEACHER), KEEP)
+    dataset = tokenize_examples(load_examples("embedded:dolly", limit=8), tokenizer, max_length=256)
+    assert len(dataset) >= 5
+    bucketed = score_examples(
+        student, dataset.examples, pad_token_id=tokenizer.pad_token_id, progress=False
+    )
+    single = score_examples(
+        student,
+        dataset.examples,
+        pad_token_id=tokenizer.pad_token_id,
+        settings=ScoringSettings(max_batch_size=1),
+        progress=False,
+    )
+    np.testing.assert_allclose(bucketed.loss_mean, single.loss_mean, rtol=0, atol=1e-4)
+    for example, mean in zip(dataset.examples, bucketed.loss_mean, strict=True):
+        with torch.inference_mode():
+            loss = student(
+                input_ids=torch.tensor([example.input_ids]), labels=torch.tensor([example.labels])
+            ).loss
+        assert mean == pytest.approx(loss.item(), abs=1e-4)
+    assert (
+        0.5 < float(np.median(bucketed.loss_mean)) < 15
+    )  # a working model, not noise (ln 49152 = 10.8)
