@@ -1,0 +1,50 @@
+"""Models: loading teachers/students from spec strings, pairing them for white-box KD, and
+deriving a smaller student from a teacher by keeping a subset of its decoder blocks."""
+
+from spectrumkd.models.loading import (
+    DEFAULT_TEACHER,
+    ModelLoadError,
+    cache_dir,
+    convert_gguf_cached,
+    default_teacher_gguf,
+    gguf_cache_path,
+    load_model,
+    load_tokenizer,
+    parse_dtype,
+    resolve_model_path,
+)
+from spectrumkd.models.pairing import IncompatibleModelsError, VocabAlignment, check_pair
+from spectrumkd.models.shrink import (
+    ShrinkReport,
+    block_influence,
+    calibration_loss,
+    choose_layers,
+    find_decoder_layers,
+    removal_loss,
+    shrink,
+    shrink_model,
+)
+
+__all__ = [
+    "DEFAULT_TEACHER",
+    "IncompatibleModelsError",
+    "ModelLoadError",
+    "ShrinkReport",
+    "VocabAlignment",
+    "block_influence",
+    "cache_dir",
+    "calibration_loss",
+    "check_pair",
+    "choose_layers",
+    "convert_gguf_cached",
+    "default_teacher_gguf",
+    "find_decoder_layers",
+    "gguf_cache_path",
+    "load_model",
+    "load_tokenizer",
+    "parse_dtype",
+    "removal_loss",
+    "resolve_model_path",
+    "shrink",
+    "shrink_model",
+]
