@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 from rich.console import Console
+from transformers.utils import logging as hf_logging
 
 from spectrumkd.console import print_plan
 from spectrumkd.curation import CurriculumPlan, SpectrumKD, SpectrumKDConfig, write_curation
@@ -44,6 +46,9 @@ def run_demo(
 ) -> DemoResult:
     start = time.perf_counter()
     console = Console(quiet=quiet)
+    # The demo shows its own progress; the libraries' per-file loading bars only add noise.
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     out = Path(out_dir) if out_dir else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     config = config or SpectrumKDConfig()
     console.rule(f"SpectrumKD demo -> {out}")

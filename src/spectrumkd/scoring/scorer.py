@@ -195,17 +195,16 @@ def score_examples(
             shard_path = shard_dir / f"shard-{shard_index:05d}.jsonl" if shard_dir else None
             if shard_path is not None and shard_path.exists():
                 shard_rows = list(read_jsonl(shard_path))
+                bar.update(sum(len(examples[i].input_ids) for batch in shard for i in batch))
             else:
-                shard_rows = [
-                    row
-                    for batch in shard
-                    for row in _score_batch(model, examples, batch, pad_token_id, device)
-                ]
+                shard_rows = []
+                for batch in shard:
+                    shard_rows.extend(_score_batch(model, examples, batch, pad_token_id, device))
+                    bar.update(sum(len(examples[i].input_ids) for i in batch))
                 if shard_path is not None:
                     write_jsonl(shard_path, shard_rows)
             for row in shard_rows:
                 rows[row["index"]] = row
-            bar.update(sum(len(examples[i].input_ids) for batch in shard for i in batch))
     finally:
         bar.close()
         model.train(was_training)
