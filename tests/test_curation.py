@@ -276,3 +276,64 @@ def test_step_parity_reproduces_the_paper():
 def test_unknown_config_keys_are_named():
     with pytest.raises(ValueError, match="unknown SpectrumKD setting.*lamda_a"):
         SpectrumKDConfig.from_dict({"lamda_a": 0.1})
+
+
+def test_analyzer_excludes_about_the_fit_tail_on_lognormal_losses():
+    from spectrumkd.curation import choose_ratios
+
+    losses = np.random.default_rng(0).lognormal(1.2, 0.4, 20_000)
+    chosen = choose_ratios(losses, lambda_a=0.1, quantile=0.9)
+    assert chosen.fit.mu == pytest.approx(1.2, abs=0.02) and chosen.fit.sigma == pytest.approx(
+        0.4, abs=0.02
+    )
+    assert chosen.lambda_b == pytest.approx(0.1, abs=0.01)
+    assert chosen.lambda_b == pytest.approx(np.mean(losses > chosen.threshold))
+
+
+def test_analyzer_excludes_more_when_the_tail_is_heavier_than_the_fit():
+    from spectrumkd.curation import choose_ratios
+
+    rng = np.random.default_rng(1)
+    clean = rng.lognormal(1.0, 0.3, 9_000)
+    noisy = rng.lognormal(3.0, 0.3, 1_000)  # 10 % of examples far harder than the rest
+    chosen = choose_ratios(np.concatenate([clean, noisy]), lambda_a=0.1)
+    assert chosen.lambda_b > 0.1
+    assert 2 * chosen.lambda_a + chosen.lambda_b <= 1
+
+
+def test_curate_cli_auto_lambda_b_records_its_choice(tmp_path):
+    from spectrumkd.cli import main
+
+    values = np.random.default_rng(2).lognormal(1, 0.5, 400)
+    (tmp_path / "d.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"r{i}", "difficulty": float(v)}) + "\n" for i, v in enumerate(values)
+        )
+    )
+    out = tmp_path / "o"
+    assert (
+        main(
+            [
+                "curate",
+                "--difficulties",
+                str(tmp_path / "d.jsonl"),
+                "--lambda-b",
+                "auto",
+                "--epochs",
+                "6",
+                "--warmup",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    schedule = json.loads((out / "schedule.json").read_text())
+    chosen = schedule["analyzer"]["lambda_b"]
+    assert schedule["config"]["lambda_b"] == chosen
+    assert schedule["zones"]["excluded"]["size"] == round_half_up(chosen * 400)
+    assert (
+        schedule["zones"]["excluded"]["min_difficulty"] > schedule["analyzer"]["threshold"] * 0.999
+    )

@@ -29,6 +29,17 @@ def parse_layers(text: str) -> list[int]:
     return layers
 
 
+def lambda_b_value(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--lambda-b {text!r}: give a number in [0, 1) or 'auto'"
+        ) from None
+
+
 def add_data_flags(parser: argparse.ArgumentParser, default_data: str | None = None) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
@@ -93,9 +104,15 @@ def add_schedule_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--lambda-b",
-        type=float,
+        type=lambda_b_value,
         default=defaults.lambda_b,
-        help="Excluded share (default %(default)s)",
+        help="Excluded share (default %(default)s), or 'auto': chosen from a log-normal fit of the losses",
+    )
+    group.add_argument(
+        "--auto-quantile",
+        type=float,
+        default=0.9,
+        help="with --lambda-b auto: exclude losses above this quantile of the fit (default %(default)s)",
     )
     group.add_argument(
         "--epochs", type=int, default=None, help=f"epochs n (default {defaults.epochs})"
@@ -145,11 +162,15 @@ def schedule_config(args: argparse.Namespace, n_examples: int) -> SpectrumKDConf
         raise ValueError("give --epochs or --baseline-epochs, not both")
     epochs = args.epochs if args.epochs is not None else SpectrumKDConfig().epochs
     if args.baseline_epochs is not None:
+        if args.lambda_b == "auto":
+            raise ValueError(
+                "--baseline-epochs needs a fixed --lambda-b (the window size decides the epochs)"
+            )
         window = zone_sizes(n_examples, args.lambda_a, args.lambda_b).window
         epochs = step_parity_epochs(args.baseline_epochs, n_examples, window)
     return SpectrumKDConfig(
         lambda_a=args.lambda_a,
-        lambda_b=args.lambda_b,
+        lambda_b=SpectrumKDConfig().lambda_b if args.lambda_b == "auto" else args.lambda_b,
         epochs=epochs,
         warmup_epochs=args.warmup,
         tau_start=args.tau_start,
@@ -231,8 +252,22 @@ def cmd_curate(args: argparse.Namespace) -> None:
 
     ids, _ = read_difficulties(args.difficulties, column=args.column)
     config = schedule_config(args, len(ids))
-    plan = curate_file(args.difficulties, config, args.out, column=args.column)
+    plan = curate_file(
+        args.difficulties,
+        config,
+        args.out,
+        column=args.column,
+        auto_lambda_b=args.lambda_b == "auto",
+        quantile=args.auto_quantile,
+    )
     console = Console(quiet=args.quiet)
+    if "analyzer" in plan.metadata:
+        chosen, fit = plan.metadata["analyzer"], plan.metadata["analyzer"]["fit"]
+        console.print(
+            f"analyzer: lambda_b={chosen['lambda_b']:.4f} (losses above {chosen['threshold']:.3f}, the fitted "
+            f"log-normal's {chosen['quantile']} quantile; mu={fit['mu']:.3f}, sigma={fit['sigma']:.3f}, "
+            f"KS distance {fit['ks_statistic']:.3f})"
+        )
     print_plan(plan, console)
     console.print(f"wrote {Path(args.out) / 'schedule.json'}")
 

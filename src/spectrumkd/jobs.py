@@ -6,6 +6,7 @@ into one folder, atomically, and a rerun resumes or reuses what is already there
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from spectrumkd.curation.analyzer import choose_ratios
 from spectrumkd.curation.config import SpectrumKDConfig
 from spectrumkd.curation.files import spectrum_rows, write_curation
 from spectrumkd.curation.plan import CurriculumPlan
@@ -107,13 +109,23 @@ def curate_file(
     out_dir: str | Path,
     *,
     column: str = "difficulty",
+    auto_lambda_b: bool = False,
+    quantile: float = 0.9,
 ) -> CurriculumPlan:
     """``spectrumkd curate``: a JSONL of ``{"id", "difficulty"}`` rows -> ``out_dir/schedule.json``
-    and ``out_dir/spectrum.jsonl``."""
+    and ``out_dir/spectrum.jsonl``. With ``auto_lambda_b`` the analyzer chooses ``lambda_b`` from
+    a log-normal fit of the losses (see :mod:`spectrumkd.curation.analyzer`) and the schedule
+    records what it chose and why."""
     ids, values = read_difficulties(difficulties, column=column)
+    analysis = None
+    if auto_lambda_b:
+        analysis = choose_ratios(values, lambda_a=config.lambda_a, quantile=quantile)
+        config = dataclasses.replace(config, lambda_b=analysis.lambda_b)
     strategy = SpectrumKD(config)
     spectrum = strategy.spectrum(ids, values)
     plan = strategy.plan_from_spectrum(spectrum)
+    if analysis is not None:
+        plan = dataclasses.replace(plan, metadata={**plan.metadata, "analyzer": analysis.to_dict()})
     write_curation(plan, spectrum, out_dir)
     return plan
 

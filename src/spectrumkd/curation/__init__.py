@@ -1,5 +1,6 @@
 """Curation: from per-example difficulties to a per-epoch curriculum (pure functions)."""
 
+from spectrumkd.curation.analyzer import ChosenRatios, LogNormalFit, choose_ratios, fit_lognormal
 from spectrumkd.curation.config import SpectrumKDConfig
 from spectrumkd.curation.files import SCHEDULE_FILE, SPECTRUM_FILE, spectrum_rows, write_curation
 from spectrumkd.curation.plan import CurationStrategy, CurriculumPlan, EpochPlan, RankSlice
@@ -21,6 +22,10 @@ from spectrumkd.curation.spectrum import (
 )
 
 __all__ = [
+    "ChosenRatios",
+    "LogNormalFit",
+    "choose_ratios",
+    "fit_lognormal",
     "SCHEDULE_FILE",
     "SPECTRUM_FILE",
     "spectrum_rows",
