@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from spectrumkd.data import collate, load_examples, tokenize_examples
 from spectrumkd.jobs import calibration_batches
 from spectrumkd.models import DEFAULT_TEACHER, cache_dir, load_model, load_tokenizer, shrink
-from spectrumkd.scoring import ScoringSettings, score_examples
+from spectrumkd.scoring import ScoringSettings, length_bucketed_batches, score_examples
 
 
 def student_for_benchmark(num_layers: int, tokenizer, dataset) -> torch.nn.Module:
@@ -61,6 +61,16 @@ def padded_in_order(model, examples, batch: int, pad_token_id: int) -> np.ndarra
     return np.asarray(means)
 
 
+def raw_forward(model, examples, budget: int, pad_token_id: int) -> None:
+    """The model's forward alone (full logits, no loss) over the scorer's own length buckets:
+    the ceiling a scorer can approach."""
+    for batch in length_bucketed_batches(
+        [len(e.input_ids) for e in examples], ScoringSettings(max_tokens_per_batch=budget)
+    ):
+        inputs = collate([examples[i] for i in batch], pad_token_id)
+        model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -85,30 +95,38 @@ def main() -> None:
     examples = dataset.examples
     real_tokens = sum(len(e.input_ids) for e in examples)
 
+    def bucketed(budget: int):
+        settings = ScoringSettings(max_tokens_per_batch=budget)
+        return lambda: (
+            score_examples(
+                model,
+                examples,
+                pad_token_id=tokenizer.pad_token_id,
+                settings=settings,
+                progress=False,
+            ).loss_mean
+        )
+
+    variants = [
+        (f"bucketed scorer (spectrumkd), {b} tokens/batch", bucketed(b)) for b in args.budgets
+    ]
+    variants += [
+        ("batch-of-one loop, labels= loss", lambda: batch_of_one(model, examples)),
+        (
+            f"padded loop in dataset order, batch {args.batch}",
+            lambda: padded_in_order(model, examples, args.batch, tokenizer.pad_token_id),
+        ),
+    ]
     results = {}
     with torch.inference_mode():
-        for name, run in [
-            (
-                "bucketed scorer (spectrumkd)",
-                lambda: (
-                    score_examples(
-                        model,
-                        examples,
-                        pad_token_id=tokenizer.pad_token_id,
-                        settings=ScoringSettings(max_tokens_per_batch=args.batch_tokens),
-                        progress=False,
-                    ).loss_mean
-                ),
-            ),
-            ("batch-of-one loop, labels= loss", lambda: batch_of_one(model, examples)),
-            (
-                f"padded loop in dataset order, batch {args.batch}",
-                lambda: padded_in_order(model, examples, args.batch, tokenizer.pad_token_id),
-            ),
-        ]:
+        batch_of_one(model, examples[:4])  # warm-up
+        for name, run in variants:
             start = time.perf_counter()
             means = run()
             results[name] = (time.perf_counter() - start, means)
+        start = time.perf_counter()
+        raw_forward(model, examples, args.budgets[0], tokenizer.pad_token_id)
+        raw_seconds = time.perf_counter() - start
     reference = results["batch-of-one loop, labels= loss"][1]
     for name, (_, means) in results.items():
         worst = float(np.abs(means - reference).max())
@@ -123,6 +141,10 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, (seconds, _) in results.items():
         print(f"| {name} | {seconds:.1f} | {real_tokens / seconds:,.0f} | {base / seconds:.2f}x |")
+    print(
+        f"| (ceiling) model forward alone over the scorer's buckets, {args.budgets[0]} tokens/batch, no loss | "
+        f"{raw_seconds:.1f} | {real_tokens / raw_seconds:,.0f} | {base / raw_seconds:.2f}x |"
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from spectrumkd.curation import CurriculumPlan, SpectrumKD, SpectrumKDConfig, wr
 from spectrumkd.data import load_examples, tokenize_examples
 from spectrumkd.io import write_json
 from spectrumkd.jobs import ScoreResult, calibration_batches, score_dataset
-from spectrumkd.models import DEFAULT_TEACHER, load_model, load_tokenizer, shrink
+from spectrumkd.models import DEFAULT_TEACHER, check_pair, load_model, load_tokenizer, shrink
 
 CALIBRATION_ROWS = 32
 
@@ -80,6 +80,8 @@ def run_demo(
             teacher, tokenizer, batches, num_layers=num_layers, out_dir=student_dir
         )
         console.print(f"[bold]3. Student[/] {report.summary()}")
+    alignment = check_pair(tokenizer, load_tokenizer(student_dir), teacher.config, student.config)
+    console.print(f"    teacher/student pair checked: shared tokenizer, vocabulary {alignment.vocab_size:,}")
     del teacher
 
     console.print(
