@@ -63,7 +63,7 @@ def padded_in_order(model, examples, batch: int, pad_token_id: int) -> np.ndarra
 
 def raw_forward(model, examples, budget: int, pad_token_id: int) -> None:
     """The model's forward alone (full logits, no loss) over the scorer's own length buckets:
-    the ceiling a scorer can approach."""
+    what a scorer that computes every position's logits cannot beat."""
     for batch in length_bucketed_batches(
         [len(e.input_ids) for e in examples], ScoringSettings(max_tokens_per_batch=budget)
     ):
@@ -83,7 +83,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16, help="batch size of the plain padded loop")
     parser.add_argument(
-        "--batch-tokens", type=int, default=4096, help="token budget of the bucketed scorer"
+        "--budgets",
+        type=int,
+        nargs="+",
+        default=[1024, 4096],
+        help="token budgets of the bucketed scorer",
     )
     args = parser.parse_args()
 
@@ -128,22 +132,29 @@ def main() -> None:
         raw_forward(model, examples, args.budgets[0], tokenizer.pad_token_id)
         raw_seconds = time.perf_counter() - start
     reference = results["batch-of-one loop, labels= loss"][1]
-    for name, (_, means) in results.items():
-        worst = float(np.abs(means - reference).max())
-        assert worst < 1e-4, f"{name} disagrees with batch-of-one by {worst}"
+    deviation = {
+        name: float(np.abs(means - reference).max()) for name, (_, means) in results.items()
+    }
+    for name, worst in deviation.items():
+        if name.startswith("bucketed"):
+            assert worst < 1e-4, f"{name} disagrees with batch-of-one by {worst}"
 
     base = results["batch-of-one loop, labels= loss"][0]
     print(
         f"# {len(examples)} Dolly examples ({real_tokens:,} real tokens), SmolLM2 student with {args.num_layers} layers, "
         f"fp32, {torch.get_num_threads()} threads, {platform.machine()}, {time.strftime('%Y-%m-%d')}"
     )
-    print("| scorer | seconds | real tokens/s | speed vs batch-of-one |")
-    print("|---|---|---|---|")
-    for name, (seconds, _) in results.items():
-        print(f"| {name} | {seconds:.1f} | {real_tokens / seconds:,.0f} | {base / seconds:.2f}x |")
     print(
-        f"| (ceiling) model forward alone over the scorer's buckets, {args.budgets[0]} tokens/batch, no loss | "
-        f"{raw_seconds:.1f} | {real_tokens / raw_seconds:,.0f} | {base / raw_seconds:.2f}x |"
+        "| scorer | seconds | real tokens/s | speed vs batch-of-one | max abs diff vs batch-of-one (nats/token) |"
+    )
+    print("|---|---|---|---|---|")
+    for name, (seconds, _) in results.items():
+        print(
+            f"| {name} | {seconds:.1f} | {real_tokens / seconds:,.0f} | {base / seconds:.2f}x | {deviation[name]:.1e} |"
+        )
+    print(
+        f"| model forward alone (full logits, no loss) over the same buckets, {args.budgets[0]} tokens/batch | "
+        f"{raw_seconds:.1f} | {real_tokens / raw_seconds:,.0f} | {base / raw_seconds:.2f}x | - |"
     )
 
 

@@ -330,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--batch-tokens",
         type=int,
-        default=4096,
-        help="padded tokens per batch (default %(default)s)",
+        default=None,
+        help="padded tokens per batch (default: 1024 on CPU, 16384 on GPU)",
     )
     score.add_argument("--max-batch-size", type=int, default=64)
     score.add_argument(

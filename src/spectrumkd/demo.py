@@ -81,7 +81,9 @@ def run_demo(
         )
         console.print(f"[bold]3. Student[/] {report.summary()}")
     alignment = check_pair(tokenizer, load_tokenizer(student_dir), teacher.config, student.config)
-    console.print(f"    teacher/student pair checked: shared tokenizer, vocabulary {alignment.vocab_size:,}")
+    console.print(
+        f"    teacher/student pair checked: shared tokenizer, vocabulary {alignment.vocab_size:,}"
+    )
     del teacher
 
     console.print(

@@ -37,14 +37,23 @@ class ScorableExample(Protocol):
 
 @dataclass(frozen=True)
 class ScoringSettings:
-    max_tokens_per_batch: int = 4096  # padded tokens; logits take tokens x vocab x 4 bytes
+    # Padded tokens per batch. None: 1,024 on the CPU, where small batches measured fastest
+    # (benchmarks/README.md), 16,384 on a GPU, where larger batches fill the device.
+    max_tokens_per_batch: int | None = None
     max_batch_size: int = 64
     shard_batches: int = 8  # batches per shard file: the work a kill can lose
 
     def __post_init__(self) -> None:
         for name in ("max_tokens_per_batch", "max_batch_size", "shard_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be >= 1")
+
+    def resolved(self, device: torch.device) -> ScoringSettings:
+        if self.max_tokens_per_batch is not None:
+            return self
+        budget = 16384 if device.type == "cuda" else 1024
+        return ScoringSettings(budget, self.max_batch_size, self.shard_batches)
 
 
 def length_bucketed_batches(lengths: Sequence[int], settings: ScoringSettings) -> list[list[int]]:
@@ -168,7 +177,8 @@ def score_examples(
     With ``out_dir``, finished shards are written to ``out_dir/shards`` and reused by a rerun
     with the same model, data and settings, and the table goes to ``out_dir/difficulties.jsonl``.
     """
-    settings = settings or ScoringSettings()
+    device = next(model.parameters()).device
+    settings = (settings or ScoringSettings()).resolved(device)
     if not examples:
         raise ValueError("no examples to score; check the data source and the length limit")
     empty = [e.id for e in examples if not any(label != IGNORE_INDEX for label in e.labels[1:])]
@@ -182,7 +192,6 @@ def score_examples(
         for i in range(0, len(batches), settings.shard_batches)
     ]
     shard_dir = _prepare_shard_dir(model, examples, settings, out_dir, len(shards))
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     rows: dict[int, dict] = {}
