@@ -1,0 +1,173 @@
+"""The memory-bounded KD engine: fused LM head + objective over chunks of tokens (Liger style).
+
+The full-logits path holds [N, V] logits of both models plus the objective's [N, V]
+intermediates saved for backward; at V = 152k and a few thousand tokens that dominates memory.
+Here one ``torch.autograd.Function`` loops over chunks of the *unmasked* tokens: for each chunk
+it computes both models' logits, the per-token divergence and (optionally) the student's
+cross-entropy, and the gradients of those sums w.r.t. the chunk's logits, which it immediately
+folds into gradients w.r.t. ``student_hidden`` and ``student_head_weight``. Nothing of size
+[N, V] outlives its chunk, and nothing of size [*, V] is kept for backward; backward only scales
+the stored gradients by the incoming ``grad_output``. The teacher gets no gradient.
+
+Memory kept for backward: float32 gradients of the student's hidden states [N, H] and head
+[V, H] (each only if that input requires grad, e.g. not the head under LoRA), twice when the
+cross-entropy is computed too, because KD and CE are returned as separate sums that a caller
+weights only later (see ``objectives.combine``). Head biases are not supported: the heads of
+Llama, Qwen and GPT-2 have none.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from spectrumkd.distillation.objectives import (
+    IGNORE_INDEX,
+    Objective,
+    as_objective,
+    check_temperature,
+    check_vocab,
+    scaled_log_probs,
+)
+
+
+def _fold(grad_logits: Tensor, hidden: Tensor, weight: Tensor, acc_h, acc_w, rows) -> None:
+    """Add the chunk's logits gradient, pulled back through logits = hidden @ weight.T."""
+    if acc_h is not None:
+        acc_h[rows] = (grad_logits.to(weight.dtype) @ weight).float()
+    if acc_w is not None:
+        acc_w.addmm_(grad_logits.T, hidden.float())
+
+
+class _ChunkedKD(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx,
+        student_hidden: Tensor,
+        student_weight: Tensor,
+        teacher_hidden: Tensor,
+        teacher_weight: Tensor,
+        labels: Tensor,
+        objective: Objective,
+        temperature: float,
+        chunk_size: int,
+        with_ce: bool,
+        need_h: bool,
+        need_w: bool,
+    ):
+        device = student_hidden.device
+        rows = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
+
+        def zeros(like: Tensor, needed: bool) -> Tensor | None:
+            return torch.zeros(like.shape, dtype=torch.float32, device=device) if needed else None
+
+        kd_h, kd_w = zeros(student_hidden, need_h), zeros(student_weight, need_w)
+        ce_h, ce_w = (
+            zeros(student_hidden, need_h and with_ce),
+            zeros(student_weight, need_w and with_ce),
+        )
+        kd_sum = torch.zeros((), dtype=torch.float32, device=device)
+        ce_sum = torch.zeros((), dtype=torch.float32, device=device)
+
+        for start in range(0, rows.numel(), chunk_size):
+            chunk = rows[start : start + chunk_size]
+            hidden = student_hidden[chunk]
+            teacher_logp = scaled_log_probs(teacher_hidden[chunk] @ teacher_weight.T, temperature)
+            logits = (hidden @ student_weight.T).float()
+            with torch.enable_grad():
+                logits.requires_grad_(need_h or need_w)
+                kd = objective(scaled_log_probs(logits, temperature), teacher_logp).sum()
+                ce = F.cross_entropy(logits, labels[chunk], reduction="sum") if with_ce else None
+                if need_h or need_w:
+                    (grad,) = torch.autograd.grad(kd, logits)
+                    _fold(grad, hidden, student_weight, kd_h, kd_w, chunk)
+                    if ce is not None:
+                        (grad,) = torch.autograd.grad(ce, logits)
+                        _fold(grad, hidden, student_weight, ce_h, ce_w, chunk)
+            kd_sum += kd.detach()
+            if ce is not None:
+                ce_sum += ce.detach()
+
+        num_tokens = torch.tensor(rows.numel(), device=device)
+        ctx.save_for_backward(kd_h, kd_w, ce_h, ce_w)
+        ctx.dtypes = (student_hidden.dtype, student_weight.dtype)
+        ctx.mark_non_differentiable(num_tokens)
+        if not with_ce:
+            ctx.mark_non_differentiable(ce_sum)
+        return kd_sum, ce_sum, num_tokens
+
+    @staticmethod
+    def backward(ctx, grad_kd: Tensor, grad_ce: Tensor, _grad_num_tokens: Tensor):
+        kd_h, kd_w, ce_h, ce_w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.dtypes
+
+        def scaled(kd_part: Tensor | None, ce_part: Tensor | None, dtype) -> Tensor | None:
+            if kd_part is None:
+                return None
+            total = grad_kd * kd_part
+            if ce_part is not None:
+                total = total + grad_ce * ce_part
+            return total.to(dtype)
+
+        return (
+            scaled(kd_h, ce_h, h_dtype),
+            scaled(kd_w, ce_w, w_dtype),
+            *([None] * 9),
+        )
+
+
+def chunked_kd_loss(
+    student_hidden: Tensor,
+    student_head_weight: Tensor,
+    teacher_hidden: Tensor,
+    teacher_head_weight: Tensor,
+    labels: Tensor,
+    objective: Objective | str,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    with_ce: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(kd_sum, ce_sum, num_tokens) without materialising [N, V] logits; see the module doc.
+
+    ``student_hidden`` [..., H] and ``teacher_hidden`` [..., H_t] are the final hidden states
+    (after the last norm), ``student_head_weight`` [V, H] and ``teacher_head_weight`` [V, H_t]
+    the LM heads (no bias), ``labels`` [...] aligned to the positions (already shifted) with
+    -100 masked. Values and gradients equal ``kd_loss`` on ``hidden @ weight.T``; ``ce_sum`` is
+    the student's summed cross-entropy at temperature 1 (0, without gradient, if not
+    ``with_ce``). At most ``chunk_size`` tokens' logits exist at a time.
+    """
+    objective = as_objective(objective)
+    check_vocab(student_head_weight.shape[0], teacher_head_weight.shape[0])
+    check_temperature(temperature)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be >= 1")
+    if student_hidden.shape[-1] != student_head_weight.shape[1]:
+        raise ValueError(
+            f"student hidden size {student_hidden.shape[-1]} != head input size "
+            f"{student_head_weight.shape[1]}"
+        )
+    if teacher_hidden.shape[-1] != teacher_head_weight.shape[1]:
+        raise ValueError(
+            f"teacher hidden size {teacher_hidden.shape[-1]} != head input size "
+            f"{teacher_head_weight.shape[1]}"
+        )
+    if student_hidden.shape[:-1] != labels.shape or teacher_hidden.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"hidden states {tuple(student_hidden.shape)} (student), "
+            f"{tuple(teacher_hidden.shape)} (teacher) do not match labels {tuple(labels.shape)}"
+        )
+    grad_on = torch.is_grad_enabled()
+    return _ChunkedKD.apply(
+        student_hidden.reshape(-1, student_hidden.shape[-1]),
+        student_head_weight,
+        teacher_hidden.reshape(-1, teacher_hidden.shape[-1]),
+        teacher_head_weight,
+        labels.reshape(-1),
+        objective,
+        float(temperature),
+        int(chunk_size),
+        bool(with_ce),
+        grad_on and student_hidden.requires_grad,
+        grad_on and student_head_weight.requires_grad,
+    )

@@ -1,0 +1,220 @@
+"""White-box KD objectives (spec: shared/spec/losses.md) as short, pure per-token functions.
+
+Conventions, the same for every objective:
+
+- p is the teacher's and q the student's distribution at one position, both
+  ``log_softmax(logits / tau)`` in float32. Each divergence maps log-probabilities
+  ``(student_logp, teacher_logp)`` of shape [K, V] to per-token values of shape [K].
+- One tau^2 convention: :func:`kd_loss` (and the chunked engine) return the *unscaled* sum of
+  per-token divergences; the only tau^2 lives in :func:`combine`,
+  ``(alpha * CE + (1 - alpha) * tau^2 * KD) / num_tokens``, for every objective alike (it keeps
+  gradient magnitudes comparable across temperatures; the POCL code forgets it for RKL and TVD).
+  CE is the student's cross-entropy on the labels at temperature 1.
+- Sums, not means: callers divide by a GLOBAL count of response tokens (gradient accumulation,
+  several processes), so no micro-batch is normalised twice.
+- Zero probabilities (logit -inf): a term x_v log(x_v / y_v) is 0 where x_v = 0 (the limit
+  0 log 0 = 0). Where y_v = 0 but x_v > 0 the true divergence is +inf; as the spec asks (and as
+  DistiLLM and Liger do) that entry is left out, so values and gradients stay finite. Masking
+  the same entries in both models (padded vocabulary) is therefore exact. TVD is always finite
+  and needs no exception. Masking uses ``torch.where`` on the inputs, so masked entries receive
+  an exact zero gradient (no 0 * inf = NaN in backward).
+- Forward KL is the true KL, sum p (log p - log q). DistiLLM computes -sum p log q = KL + H(p):
+  the same gradient in the student, but not 0 at p = q.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+Divergence = Callable[..., Tensor]
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def _kl(log_x: Tensor, log_y: Tensor) -> Tensor:
+    """sum_v x_v (log x_v - log y_v) over the last axis; entries where x_v or y_v is 0 give 0."""
+    keep = torch.isfinite(log_x) & torch.isfinite(log_y)
+    log_x = torch.where(keep, log_x, 0.0)
+    log_y = torch.where(keep, log_y, 0.0)
+    # left-out entries now read exp(0) * (0 - 0) = 0, and torch.where sends them no gradient
+    return (log_x.exp() * (log_x - log_y)).sum(-1)
+
+
+def _log_mix(log_x: Tensor, log_y: Tensor, w: float) -> Tensor:
+    """log(w x + (1 - w) y) in log space (logsumexp); -inf where both x and y are 0."""
+    if w == 1.0:
+        return log_x
+    if w == 0.0:
+        return log_y
+    both = torch.stack((log_x + math.log(w), log_y + math.log1p(-w)))
+    empty = torch.isneginf(both).all(0)
+    both = torch.where(empty, 0.0, both)  # logsumexp of (-inf, -inf) has a NaN gradient
+    return torch.where(empty, -math.inf, torch.logsumexp(both, 0))
+
+
+def scaled_log_probs(logits: Tensor, temperature: float) -> Tensor:
+    """log_softmax(logits / tau) over the vocabulary, in float32 whatever the input dtype."""
+    return F.log_softmax(logits.float() / temperature, dim=-1)
+
+
+# --------------------------------------------------------------------------- the objectives
+
+
+def forward_kl(student_logp: Tensor, teacher_logp: Tensor) -> Tensor:
+    """KL(p || q) = sum p (log p - log q) (true KL, 0 at p = q)."""
+    return _kl(teacher_logp, student_logp)
+
+
+def reverse_kl(student_logp: Tensor, teacher_logp: Tensor) -> Tensor:
+    """KL(q || p) = sum q (log q - log p)."""
+    return _kl(student_logp, teacher_logp)
+
+
+def jsd(student_logp: Tensor, teacher_logp: Tensor, beta: float = 0.5) -> Tensor:
+    """TRL's generalized JSD: beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q.
+
+    At beta = 0 and 1 JSD itself vanishes; as in TRL those ends are the limits of the normalised
+    divergence instead, JSD/beta -> forward KL and JSD/(1 - beta) -> reverse KL.
+    """
+    if beta == 0.0:
+        return forward_kl(student_logp, teacher_logp)
+    if beta == 1.0:
+        return reverse_kl(student_logp, teacher_logp)
+    log_m = _log_mix(teacher_logp, student_logp, beta)
+    return beta * _kl(teacher_logp, log_m) + (1.0 - beta) * _kl(student_logp, log_m)
+
+
+def tvd(student_logp: Tensor, teacher_logp: Tensor) -> Tensor:
+    """Total variation distance 1/2 sum |p - q|."""
+    return 0.5 * (teacher_logp.exp() - student_logp.exp()).abs().sum(-1)
+
+
+def skew_kl(student_logp: Tensor, teacher_logp: Tensor, a: float = 0.1) -> Tensor:
+    """Skew KL: KL(p || a p + (1 - a) q); a = 0 is forward KL."""
+    return _kl(teacher_logp, _log_mix(teacher_logp, student_logp, a))
+
+
+def skew_reverse_kl(student_logp: Tensor, teacher_logp: Tensor, a: float = 0.1) -> Tensor:
+    """Skew reverse KL: KL(q || (1 - a) p + a q); a = 0 is reverse KL."""
+    return _kl(student_logp, _log_mix(teacher_logp, student_logp, 1.0 - a))
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A named per-token divergence with its parameters; call it on (student_logp, teacher_logp)."""
+
+    name: str
+    fn: Divergence
+    params: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, value in self.params.items():
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{self.name}: {key}={value!r} must be a number in [0, 1]")
+
+    def __call__(self, student_logp: Tensor, teacher_logp: Tensor) -> Tensor:
+        return self.fn(student_logp, teacher_logp, **self.params)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "forward_kl": Objective("forward_kl", forward_kl),
+    "reverse_kl": Objective("reverse_kl", reverse_kl),
+    "jsd": Objective("jsd", jsd, {"beta": 0.5}),
+    "tvd": Objective("tvd", tvd),
+    "skew_kl": Objective("skew_kl", skew_kl, {"a": 0.1}),
+    "skew_reverse_kl": Objective("skew_reverse_kl", skew_reverse_kl, {"a": 0.1}),
+}
+
+
+def get_objective(name: str, **params: float) -> Objective:
+    """The objective ``name`` with its default parameters overridden by ``params``."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; valid: {', '.join(OBJECTIVES)}")
+    base = OBJECTIVES[name]
+    unknown = sorted(set(params) - set(base.params))
+    if unknown:
+        valid = ", ".join(base.params) or "no parameters"
+        raise ValueError(f"{name} takes {valid}; got {', '.join(unknown)}")
+    return Objective(name, base.fn, {**base.params, **params})
+
+
+def as_objective(objective: Objective | str) -> Objective:
+    return get_objective(objective) if isinstance(objective, str) else objective
+
+
+def check_vocab(student_vocab: int, teacher_vocab: int) -> None:
+    if student_vocab != teacher_vocab:
+        raise ValueError(
+            f"student vocabulary ({student_vocab}) and teacher vocabulary ({teacher_vocab}) "
+            "differ; white-box KD needs one shared vocabulary"
+        )
+
+
+def check_temperature(temperature: float) -> None:
+    if not temperature > 0 or math.isinf(temperature):
+        raise ValueError(f"temperature={temperature!r} must be a positive finite number")
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    objective: Objective | str,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """(sum of per-token divergences over unmasked positions, number of unmasked positions).
+
+    ``student_logits`` and ``teacher_logits`` are [..., V] (any float dtype, computed in
+    float32), ``labels`` is [...] with ``IGNORE_INDEX`` (-100) at prompt and padding positions.
+    The labels must already be aligned to the logits (label t is the token predicted at
+    position t: the caller has shifted them). No tau^2 and no division here: see :func:`combine`.
+    Only unmasked rows are computed, so masked positions never influence value or gradient.
+    """
+    objective = as_objective(objective)
+    check_vocab(student_logits.shape[-1], teacher_logits.shape[-1])
+    check_temperature(temperature)
+    if student_logits.shape[:-1] != labels.shape or teacher_logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"logits {tuple(student_logits.shape)} (student), {tuple(teacher_logits.shape)} "
+            f"(teacher) do not match labels {tuple(labels.shape)} + (V,)"
+        )
+    mask = labels != IGNORE_INDEX
+    student_logp = scaled_log_probs(student_logits[mask], temperature)
+    teacher_logp = scaled_log_probs(teacher_logits[mask], temperature)
+    return objective(student_logp, teacher_logp).sum(), mask.sum()
+
+
+def combine(
+    ce_sum: Tensor | float,
+    kd_sum: Tensor | float,
+    num_tokens: Tensor | int,
+    alpha: float,
+    temperature: float,
+) -> Tensor | float:
+    """``(alpha * ce_sum + (1 - alpha) * tau^2 * kd_sum) / num_tokens`` (the one tau^2 rule).
+
+    ``num_tokens`` should be the global count of response tokens of the optimiser step; an empty
+    count gives 0 rather than NaN.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha!r} must be in [0, 1]")
+    check_temperature(temperature)
+    total = alpha * ce_sum + (1.0 - alpha) * temperature**2 * kd_sum
+    if isinstance(num_tokens, Tensor):
+        return total / num_tokens.clamp(min=1)
+    return total / max(num_tokens, 1)
