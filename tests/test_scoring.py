@@ -130,8 +130,10 @@ score_examples(model, examples, settings=ScoringSettings(max_batch_size=2, shard
 """
 
 
-def run_scoring(args: list[str]) -> subprocess.Popen:
+def run_scoring(args: list[str], threads: int | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    if threads is not None:  # float sums depend on the thread count: compare like with like
+        env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.Popen([sys.executable, "-c", SCORING_SCRIPT, *args], env=env)
 
 
@@ -184,3 +186,67 @@ def test_logits_at_response_positions_equal_the_full_logits_path(tiny_model):
     assert logits.shape[1] == inputs["input_ids"].shape[1]  # the hook is removed afterwards
     torch.testing.assert_close(gathered[0], full[0], rtol=0, atol=1e-4)
     torch.testing.assert_close(gathered[1], full[1])
+
+
+DISTRIBUTED_SCRIPT = """
+import json, sys, torch
+import torch.distributed as dist
+from dataclasses import dataclass
+from transformers import AutoModelForCausalLM
+from spectrumkd.scoring import ScoringSettings, score_examples
+
+@dataclass(frozen=True)
+class Ex:
+    id: str
+    input_ids: list
+    labels: list
+
+dist.init_process_group("gloo")
+model_dir, data_file, out_dir = sys.argv[1:4]
+model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+examples = [Ex(**row) for row in json.load(open(data_file))]
+table = score_examples(model, examples, settings=ScoringSettings(max_batch_size=2, shard_batches=1), out_dir=out_dir, progress=False)
+json.dump(table.loss_mean.tolist(), open(f"{out_dir}/rank{dist.get_rank()}.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_two_processes_score_disjoint_shards_into_the_one_process_table(tiny_model_dir, tmp_path):
+    vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    examples = random_examples(20, vocab, seed=4)
+    data_file = tmp_path / "examples.json"
+    data_file.write_text(json.dumps([e.__dict__ for e in examples]))
+    script = tmp_path / "score_ddp.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    two = tmp_path / "two"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+    ]
+    subprocess.run(
+        [*command, str(script), str(tiny_model_dir), str(data_file), str(two)],
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    assert (
+        run_scoring(
+            [str(tiny_model_dir), str(data_file), str(tmp_path / "one"), "0"], threads=1
+        ).wait()
+        == 0
+    )
+    assert (two / "difficulties.jsonl").read_bytes() == (
+        tmp_path / "one" / "difficulties.jsonl"
+    ).read_bytes()
+    assert json.loads((two / "rank0.json").read_text()) == json.loads(
+        (two / "rank1.json").read_text()
+    )
+    assert (
+        len(list((two / "shards").glob("shard-*.jsonl"))) == 10
+    )  # each shard scored once, by one rank

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from spectrumkd.data.tokenize import collate
+from spectrumkd.data.tokenize import IGNORE_INDEX, collate
 from spectrumkd.io import read_jsonl, write_json, write_jsonl
 from spectrumkd.scoring.difficulty import DifficultyTable, table_from_rows
 
-IGNORE_INDEX = -100
+CE_SLICE = 4096  # positions per cross-entropy call
 
 
 class ScorableExample(Protocol):
@@ -62,6 +62,8 @@ def length_bucketed_batches(lengths: Sequence[int], settings: ScoringSettings) -
     Longest first; ties keep dataset order, so the plan is a pure function of the lengths.
     An example longer than the budget gets a batch of its own.
     """
+    if settings.max_tokens_per_batch is None:
+        settings = settings.resolved(torch.device("cpu"))
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
@@ -110,8 +112,9 @@ def logits_at(model: torch.nn.Module, positions: torch.Tensor) -> Iterator[bool]
     if head is None:
         yield False
         return
+    # The mask follows the hidden states to their device (a model split over GPUs).
     handle = head.register_forward_pre_hook(
-        lambda module, args: (args[0][positions].unsqueeze(0), *args[1:])
+        lambda module, args: (args[0][positions.to(args[0].device)].unsqueeze(0), *args[1:])
     )
     try:
         yield True
@@ -132,10 +135,19 @@ def _batch_losses(
         ).logits
     if not gathered or logits.shape[:2] != (1, int(predicts.sum())):
         return response_token_losses(logits, labels)
-    targets = labels[:, 1:][predicts[:, :-1]]
-    losses = F.cross_entropy(logits[0].float(), targets, reduction="none").double()
-    rows = predicts.nonzero()[:, 0]
-    sums = torch.zeros(labels.shape[0], dtype=torch.float64, device=labels.device).index_add_(
+    targets = labels[:, 1:][predicts[:, :-1]].to(logits.device)
+    # Cross-entropy in slices of positions: a float32 copy of all K x V logits at once would
+    # cost gigabytes at a GPU token budget and a 152k vocabulary.
+    losses = torch.cat(
+        [
+            F.cross_entropy(
+                logits[0, i : i + CE_SLICE].float(), targets[i : i + CE_SLICE], reduction="none"
+            )
+            for i in range(0, targets.numel(), CE_SLICE)
+        ]
+    ).double()
+    rows = predicts.nonzero()[:, 0].to(losses.device)
+    sums = torch.zeros(labels.shape[0], dtype=torch.float64, device=losses.device).index_add_(
         0, rows, losses
     )
     return sums, predicts.sum(dim=1)
@@ -150,7 +162,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     with torch.no_grad():
         for name, param in model.state_dict().items():
             digest.update(name.encode())
-            digest.update(np.float64(param.detach().double().sum().item()).tobytes())
+            digest.update(np.float64(param.detach().sum(dtype=torch.float64).item()).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -191,17 +203,26 @@ def score_examples(
         batches[i : i + settings.shard_batches]
         for i in range(0, len(batches), settings.shard_batches)
     ]
-    shard_dir = _prepare_shard_dir(model, examples, settings, out_dir, len(shards))
+    rank, world = _process_group()
+    shard_dir = _prepare_shard_dir(model, examples, settings, out_dir, len(shards), rank, world)
+    mine = [
+        index for index in range(len(shards)) if index % world == rank
+    ]  # one shard each in turn
     was_training = model.training
     model.eval()
     rows: dict[int, dict] = {}
-    total_tokens = sum(len(e.input_ids) for e in examples)
     bar = tqdm(
-        total=total_tokens, unit="tok", unit_scale=True, desc="scoring", disable=not progress
+        total=sum(len(examples[i].input_ids) for s in mine for batch in shards[s] for i in batch),
+        unit="tok",
+        unit_scale=True,
+        desc="scoring",
+        disable=not progress or rank != 0,
     )
     try:
-        for shard_index, shard in enumerate(shards):
-            shard_path = shard_dir / f"shard-{shard_index:05d}.jsonl" if shard_dir else None
+        for shard_index in mine:
+            shard, shard_path = shards[shard_index], None
+            if shard_dir is not None:
+                shard_path = shard_dir / f"shard-{shard_index:05d}.jsonl"
             if shard_path is not None and shard_path.exists():
                 shard_rows = list(read_jsonl(shard_path))
                 bar.update(sum(len(examples[i].input_ids) for batch in shard for i in batch))
@@ -217,11 +238,23 @@ def score_examples(
     finally:
         bar.close()
         model.train(was_training)
-    ordered = [rows[i] for i in range(len(examples))]
-    table = table_from_rows(ordered)
-    if out_dir is not None:
+    if world > 1:
+        gathered: list[dict[int, dict]] = [{} for _ in range(world)]
+        torch.distributed.all_gather_object(gathered, rows)
+        rows = {index: row for part in gathered for index, row in part.items()}
+    table = table_from_rows([rows[i] for i in range(len(examples))])
+    if out_dir is not None and rank == 0:
         table.write_jsonl(Path(out_dir) / "difficulties.jsonl")
     return table
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of a running torch.distributed job (accelerate, torchrun), else (0, 1).
+    Every process builds the same batch plan, scores every world-th shard, and all processes
+    receive the whole table, so a multi-GPU run gives the table of a one-process run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def _score_batch(model, examples, batch: list[int], pad_token_id: int, device) -> list[dict]:
@@ -246,7 +279,7 @@ def _score_batch(model, examples, batch: list[int], pad_token_id: int, device) -
 
 
 def _prepare_shard_dir(
-    model, examples, settings: ScoringSettings, out_dir, num_shards: int
+    model, examples, settings: ScoringSettings, out_dir, num_shards: int, rank: int, world: int
 ) -> Path | None:
     if out_dir is None:
         return None
@@ -259,16 +292,17 @@ def _prepare_shard_dir(
         "num_shards": num_shards,
     }
     manifest_path = shard_dir / "manifest.json"
-    if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text())
-        if previous != manifest:
-            changed = ", ".join(k for k in manifest if previous.get(k) != manifest[k])
-            raise ValueError(
-                f"{shard_dir} holds scores of a different run ({changed} changed); "
-                "pass another output folder or delete that one to start over"
-            )
-    else:
+    if rank == 0 and not manifest_path.exists():
         write_json(manifest_path, manifest)
+    if world > 1:
+        torch.distributed.barrier()  # the manifest exists before any process compares it
+    previous = json.loads(manifest_path.read_text())
+    if previous != manifest:
+        changed = ", ".join(k for k in manifest if previous.get(k) != manifest[k])
+        raise ValueError(
+            f"{shard_dir} holds scores of a different run ({changed} changed); "
+            "pass another output folder or delete that one to start over"
+        )
     return shard_dir
 
 
