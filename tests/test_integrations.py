@@ -156,3 +156,21 @@ def test_trainer_with_a_different_epoch_count_is_refused(tmp_path):
         ValueError, match="num_train_epochs=3.*has 4 epochs; set num_train_epochs=4"
     ):
         trainer.train()
+
+
+def test_sampler_splits_an_epoch_across_ddp_ranks():
+    ids = [f"row{i:03d}" for i in range(31)]
+    plan = make_plan(ids)
+    window = set(plan.epoch(2).ids)
+    per_rank = -(-len(window) // 3)
+    shares = []
+    for rank in range(3):
+        sampler = CurriculumSampler(ids, plan, seed=3, num_replicas=3, rank=rank)
+        sampler.set_epoch(1)
+        shares.append([ids[i] for i in sampler])
+        assert len(shares[-1]) == len(sampler) == per_rank  # padded like DistributedSampler
+    assert set().union(*map(set, shares)) == window
+    assert sum(map(len, shares)) - len(window) == 3 * per_rank - len(window)  # only padding repeats
+    assert 3 * per_rank > len(window)  # this case does pad
+    with pytest.raises(ValueError, match=r"rank=3 must be in \[0, num_replicas=3\)"):
+        CurriculumSampler(ids, plan, num_replicas=3, rank=3)

@@ -38,7 +38,13 @@ def _positions(dataset_ids: Sequence[str], plan: CurriculumPlan) -> dict[str, in
 
 
 class CurriculumSampler(Sampler[int]):
-    """Yields dataset indices of the current epoch's examples, shuffled by (seed, epoch)."""
+    """Yields dataset indices of the current epoch's examples, shuffled by (seed, epoch).
+
+    In a plain DDP loop pass ``num_replicas`` and ``rank``: each process then takes every
+    ``num_replicas``-th index of the shared shuffled order, padded like ``DistributedSampler``
+    so all processes run the same number of steps. Leave them unset under ``accelerate``, which
+    shards the batches of a prepared DataLoader itself.
+    """
 
     def __init__(
         self,
@@ -47,10 +53,15 @@ class CurriculumSampler(Sampler[int]):
         *,
         shuffle: bool = True,
         seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
         self.plan = plan
         self.shuffle = shuffle
         self.seed = seed
+        self.num_replicas, self.rank = num_replicas, rank
         self._position = _positions(dataset_ids, plan)
         self.epoch = 0
 
@@ -63,15 +74,18 @@ class CurriculumSampler(Sampler[int]):
         return self.plan.epoch(self.epoch + 1)
 
     def __len__(self) -> int:
-        return len(self.current.ids)
+        return -(-len(self.current.ids) // self.num_replicas)
 
     def __iter__(self) -> Iterator[int]:
         indices = [self._position[i] for i in self.current.ids]
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            indices = [
-                indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()
-            ]
+            order = torch.randperm(len(indices), generator=generator).tolist()
+            indices = [indices[i] for i in order]
+        if self.num_replicas > 1:
+            padded = len(self) * self.num_replicas
+            indices = (indices * -(-padded // len(indices)))[:padded]
+            indices = indices[self.rank :: self.num_replicas]
         return iter(indices)
 
 
