@@ -170,7 +170,6 @@ def test_sampler_splits_an_epoch_across_ddp_ranks():
         shares.append([ids[i] for i in sampler])
         assert len(shares[-1]) == len(sampler) == per_rank  # padded like DistributedSampler
     assert set().union(*map(set, shares)) == window
-    assert sum(map(len, shares)) - len(window) == 3 * per_rank - len(window)  # only padding repeats
-    assert 3 * per_rank > len(window)  # this case does pad
+    assert 3 * per_rank > len(window)  # this case pads, and yet every example is served
     with pytest.raises(ValueError, match=r"rank=3 must be in \[0, num_replicas=3\)"):
         CurriculumSampler(ids, plan, num_replicas=3, rank=3)
