@@ -24,7 +24,7 @@ from spectrumkd.scoring import ScoringSettings, length_bucketed_batches, score_e
 
 def student_for_benchmark(num_layers: int, tokenizer, dataset) -> torch.nn.Module:
     folder = cache_dir() / "bench" / f"smollm2-student-{num_layers}"
-    if not (folder / "config.json").exists():
+    if not (folder / "shrink_report.json").exists():  # written last: the student is complete
         teacher = load_model(DEFAULT_TEACHER)
         shrink(
             teacher,

@@ -237,3 +237,38 @@ def test_missing_model_is_one_line(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no-such-model" in err
+
+
+def test_curate_passes_step_mode_and_direction_through(tmp_path):
+    write_difficulties(tmp_path / "d.jsonl", n=200)
+    out = tmp_path / "o"
+    argv = ["curate", "--difficulties", str(tmp_path / "d.jsonl"), "--epochs", "8", "--warmup", "2"]
+    assert (
+        main(
+            [*argv, "--step-mode", "linear", "--direction", "reverse", "--out", str(out), "--quiet"]
+        )
+        == 0
+    )
+    schedule = json.loads((out / "schedule.json").read_text())
+    starts = [e["window_start_rank"] - 1 for e in schedule["epochs"]]
+    early = schedule["zones"]["early"]["size"]  # 20
+    # reverse: the hard end first; linear: equal rank steps of E/(n-k-1) = 4
+    assert starts == [early, early, early, 16, 12, 8, 4, 0]
+    assert (
+        schedule["config"]["step_mode"] == "linear" and schedule["config"]["direction"] == "reverse"
+    )
+
+
+def test_unknown_device_is_one_line(tmp_path, capsys, tiny_model_dir):
+    dolly_like_file(tmp_path / "t.jsonl")
+    argv = [
+        "score",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(tmp_path / "t.jsonl"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main([*argv, "--device", "gpu0"]) == 2
+    assert "device 'gpu0' is not a device name" in capsys.readouterr().err

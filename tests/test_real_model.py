@@ -40,3 +40,24 @@ def test_scorer_matches_labels_loss_on_the_real_smollm2_student():
     assert (
         0.5 < float(np.median(bucketed.loss_mean)) < 15
     )  # a working model, not noise (ln 49152 = 10.8)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_resumes(tmp_path):
+    import json
+
+    from spectrumkd.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", rows=40, num_layers=20, quiet=True)
+    schedule = json.loads((tmp_path / "demo" / "schedule.json").read_text())
+    zones = schedule["zones"]
+    assert sum(z["size"] for z in zones.values()) == len(result.score.table) <= 40
+    assert len(schedule["epochs"]) == 25 and schedule["epochs"][-1]["temperature"] == 2.0
+    report = json.loads((tmp_path / "demo" / "student" / "shrink_report.json").read_text())
+    assert len(report["keep_layers"]) == 20 and report["student_loss"] > report["teacher_loss"]
+    first = (tmp_path / "demo" / "schedule.json").read_bytes()
+    again = run_demo(
+        tmp_path / "demo", rows=40, num_layers=20, quiet=True
+    )  # reuses student and shards
+    assert (tmp_path / "demo" / "schedule.json").read_bytes() == first
+    assert again.seconds < result.seconds

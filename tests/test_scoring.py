@@ -250,3 +250,22 @@ def test_two_processes_score_disjoint_shards_into_the_one_process_table(tiny_mod
     assert (
         len(list((two / "shards").glob("shard-*.jsonl"))) == 10
     )  # each shard scored once, by one rank
+
+
+def test_examples_longer_than_the_models_positions_are_refused(tiny_model):
+    too_long = random_examples(1, tiny_model.config.vocab_size)[0]
+    ids = too_long.input_ids * 100  # far past max_position_embeddings = 1024
+    with pytest.raises(ValueError, match="model handles 1024 positions; lower --max-length"):
+        score_examples(tiny_model, [Ex("long", ids, [-100] + ids[1:])], progress=False)
+
+
+def test_a_model_reloaded_from_disk_keeps_its_fingerprint(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from spectrumkd.scoring.scorer import model_fingerprint
+
+    tiny_model.save_pretrained(tmp_path / "m")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert model_fingerprint(reloaded) == model_fingerprint(tiny_model)
+    reloaded.model.norm.weight.data[0] += 1e-3
+    assert model_fingerprint(reloaded) != model_fingerprint(tiny_model)

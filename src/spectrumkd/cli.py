@@ -9,7 +9,12 @@ from pathlib import Path
 from spectrumkd.curation.config import DIRECTIONS, STEP_MODES, SpectrumKDConfig
 
 # Errors a user can fix get one line; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, OSError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FloatingPointError,
+    OSError,
+)  # ModelLoadError is an OSError
 
 
 def parse_layers(text: str) -> list[int]:
@@ -247,27 +252,23 @@ def cmd_curate(args: argparse.Namespace) -> None:
     from rich.console import Console
 
     from spectrumkd.console import print_plan
-    from spectrumkd.jobs import curate_file
+    from spectrumkd.curation.analyzer import describe_choice
+    from spectrumkd.jobs import curate
     from spectrumkd.scoring import read_difficulties
 
-    ids, _ = read_difficulties(args.difficulties, column=args.column)
+    ids, values = read_difficulties(args.difficulties, column=args.column)
     config = schedule_config(args, len(ids))
-    plan = curate_file(
-        args.difficulties,
+    plan = curate(
+        ids,
+        values,
         config,
         args.out,
-        column=args.column,
         auto_lambda_b=args.lambda_b == "auto",
         quantile=args.auto_quantile,
     )
     console = Console(quiet=args.quiet)
     if "analyzer" in plan.metadata:
-        chosen, fit = plan.metadata["analyzer"], plan.metadata["analyzer"]["fit"]
-        console.print(
-            f"analyzer: lambda_b={chosen['lambda_b']:.4f} (losses above {chosen['threshold']:.3f}, the fitted "
-            f"log-normal's {chosen['quantile']} quantile; mu={fit['mu']:.3f}, sigma={fit['sigma']:.3f}, "
-            f"KS distance {fit['ks_statistic']:.3f})"
-        )
+        console.print(describe_choice(plan.metadata["analyzer"]))
     print_plan(plan, console)
     console.print(f"wrote {Path(args.out) / 'schedule.json'}")
 
@@ -386,7 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="shrink, score and curate on the embedded default (SmolLM2 + Dolly)"
     )
-    demo.add_argument("--out", default=None, help="run folder (default runs/demo-<time>)")
+    demo.add_argument(
+        "--out",
+        default=None,
+        help="run folder (default runs/demo; a rerun reuses what is finished)",
+    )
     demo.add_argument(
         "--rows", type=int, default=None, help="use only the first N Dolly rows (default all 1,000)"
     )

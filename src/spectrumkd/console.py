@@ -43,7 +43,20 @@ def epochs_table(plan: CurriculumPlan) -> Table:
     return table
 
 
+def generic_epochs_table(plan: CurriculumPlan) -> Table:
+    table = Table(title=f"{plan.strategy} schedule: {plan.num_epochs} epochs")
+    for column in ("epoch", "examples", "temperature", "KD weight"):
+        table.add_column(column, justify="right")
+    for epoch in plan.epochs:
+        weight = "-" if epoch.kd_weight is None else f"{epoch.kd_weight:.2f}"
+        table.add_row(str(epoch.epoch), str(len(epoch.ids)), f"{epoch.temperature:.3f}", weight)
+    return table
+
+
 def print_plan(plan: CurriculumPlan, console: Console | None = None) -> None:
+    """Zones and windows for a SpectrumKD plan; sizes and temperatures for any other strategy."""
     console = console or Console()
-    console.print(zones_table(plan))
-    console.print(epochs_table(plan))
+    if "zones" in plan.metadata:
+        console.print(zones_table(plan))
+    windowed = all("window_start_rank" in e.info for e in plan.epochs)
+    console.print(epochs_table(plan) if windowed else generic_epochs_table(plan))

@@ -27,6 +27,15 @@ from spectrumkd.models import DEFAULT_TEACHER, check_pair, load_model, load_toke
 CALIBRATION_ROWS = 32
 
 
+def _finished_student(report_path: Path, num_layers: int) -> bool:
+    """A student saved by an earlier run of this demo with the same size (a report that cannot
+    be read means the save did not finish, and the student is rebuilt)."""
+    try:
+        return len(json.loads(report_path.read_text())["keep_layers"]) == num_layers
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 @dataclass(frozen=True)
 class DemoResult:
     out_dir: Path
@@ -49,7 +58,7 @@ def run_demo(
     # The demo shows its own progress; the libraries' per-file loading bars only add noise.
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
-    out = Path(out_dir) if out_dir else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out_dir or "runs/demo")  # a fixed default: rerunning after a kill resumes there
     config = config or SpectrumKDConfig()
     console.rule(f"SpectrumKD demo -> {out}")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from spectrumkd.curation.analyzer import choose_ratios
@@ -30,7 +31,17 @@ def resolve_device(device: str = "auto") -> torch.device:
     """``auto``: the first CUDA device when there is one, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} was asked for but this torch sees no CUDA GPU; use --device cpu"
+        )
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -103,31 +114,43 @@ def score_dataset(
     return ScoreResult(table=table, spectrum=spectrum, seconds=seconds, tokens=tokens)
 
 
+def curate(
+    ids: list[str],
+    difficulties: np.ndarray,
+    config: SpectrumKDConfig,
+    out_dir: str | Path,
+    *,
+    auto_lambda_b: bool = False,
+    quantile: float = 0.9,
+) -> CurriculumPlan:
+    """Spectrum and schedule of ``difficulties`` into ``out_dir/schedule.json`` and
+    ``out_dir/spectrum.jsonl``. With ``auto_lambda_b`` the analyzer chooses ``lambda_b`` from a
+    log-normal fit of the losses (:mod:`spectrumkd.curation.analyzer`) and the schedule records
+    what it chose and why."""
+    analysis = None
+    if auto_lambda_b:
+        analysis = choose_ratios(difficulties, lambda_a=config.lambda_a, quantile=quantile)
+        config = dataclasses.replace(config, lambda_b=analysis.lambda_b)
+    strategy = SpectrumKD(config)
+    spectrum = strategy.spectrum(ids, difficulties)
+    plan = strategy.plan_from_spectrum(spectrum)
+    if analysis is not None:
+        plan = dataclasses.replace(plan, metadata={**plan.metadata, "analyzer": analysis.to_dict()})
+    write_curation(plan, spectrum, out_dir)
+    return plan
+
+
 def curate_file(
     difficulties: str | Path,
     config: SpectrumKDConfig,
     out_dir: str | Path,
     *,
     column: str = "difficulty",
-    auto_lambda_b: bool = False,
-    quantile: float = 0.9,
+    **options,
 ) -> CurriculumPlan:
-    """``spectrumkd curate``: a JSONL of ``{"id", "difficulty"}`` rows -> ``out_dir/schedule.json``
-    and ``out_dir/spectrum.jsonl``. With ``auto_lambda_b`` the analyzer chooses ``lambda_b`` from
-    a log-normal fit of the losses (see :mod:`spectrumkd.curation.analyzer`) and the schedule
-    records what it chose and why."""
+    """``spectrumkd curate``: a JSONL of ``{"id", "difficulty"}`` rows -> :func:`curate`."""
     ids, values = read_difficulties(difficulties, column=column)
-    analysis = None
-    if auto_lambda_b:
-        analysis = choose_ratios(values, lambda_a=config.lambda_a, quantile=quantile)
-        config = dataclasses.replace(config, lambda_b=analysis.lambda_b)
-    strategy = SpectrumKD(config)
-    spectrum = strategy.spectrum(ids, values)
-    plan = strategy.plan_from_spectrum(spectrum)
-    if analysis is not None:
-        plan = dataclasses.replace(plan, metadata={**plan.metadata, "analyzer": analysis.to_dict()})
-    write_curation(plan, spectrum, out_dir)
-    return plan
+    return curate(ids, values, config, out_dir, **options)
 
 
 def calibration_batches(

@@ -70,11 +70,17 @@ class ChosenRatios:
         return asdict(self)
 
     def summary(self) -> str:
-        return (
-            f"analyzer: log-normal fit mu={self.fit.mu:.3f} sigma={self.fit.sigma:.3f} "
-            f"(KS distance {self.fit.ks_statistic:.3f}); losses above {self.threshold:.3f} (fit quantile "
-            f"{self.quantile}) excluded -> lambda_b={self.lambda_b:.4f}, lambda_a={self.lambda_a}"
-        )
+        return describe_choice(self.to_dict())
+
+
+def describe_choice(chosen: dict) -> str:
+    """One line for a :class:`ChosenRatios` as stored in ``schedule.json``."""
+    fit = chosen["fit"]
+    return (
+        f"analyzer: log-normal fit mu={fit['mu']:.3f} sigma={fit['sigma']:.3f} "
+        f"(KS distance {fit['ks_statistic']:.3f}); losses above {chosen['threshold']:.3f} (fit quantile "
+        f"{chosen['quantile']}) excluded -> lambda_b={chosen['lambda_b']:.4f}, lambda_a={chosen['lambda_a']}"
+    )
 
 
 def choose_ratios(

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -444,10 +447,26 @@ def shrink(
         out_dir=str(out_dir) if out_dir is not None else None,
     )
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        student.save_pretrained(out, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out)
-        write_json(out / REPORT_NAME, report.to_dict())
+        _save_atomically(student, tokenizer, report, Path(out_dir))
     return student, report
+
+
+def _save_atomically(student, tokenizer, report: ShrinkReport, out: Path) -> None:
+    """Write the student beside ``out`` and rename it into place, so a killed save never leaves
+    a folder that loads as a complete student (the report, written last, marks completion)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes a private folder; the student is not secret
+    try:
+        student.save_pretrained(staging, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        write_json(staging / REPORT_NAME, report.to_dict())
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -153,12 +153,19 @@ def _batch_losses(
     return sums, predicts.sum(dim=1)
 
 
+# Config fields that say where a model was loaded from or by which library version, not what
+# it computes: a student scored in memory and reloaded from disk must match its own shards.
+VOLATILE_CONFIG_KEYS = frozenset({"_name_or_path", "transformers_version", "_commit_hash"})
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Cheap identity of a model's weights: config plus per-tensor float64 sums, hashed."""
+    """Cheap identity of what a model computes: its config (less where it came from) and the
+    float64 sum of every tensor, hashed."""
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
-        digest.update(config.to_json_string(use_diff=False).encode())
+        fields = {k: v for k, v in config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
+        digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, param in model.state_dict().items():
             digest.update(name.encode())
@@ -197,6 +204,13 @@ def score_examples(
     if empty:
         raise ValueError(
             f"{len(empty)} examples have no response tokens to score (first: {empty[0]!r}); drop them"
+        )
+    longest = max(len(e.input_ids) for e in examples)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and longest > limit:
+        raise ValueError(
+            f"the longest example has {longest} tokens but the model handles {limit} positions; "
+            f"lower --max-length to {limit} or less"
         )
     batches = length_bucketed_batches([len(e.input_ids) for e in examples], settings)
     shards = [
