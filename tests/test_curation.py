@@ -164,17 +164,27 @@ def increments(losses: np.ndarray, mode: str, n: int = 25, k: int = 5) -> np.nda
     return np.diff([e.info["total_difficulty"] for e in plan.epochs[k:]])
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_adaptive_increments_are_no_more_uneven_than_linear_on_lognormal_losses(seed):
-    losses = np.random.default_rng(seed).lognormal(mean=1.0, sigma=0.8, size=2000)
-    linear = increments(losses, "linear")
-    # Algorithm 1 overshoots delta_avg a little every epoch, so its forced last epoch (w = E)
-    # gets only the remainder: compare the epochs its rule decides, and check the remainder is
-    # indeed the smallest step. The drift-free option has no such remainder: all epochs compared.
-    adaptive = increments(losses, "adaptive")
-    assert np.std(adaptive[:-1]) <= np.std(linear[:-1])
-    assert adaptive[-1] <= adaptive[:-1].min()
-    assert np.std(increments(losses, "drift_free")) <= np.std(linear)
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize(
+    ("mode", "n"),
+    [("adaptive", 11_435), ("drift_free", 500), ("drift_free", 2_000), ("drift_free", 11_435)],
+)
+def test_step_rule_increments_are_no_more_uneven_than_linear_on_lognormal_losses(seed, mode, n):
+    """Spec 6: on a long-tailed sample, per-epoch difficulty increments spread no more than
+    linear steps do, over every sliding epoch. Algorithm 1 (adaptive) holds at the paper's Dolly
+    size; on small sets its rank-granular overshoot reaches w = E early (see the next test), which
+    the drift-free rule avoids from a few hundred examples on."""
+    losses = np.random.default_rng(seed).lognormal(mean=1.0, sigma=0.8, size=n)
+    assert np.std(increments(losses, mode)) <= np.std(increments(losses, "linear"))
+
+
+def test_algorithm1_overshoot_on_small_sets_is_what_drift_free_fixes():
+    losses = np.random.default_rng(0).lognormal(mean=1.0, sigma=0.8, size=200)
+    adaptive, drift_free = increments(losses, "adaptive"), increments(losses, "drift_free")
+    # N = 200: E = 20 ranks over 19 sliding epochs. The literal rule moves 2 ranks an epoch at
+    # first and stands at w = E for the last 7 epochs; the drift-free rule moves until the end.
+    assert (adaptive == 0).sum() >= 5
+    assert (drift_free == 0).sum() <= 1
 
 
 def test_window_total_difficulty_never_decreases():

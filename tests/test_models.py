@@ -562,3 +562,10 @@ def test_shrink_other_architectures(build, prefix, tiny_tokenizer, batches, tmp_
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, student(ids).logits)
+
+
+def test_a_folder_plus_gguf_file_resolves_to_the_converted_cache():
+    from spectrumkd.models import default_teacher_gguf, resolve_model_path
+
+    gguf = default_teacher_gguf()
+    assert resolve_model_path(gguf.parent, gguf_file=gguf.name) == resolve_model_path("smollm2")

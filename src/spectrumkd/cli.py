@@ -86,6 +86,9 @@ def add_data_flags(parser: argparse.ArgumentParser, default_data: str | None = N
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--gguf-file", default=None, help="a GGUF file inside the model folder or hub repository"
+    )
+    parser.add_argument(
         "--dtype",
         default="auto",
         help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
@@ -211,7 +214,9 @@ def cmd_score(args: argparse.Namespace) -> None:
 
     console = Console(quiet=args.quiet)
     device = resolve_device(args.device)
-    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer(
+        args.model, trust_remote_code=args.trust_remote_code, gguf_file=args.gguf_file
+    )
     dataset = load_tokenized(args, tokenizer)
     console.print(f"data: {dataset.summary()}")
     model = load_model(
@@ -219,6 +224,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         dtype=resolve_dtype(args.dtype, device),
         device=device,
         trust_remote_code=args.trust_remote_code,
+        gguf_file=args.gguf_file,
     )
     settings = ScoringSettings(
         max_tokens_per_batch=args.batch_tokens, max_batch_size=args.max_batch_size
@@ -282,9 +288,15 @@ def cmd_shrink(args: argparse.Namespace) -> None:
     if (args.layers is None) == (args.num_layers is None):
         raise ValueError("give --layers (e.g. 0-9,20-29) or --num-layers N, exactly one")
     device = resolve_device(args.device)
-    tokenizer = load_tokenizer(args.teacher, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer(
+        args.teacher, trust_remote_code=args.trust_remote_code, gguf_file=args.gguf_file
+    )
     teacher = load_model(
-        args.teacher, dtype="float32", device=device, trust_remote_code=args.trust_remote_code
+        args.teacher,
+        dtype="float32",
+        device=device,
+        trust_remote_code=args.trust_remote_code,
+        gguf_file=args.gguf_file,
     )
     dataset = load_tokenized(args, tokenizer)
     batches = calibration_batches(dataset, tokenizer.pad_token_id, rows=args.calibration_rows)

@@ -171,12 +171,16 @@ def _looks_local(spec: str) -> bool:
     )
 
 
-def resolve_model_path(spec: str | Path) -> str:
+def resolve_model_path(spec: str | Path, gguf_file: str | None = None) -> str:
     """The folder or hub id to hand to ``from_pretrained`` for ``spec``.
 
-    GGUF specs (the default teacher or a ``.gguf`` path) are converted into the cache on first use.
+    GGUF specs (the default teacher, a ``.gguf`` path, or a local folder plus ``gguf_file``) are
+    converted into the cache on first use. A hub id with ``gguf_file`` is returned as it is, and
+    the loaders pass ``gguf_file=`` on to ``from_pretrained`` (converted at every load).
     """
     spec = str(spec)
+    if gguf_file is not None and Path(spec).expanduser().is_dir():
+        return resolve_model_path(Path(spec).expanduser() / gguf_file)
     if spec.strip().lower() in DEFAULT_TEACHER_ALIASES:
         return str(convert_gguf_cached(default_teacher_gguf()))
     path = Path(spec).expanduser()
@@ -247,17 +251,22 @@ def load_model(
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
+    gguf_file: str | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM from a model spec (see the module docstring), in eval mode on ``device``.
 
     Remote code in a model repository is never run unless ``trust_remote_code=True``.
     """
     spec = str(spec)
-    path = resolve_model_path(spec)
+    path = resolve_model_path(spec, gguf_file)
     is_hub_id = not Path(path).exists()
+    hub_gguf = {"gguf_file": gguf_file} if gguf_file is not None and is_hub_id else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, trust_remote_code=trust_remote_code, **_dtype_kwarg(parse_dtype(dtype))
+            path,
+            trust_remote_code=trust_remote_code,
+            **_dtype_kwarg(parse_dtype(dtype)),
+            **hub_gguf,
         )
     except (OSError, ValueError) as error:
         if is_hub_id:
@@ -268,13 +277,18 @@ def load_model(
     return model
 
 
-def load_tokenizer(spec: str | Path, *, trust_remote_code: bool = False):
+def load_tokenizer(
+    spec: str | Path, *, trust_remote_code: bool = False, gguf_file: str | None = None
+):
     """Load the tokenizer for a model spec; it always has a pad token afterwards."""
     spec = str(spec)
-    path = resolve_model_path(spec)
+    path = resolve_model_path(spec, gguf_file)
     is_hub_id = not Path(path).exists()
+    hub_gguf = {"gguf_file": gguf_file} if gguf_file is not None and is_hub_id else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code, **hub_gguf
+        )
     except (OSError, ValueError) as error:
         if is_hub_id:
             raise _unreachable(spec, error) from error

@@ -74,7 +74,12 @@ def read_difficulties(path: str | Path, column: str = "difficulty") -> tuple[lis
             f"difficulty file {path} does not exist; run `spectrumkd score` or pass a JSONL of id/difficulty rows"
         )
     if path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}: not valid JSON ({error.msg} at line {error.lineno})"
+            ) from None
         if not isinstance(rows, list):
             raise ValueError(f"{path}: expected a JSON list of objects with 'id' and '{column}'")
     else:
