@@ -1,0 +1,187 @@
+"""The distillation loop: loss normalisation under accumulation, learning, curriculum, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from conftest import build_tiny_llama
+
+from spectrumkd.curation import SpectrumKD, SpectrumKDConfig
+from spectrumkd.data import TokenizedExample
+from spectrumkd.distillation.objectives import OBJECTIVES, get_objective
+from spectrumkd.distillation.signals import LiveTeacher
+from spectrumkd.distillation.trainer import (
+    TrainConfig,
+    accumulate_gradients,
+    collate_with_ids,
+    step_losses,
+    train,
+)
+
+VOCAB = 96
+
+
+def make_examples(n: int, seed: int = 0) -> list[TokenizedExample]:
+    rng = np.random.default_rng(seed)
+    examples = []
+    for i in range(n):
+        length = int(rng.integers(8, 24))
+        prompt = int(rng.integers(2, length - 3))  # uneven response lengths on purpose
+        ids = rng.integers(3, VOCAB, size=length).tolist()
+        examples.append(TokenizedExample(f"ex{i:03d}", ids, [-100] * prompt + ids[prompt:]))
+    return examples
+
+
+def grads(model) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_one_batch_of_8_and_two_accumulated_batches_of_4_give_equal_gradients():
+    examples = make_examples(8)
+    # Short responses in the first half, long ones in the second: the halves' token counts differ.
+    examples = [
+        TokenizedExample(e.id, e.input_ids, [-100] * (len(e.input_ids) - 2) + e.input_ids[-2:])
+        for e in examples[:4]
+    ] + examples[4:]
+    teacher = LiveTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1))
+    objective = get_objective("forward_kl")
+    accelerator = Accelerator(cpu=True)
+
+    whole = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    accumulate_gradients(
+        accelerator, whole, teacher, [collate_with_ids(examples, 0)], objective, 0.3, 2.0
+    )
+    split = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    halves = [collate_with_ids(examples[:4], 0), collate_with_ids(examples[4:], 0)]
+    accumulate_gradients(accelerator, split, teacher, halves, objective, 0.3, 2.0)
+    for a, b in zip(grads(whole), grads(split), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+    # The naive alternative, a mean per micro-batch averaged over micro-batches, differs here
+    # (the halves hold different numbers of response tokens): the test can tell them apart.
+    naive = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    for half in halves:
+        ce, kd = step_losses(naive, teacher, half, objective, 2.0)
+        tokens = int((half["labels"][:, 1:] != -100).sum())
+        ((0.3 * ce + 0.7 * 4.0 * kd) / tokens / 2).backward()
+    assert any(
+        not torch.allclose(a, b, rtol=1e-3) for a, b in zip(grads(whole), grads(naive), strict=True)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_each_objective_reduces_its_own_loss_on_a_tiny_model(name, tmp_path):
+    examples = make_examples(16)
+    teacher = LiveTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1))
+    student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    objective = get_objective(name)
+    batch = collate_with_ids(examples, 0)
+
+    def kd_per_token() -> float:
+        with torch.no_grad():
+            _, kd = step_losses(student, teacher, batch, objective, 1.0)
+        return kd.item() / int((batch["labels"][:, 1:] != -100).sum())
+
+    before = kd_per_token()
+    config = TrainConfig(
+        objective=name, alpha=0.0, epochs=4, batch_size=8, learning_rate=3e-3, log_every=1
+    )
+    train(student, teacher, examples, config, tmp_path, accelerator=Accelerator(cpu=True))
+    after = kd_per_token()
+    assert after < 0.8 * before, f"{name}: {before:.4f} -> {after:.4f}"
+
+
+def test_a_curriculum_plan_drives_the_subsets_and_temperatures(tmp_path, monkeypatch):
+    import spectrumkd.distillation.trainer as trainer_module
+
+    examples = make_examples(20)
+    ids = [e.id for e in examples]
+    plan = SpectrumKD(SpectrumKDConfig(lambda_a=0.2, lambda_b=0.1, epochs=3, warmup_epochs=1)).plan(
+        ids, np.arange(20.0)
+    )
+    seen: dict[float, set[str]] = {}
+    real_step_losses = trainer_module.step_losses
+
+    def recording_step_losses(student, teacher, batch, objective, temperature):
+        seen.setdefault(temperature, set()).update(batch["ids"])
+        return real_step_losses(student, teacher, batch, objective, temperature)
+
+    monkeypatch.setattr(trainer_module, "step_losses", recording_step_losses)
+    teacher = LiveTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1))
+    student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    train(
+        student,
+        teacher,
+        examples,
+        TrainConfig(batch_size=4),
+        tmp_path,
+        plan=plan,
+        accelerator=Accelerator(cpu=True),
+    )
+    assert list(seen) == [e.temperature for e in plan.epochs] == [1.0, 1.5, 2.0]
+    for epoch in plan.epochs:  # each epoch trained on exactly its window (Excluded never seen)
+        assert seen[epoch.temperature] == set(epoch.ids)
+
+
+class KilledTeacher(LiveTeacher):
+    """Dies at the n-th teacher call, as a killed process would (after a checkpoint)."""
+
+    def __init__(self, model, die_at: int) -> None:
+        super().__init__(model)
+        self.calls, self.die_at = 0, die_at
+
+    def logits(self, batch):
+        self.calls += 1
+        if self.calls == self.die_at:
+            raise KeyboardInterrupt("killed")
+        return super().logits(batch)
+
+
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    examples = make_examples(12)
+    config = TrainConfig(epochs=3, batch_size=4, learning_rate=1e-3, warmup_ratio=0.2, seed=5)
+    teacher_model = build_tiny_llama(VOCAB, num_layers=2, seed=1)
+
+    clean = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    train(
+        clean,
+        LiveTeacher(teacher_model),
+        examples,
+        config,
+        tmp_path / "clean",
+        accelerator=Accelerator(cpu=True),
+    )
+
+    killed = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    with pytest.raises(KeyboardInterrupt):  # epoch 1 is 3 steps; die in epoch 2
+        train(
+            killed,
+            KilledTeacher(teacher_model, die_at=5),
+            examples,
+            config,
+            tmp_path / "killed",
+            accelerator=Accelerator(cpu=True),
+        )
+    resumed = build_tiny_llama(VOCAB, num_layers=1, seed=2)  # a fresh process starts from scratch
+    state = train(
+        resumed,
+        LiveTeacher(teacher_model),
+        examples,
+        config,
+        tmp_path / "killed",
+        accelerator=Accelerator(cpu=True),
+    )
+    assert state["epoch"] == 3 and state["step"] == 9
+    for a, b in zip(clean.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_invalid_training_settings_are_refused():
+    with pytest.raises(ValueError, match="alpha=1.5 must be in"):
+        TrainConfig(alpha=1.5)
+    with pytest.raises(ValueError, match="mixed_precision='fp8'"):
+        TrainConfig(mixed_precision="fp8")
+    with pytest.raises(ValueError, match="forward_kld"):
+        TrainConfig(objective="forward_kld")
