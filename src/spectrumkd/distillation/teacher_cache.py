@@ -1,0 +1,415 @@
+"""Offline teacher cache: the teacher's top-k logits, computed once, read back as a teacher signal.
+
+:func:`build_teacher_cache` runs the teacher once over the examples a schedule will use and
+keeps, at every position that predicts a response token (position t where ``labels[t + 1]`` is
+not -100, the positions the scorer reads), the k largest RAW logits (temperature 1) and their
+vocabulary indices, plus the full log-partition ``logsumexp`` of that position (4 bytes, so the
+top-k mass at temperature 1 is known without the teacher). Softmax of the top-k logits divided by
+any tau renormalises over the top k exactly, so one cache serves every temperature a curriculum
+asks for.
+
+The cache lives in ``cache_root / f"{teacher fingerprint}-{data fingerprint}-k{k}"``: every run
+on the same teacher and data (other seeds, objectives, strategies) finds it. Like the scorer it
+batches by length, runs under ``inference_mode``, writes one safetensors shard per group of
+batches atomically, reuses finished shards after a kill, and writes ``index.json`` (example id ->
+shard, row offset, number of positions) last: a folder with an index is a finished cache.
+
+:class:`CachedTeacher` is the :class:`~spectrumkd.distillation.signals.TeacherSignalSource` that
+reads it back: ``-inf`` everywhere except the cached top-k, so the objectives (which count
+zero-probability entries as zero) never know the teacher is not in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from tqdm.auto import tqdm
+
+from spectrumkd.data.tokenize import IGNORE_INDEX, collate
+from spectrumkd.io import atomic_write_bytes, write_json
+from spectrumkd.scoring.scorer import (
+    ScorableExample,
+    ScoringSettings,
+    _process_group,
+    data_fingerprint,
+    length_bucketed_batches,
+    logits_at,
+    model_fingerprint,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+INDEX = "index.json"
+MANIFEST = "manifest.json"
+TOPK_SLICE = 1024  # positions per float32 top-k call: 1,024 x 152k vocabulary is 620 MB
+
+
+class MissingFromCacheError(KeyError):
+    """A batch asks for an example the cache was not built for (one-line message)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
+def teacher_cache_dir(
+    teacher: torch.nn.Module, examples: Sequence[ScorableExample], cache_root: str | Path, k: int
+) -> Path:
+    """Where :func:`build_teacher_cache` keeps the cache of ``teacher`` on ``examples``."""
+    return Path(cache_root) / _folder_name(
+        model_fingerprint(teacher), data_fingerprint(examples), k
+    )
+
+
+def _folder_name(model: str, data: str, k: int) -> str:
+    return f"{model}-{data}-k{k}"
+
+
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the positions t whose next token (label t + 1) is a response token."""
+    predicts = torch.zeros_like(labels, dtype=torch.bool)
+    predicts[..., :-1] = labels[..., 1:] != IGNORE_INDEX
+    return predicts
+
+
+def build_teacher_cache(
+    teacher: torch.nn.Module,
+    examples: Sequence[ScorableExample],
+    cache_root: str | Path,
+    *,
+    k: int = 64,
+    settings: ScoringSettings | None = None,
+    pad_token_id: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Cache the teacher's top-k raw logits at every response-predicting position; the folder.
+
+    Pass only the examples a schedule will use. A finished cache for the same teacher, data and
+    k is returned as is; a killed build resumes from its finished shards. Under torch.distributed
+    every process must call this: each computes every world-th shard and rank 0 writes the index.
+    """
+    if not examples:
+        raise ValueError("no examples to cache; check the data source and the length limit")
+    vocab = _vocab_size(teacher)
+    if not 1 <= k <= vocab:
+        raise ValueError(f"k={k} must be between 1 and the teacher's vocabulary size ({vocab})")
+    ids = [example.id for example in examples]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"example id {duplicate!r} occurs twice; the cache is keyed by id")
+    longest = max(len(e.input_ids) for e in examples)
+    limit = getattr(getattr(teacher, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and longest > limit:
+        raise ValueError(
+            f"the longest example has {longest} tokens but the teacher handles {limit} positions; "
+            f"lower --max-length to {limit} or less"
+        )
+    fingerprints = {"model": model_fingerprint(teacher), "data": data_fingerprint(examples)}
+    folder = Path(cache_root) / _folder_name(fingerprints["model"], fingerprints["data"], k)
+    if (folder / INDEX).exists():
+        return folder
+
+    device = next(teacher.parameters()).device
+    settings = (settings or ScoringSettings()).resolved(device)
+    batches = length_bucketed_batches([len(e.input_ids) for e in examples], settings)
+    shards = [
+        batches[i : i + settings.shard_batches]
+        for i in range(0, len(batches), settings.shard_batches)
+    ]
+    counts = [_num_predicting(example) for example in examples]
+    rank, world = _process_group()
+    manifest = {
+        "format": FORMAT,
+        "k": k,
+        "vocab_size": vocab,
+        "settings": asdict(settings),
+        "num_examples": len(examples),
+        "num_shards": len(shards),
+    }
+    if rank == 0:
+        _prepare(folder, manifest)
+    if world > 1:
+        torch.distributed.barrier()  # a stale partial build is cleared before anyone writes
+
+    mine = [index for index in range(len(shards)) if index % world == rank]
+    was_training = teacher.training
+    teacher.eval()
+    bar = tqdm(
+        total=sum(counts[i] for s in mine for batch in shards[s] for i in batch),
+        unit="tok",
+        unit_scale=True,
+        desc=f"teacher top-{k}",
+        disable=not progress or rank != 0,
+    )
+    try:
+        for shard_index in mine:
+            path = folder / _shard_name(shard_index)
+            if not path.exists():
+                parts = [
+                    _batch_topk(teacher, [examples[i] for i in batch], k, pad_token_id, device)
+                    for batch in shards[shard_index]
+                ]
+                tensors = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+                atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"k": str(k)}))
+            bar.update(sum(counts[i] for batch in shards[shard_index] for i in batch))
+    finally:
+        bar.close()
+        teacher.train(was_training)
+    if world > 1:
+        torch.distributed.barrier()  # every shard exists before the index says so
+    if rank == 0:
+        entries: dict[str, list[int]] = {}
+        for shard_index, shard in enumerate(shards):
+            offset = 0
+            for i in (i for batch in shard for i in batch):
+                entries[examples[i].id] = [shard_index, offset, counts[i]]
+                offset += counts[i]
+        index = {
+            **manifest,
+            **fingerprints,
+            "positions": sum(counts),
+            "shards": [_shard_name(i) for i in range(len(shards))],
+            "examples": entries,
+        }
+        write_json(folder / INDEX, index)  # last: its presence marks a finished cache
+    if world > 1:
+        torch.distributed.barrier()
+    return folder
+
+
+def _vocab_size(model: torch.nn.Module) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "out_features", None):
+        return int(head.out_features)
+    return int(model.config.vocab_size)
+
+
+def _num_predicting(example: ScorableExample) -> int:
+    return sum(1 for label in list(example.labels)[1:] if label != IGNORE_INDEX)
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def _prepare(folder: Path, manifest: dict) -> None:
+    """Keep a partial build's shards only when it was planned with the same batches."""
+    path = folder / MANIFEST
+    if path.exists() and json.loads(path.read_text()) != manifest:
+        logger.warning("%s: a partial cache with other settings; starting it over", folder)
+        for stale in folder.glob("shard-*.safetensors"):
+            stale.unlink()
+        path.unlink()
+    if not path.exists():
+        write_json(path, manifest)
+
+
+def _batch_topk(
+    teacher: torch.nn.Module, batch: list, k: int, pad_token_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Top-k raw logits (float32), their indices (int32) and the log-partition at every
+    response-predicting position of ``batch``, row by row and position by position."""
+    inputs = {key: value.to(device) for key, value in collate(batch, pad_token_id).items()}
+    predicts = predicting_positions(inputs["labels"])
+    num = int(predicts.sum())
+    with torch.inference_mode():
+        with logits_at(teacher, predicts) as gathered:
+            logits = teacher(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+            ).logits
+        if gathered and logits.shape[:2] == (1, num):
+            logits = logits[0]
+        else:  # no output embedding to hook: take the full logits at the wanted positions
+            logits = logits[predicts.to(logits.device)]
+        values, indices, lse = [], [], []
+        for start in range(0, num, TOPK_SLICE):
+            part = logits[start : start + TOPK_SLICE].float()
+            top = part.topk(k, dim=-1)  # sorted, largest first
+            values.append(top.values.cpu())
+            indices.append(top.indices.to(torch.int32).cpu())
+            lse.append(torch.logsumexp(part, dim=-1).cpu())
+    if num == 0:
+        return {
+            "values": torch.zeros(0, k),
+            "indices": torch.zeros(0, k, dtype=torch.int32),
+            "logsumexp": torch.zeros(0),
+        }
+    result = {
+        "values": torch.cat(values),
+        "indices": torch.cat(indices),
+        "logsumexp": torch.cat(lse),
+    }
+    if not torch.isfinite(result["values"]).all() or not torch.isfinite(result["logsumexp"]).all():
+        raise FloatingPointError(
+            f"non-finite teacher logits in a batch starting with {batch[0].id!r}; the teacher's "
+            "weights or dtype overflow (try dtype float32)"
+        )
+    return result
+
+
+class CachedTeacher:
+    """A :class:`TeacherSignalSource` reading a finished cache of :func:`build_teacher_cache`.
+
+    ``vocab_size`` is the width of the returned logits (the student's, or the shared vocabulary
+    of a :class:`~spectrumkd.models.VocabAlignment`); cached indices past it are dropped, as
+    ``VocabAlignment.trim`` drops a padded teacher's extra rows. Shards are read on demand and at
+    most ``max_shards`` stay in memory (least recently used first out).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        vocab_size: int,
+        *,
+        device: str | torch.device = "cpu",
+        max_shards: int = 4,
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        index_path = self.cache_dir / INDEX
+        if not index_path.exists():
+            raise FileNotFoundError(
+                f"{self.cache_dir} is not a finished teacher cache (no {INDEX}); "
+                "run build_teacher_cache for the schedule's ids"
+            )
+        index = json.loads(index_path.read_text())
+        if index.get("format") != FORMAT:
+            raise ValueError(
+                f"{index_path}: cache format {index.get('format')!r}, expected {FORMAT}"
+            )
+        self.index = index
+        self.k = int(index["k"])
+        self.teacher_vocab_size = int(index["vocab_size"])
+        self.vocab_size = int(vocab_size)
+        self.device = torch.device(device)
+        self.max_shards = max(1, max_shards)
+        self._entries: dict[str, list[int]] = index["examples"]
+        self._shards: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._entries)
+
+    @property
+    def settings(self) -> ScoringSettings:
+        """The batching the cache was built with (so a live comparison can batch alike)."""
+        return ScoringSettings(**self.index["settings"])
+
+    def _shard(self, number: int) -> dict[str, torch.Tensor]:
+        if number in self._shards:
+            self._shards.move_to_end(number)
+        else:
+            self._shards[number] = load_file(self.cache_dir / self.index["shards"][number])
+            while len(self._shards) > self.max_shards:
+                self._shards.popitem(last=False)
+        return self._shards[number]
+
+    def entry(self, example_id: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values [n, k] float32, indices [n, k] int64, logsumexp [n]) of one example."""
+        if example_id not in self._entries:
+            raise MissingFromCacheError(
+                f"example {example_id!r} is not in the teacher cache {self.cache_dir}; "
+                "rebuild the cache for the schedule's ids"
+            )
+        number, offset, count = self._entries[example_id]
+        shard = self._shard(number)
+        rows = slice(offset, offset + count)
+        return shard["values"][rows], shard["indices"][rows].long(), shard["logsumexp"][rows]
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        """``[B, T, vocab_size]`` float32: ``-inf`` except each cached position's top-k logits."""
+        if "ids" not in batch:
+            raise KeyError("a CachedTeacher needs the batch's example ids under batch['ids']")
+        labels = batch["labels"].cpu()
+        ids = list(batch["ids"])
+        if len(ids) != labels.shape[0]:
+            raise ValueError(f"batch has {labels.shape[0]} rows but {len(ids)} ids")
+        width = max(self.vocab_size, self.teacher_vocab_size)
+        out = torch.full((*labels.shape, width), -math.inf, dtype=torch.float32)
+        predicts = predicting_positions(labels)
+        for row, example_id in enumerate(ids):
+            values, indices, _ = self.entry(str(example_id))
+            positions = predicts[row].nonzero()[:, 0]
+            if positions.numel() != values.shape[0]:
+                raise ValueError(
+                    f"example {example_id!r} has {positions.numel()} response-predicting positions "
+                    f"in the batch but {values.shape[0]} in the cache; rebuild the cache from "
+                    "this tokenisation"
+                )
+            out[row, positions] = out[row, positions].scatter(-1, indices, values)
+        if width != self.vocab_size:
+            out = out[..., : self.vocab_size].contiguous()
+        return out.to(self.device)
+
+
+def approximation_error(
+    teacher: torch.nn.Module,
+    cache: CachedTeacher,
+    examples: Sequence[ScorableExample],
+    *,
+    temperature: float = 1.0,
+    pad_token_id: int = 0,
+) -> float:
+    """Mean KL per response token between the live teacher's distribution p and the cache's q.
+
+    Both at temperature ``temperature``; q = softmax(top-k / tau) renormalised over the top k.
+    The direction is KL(q || p), the only finite one (p puts mass where q has none), and it equals
+    -log(top-k mass of p) per token: the share of the teacher's probability the cache loses.
+    Batched as the cache was built, so at k = vocabulary size the error is 0 to rounding.
+    """
+    if not temperature > 0 or math.isinf(temperature):
+        raise ValueError(f"temperature={temperature!r} must be a positive finite number")
+    device = next(teacher.parameters()).device
+    batches = length_bucketed_batches([len(e.input_ids) for e in examples], cache.settings)
+    total, tokens = 0.0, 0
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        for batch_indices in batches:
+            batch = [examples[i] for i in batch_indices]
+            inputs = collate(batch, pad_token_id)
+            predicts = predicting_positions(inputs["labels"])
+            num = int(predicts.sum())
+            if num == 0:
+                continue
+            with torch.inference_mode(), logits_at(teacher, predicts) as gathered:
+                live = teacher(
+                    input_ids=inputs["input_ids"].to(device),
+                    attention_mask=inputs["attention_mask"].to(device),
+                ).logits
+            if gathered and live.shape[:2] == (1, num):
+                live = live[0]
+            else:
+                live = live[predicts.to(live.device)]
+            live = live[..., : cache.vocab_size].cpu()
+            cached = cache.logits({**inputs, "ids": [e.id for e in batch]})[predicts].cpu()
+            for start in range(0, num, TOPK_SLICE):
+                log_p = torch.log_softmax(
+                    live[start : start + TOPK_SLICE].float() / temperature, -1
+                )
+                log_q = torch.log_softmax(cached[start : start + TOPK_SLICE] / temperature, -1)
+                keep = torch.isfinite(log_q)
+                terms = torch.where(keep, log_q.exp() * (log_q - log_p), 0.0)
+                total += float(terms.sum(-1).double().sum())
+            tokens += num
+    finally:
+        teacher.train(was_training)
+    return total / max(tokens, 1)
+
+
+__all__ = [
+    "CachedTeacher",
+    "MissingFromCacheError",
+    "approximation_error",
+    "build_teacher_cache",
+    "predicting_positions",
+    "teacher_cache_dir",
+]
