@@ -203,9 +203,10 @@ def train(
         num_warmup_steps=int(config.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    student, optimizer, loader, scheduler = accelerator.prepare(
-        student, optimizer, loader, scheduler
-    )
+    # The scheduler stays unprepared: accelerate's wrapper steps it once per process per call,
+    # and this loop counts optimiser steps itself (registered so checkpoints still hold it).
+    student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
 
     state = {"epoch": 0, "step": 0, "config": asdict(config), "strategy": plan.strategy}
     if (output / CHECKPOINT / STATE_FILE).exists():
