@@ -312,6 +312,17 @@ def cmd_shrink(args: argparse.Namespace) -> None:
     Console(quiet=args.quiet).print(report.summary())
 
 
+def cmd_distill(args: argparse.Namespace) -> None:
+    from spectrumkd.distillation.run_config import RunConfig
+    from spectrumkd.jobs import distill
+
+    run = RunConfig.from_yaml(args.config, args.set)
+    state = distill(run, progress=not args.quiet)
+    print(
+        f"trained {state['epoch']} epochs ({state['step']} steps); student in {Path(run.output_dir) / 'final'}"
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from spectrumkd.demo import run_demo
 
@@ -395,6 +406,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(shrink)
     shrink.add_argument("--quiet", action="store_true")
     shrink.set_defaults(run=cmd_shrink)
+
+    distill = commands.add_parser(
+        "distill", help="white-box KD from a YAML run config (with or without curation)"
+    )
+    distill.add_argument(
+        "--config", required=True, help="YAML file: teacher, student, data, curation, train"
+    )
+    distill.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.epochs=3 (repeatable)",
+    )
+    distill.add_argument("--quiet", action="store_true")
+    distill.set_defaults(run=cmd_distill)
 
     demo = commands.add_parser(
         "demo", help="shrink, score and curate on the embedded default (SmolLM2 + Dolly)"

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from spectrumkd.curation.analyzer import choose_ratios
 from spectrumkd.curation.config import SpectrumKDConfig
@@ -22,6 +23,7 @@ from spectrumkd.curation.plan import CurriculumPlan
 from spectrumkd.curation.schedule import SpectrumKD
 from spectrumkd.curation.spectrum import Spectrum, build_spectrum
 from spectrumkd.data.tokenize import TokenizedDataset, collate
+from spectrumkd.distillation.run_config import RunConfig
 from spectrumkd.io import write_json, write_jsonl
 from spectrumkd.scoring.difficulty import DifficultyTable, Reduction, read_difficulties
 from spectrumkd.scoring.scorer import ScoringSettings, score_examples
@@ -165,3 +167,69 @@ def calibration_batches(
     return [
         collate(chosen[i : i + batch_size], pad_token_id) for i in range(0, len(chosen), batch_size)
     ]
+
+
+def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
+    """``spectrumkd distill``: pair check, data, (scoring and) curation, training, final student.
+
+    Writes into ``run.output_dir``: ``run_config.yaml``, ``scores/`` when the student had to be
+    scored, ``schedule.json`` with curation, ``metrics.jsonl``, ``checkpoint/`` (resumable) and
+    ``final/`` (the distilled student, safetensors, loadable with ``from_pretrained``).
+    """
+    from spectrumkd.data import load_examples, tokenize_examples
+    from spectrumkd.distillation.signals import LiveTeacher
+    from spectrumkd.distillation.trainer import train
+    from spectrumkd.models import check_pair, load_model, load_tokenizer
+
+    out = Path(run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.yaml").write_text(yaml.safe_dump(run.to_dict(), sort_keys=False))
+    device = resolve_device(run.device)
+    dtype = resolve_dtype(run.dtype, device)
+    tokenizer = load_tokenizer(run.teacher)
+    teacher = load_model(run.teacher, dtype=dtype, device=device)
+    student = load_model(
+        run.student, dtype=torch.float32, device=device
+    )  # trained in fp32 (+ autocast)
+    alignment = check_pair(tokenizer, load_tokenizer(run.student), teacher.config, student.config)
+
+    data = run.data
+    examples = load_examples(
+        data.source,
+        fields=data.fields,
+        template=data.template,
+        tokenizer=tokenizer,
+        split=data.split,
+        id_field=data.id_field,
+        limit=data.limit,
+    )
+    dataset = tokenize_examples(
+        examples, tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length
+    )
+    plan = None
+    if run.curation is not None:
+        if run.curation.difficulties is not None:
+            ids, values = read_difficulties(run.curation.difficulties)
+        else:
+            table = score_examples(
+                student,
+                dataset.examples,
+                pad_token_id=tokenizer.pad_token_id,
+                out_dir=out / "scores",
+                progress=progress,
+            )
+            ids, values = list(table.ids), table.loss_mean
+        plan = curate(ids, values, run.curation.spectrumkd, out)
+    state = train(
+        student,
+        LiveTeacher(teacher, alignment),
+        dataset.examples,
+        run.train,
+        out,
+        plan=plan,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    final = out / "final"
+    student.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    return state

@@ -123,6 +123,10 @@ def step_losses(student, teacher: TeacherSignalSource, batch: dict, objective, t
     labels = batch["labels"][:, 1:]  # position t predicts token t+1
     logits = logits[:, :-1]
     teacher_logits = teacher.logits(batch)[:, :-1].to(logits.device)
+    if logits.shape[-1] > teacher_logits.shape[-1]:
+        # A padded student embedding (rows past the tokenizer's vocabulary, which check_pair has
+        # verified both models share): those rows are never a target, so drop them.
+        logits = logits[..., : teacher_logits.shape[-1]]
     ce_sum = torch.nn.functional.cross_entropy(
         logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum"
     )

@@ -1,0 +1,145 @@
+"""One YAML file holds a whole distillation run; ``--set a.b=value`` overrides any field.
+
+teacher: smollm2                  # model spec (see spectrumkd.models)
+student: runs/demo/student
+output_dir: runs/distill
+data: {source: embedded:dolly, template: instruction, max_length: 256}
+curation:                         # omit for the plain baseline
+  difficulties: runs/demo/scores/difficulties.jsonl   # omit to score the student first
+  lambda_a: 0.1
+  lambda_b: 0.1
+  epochs: 25
+  warmup_epochs: 5
+train: {objective: forward_kl, alpha: 0.3, batch_size: 8, learning_rate: 5.0e-5}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spectrumkd.curation.config import SpectrumKDConfig
+from spectrumkd.distillation.trainer import TrainConfig
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` as a string (it wants ``1.0e-4``); learning rates are written
+    the first way, so floats in exponent notation without a dot are recognised too."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "embedded:dolly"
+    fields: str | None = None
+    template: str = "instruction"
+    split: str = "train"
+    id_field: str | None = None
+    limit: int | None = None
+    max_length: int = 512
+    max_prompt_length: int | None = None
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    difficulties: str | None = None  # a difficulty JSONL; None: score the student first
+    spectrumkd: SpectrumKDConfig = field(default_factory=SpectrumKDConfig)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    teacher: str
+    student: str
+    output_dir: str
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    curation: CurationConfig | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        values = dict(values)
+        _refuse_unknown("run config", values, cls)
+        for required in ("teacher", "student", "output_dir"):
+            if not values.get(required):
+                raise ValueError(f"the run config needs '{required}'")
+        data = _build(DataConfig, values.pop("data", None) or {}, "data")
+        train = _build(TrainConfig, values.pop("train", None) or {}, "train")
+        curation = values.pop("curation", None)
+        if curation is not None:
+            curation = dict(curation)
+            difficulties = curation.pop("difficulties", None)
+            curation = CurationConfig(difficulties, _build(SpectrumKDConfig, curation, "curation"))
+        return cls(data=data, train=train, curation=curation, **values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> RunConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            values = load_yaml(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a mapping of settings at the top level")
+        for override in overrides:
+            apply_override(values, override)
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        if self.curation is not None:
+            values["curation"] = {
+                "difficulties": self.curation.difficulties,
+                **self.curation.spectrumkd.to_dict(),
+            }
+        return values
+
+
+def apply_override(values: dict, override: str) -> None:
+    """``"train.learning_rate=1e-4"`` -> values["train"]["learning_rate"] = 1e-4 (YAML-typed)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ValueError(
+            f"--set {override!r}: write it as section.field=value, e.g. train.epochs=3"
+        )
+    *sections, name = key.split(".")
+    target = values
+    for section in sections:
+        target = target.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ValueError(f"--set {override!r}: {section!r} is not a section")
+    target[name] = load_yaml(raw)
+
+
+def _refuse_unknown(where: str, values: dict, cls: type) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {where} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+
+
+def _build(cls: type, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"'{where}' must be a mapping of settings")
+    _refuse_unknown(f"{where}", values, cls)
+    return cls(**values)

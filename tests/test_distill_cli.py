@@ -1,0 +1,77 @@
+"""`spectrumkd distill` from a YAML run config, end to end on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import build_tiny_llama
+from transformers import AutoModelForCausalLM
+
+from spectrumkd.cli import main
+from spectrumkd.distillation.run_config import RunConfig, apply_override
+
+
+@pytest.fixture()
+def tiny_pair(tmp_path, tiny_tokenizer):
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    for path, layers, seed in ((teacher, 2, 1), (student, 1, 2)):
+        build_tiny_llama(len(tiny_tokenizer), num_layers=layers, seed=seed).save_pretrained(path)
+        tiny_tokenizer.save_pretrained(path)
+    rows = [
+        {
+            "instruction": f"Count to {i}.",
+            "input": "",
+            "output": " ".join(str(j) for j in range(i + 1)),
+        }
+        for i in range(12)
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return teacher, student
+
+
+def test_distill_with_spectrumkd_curation_writes_a_loadable_student(tmp_path, tiny_pair):
+    teacher, student = tiny_pair
+    config = {
+        "teacher": str(teacher),
+        "student": str(student),
+        "output_dir": str(tmp_path / "run"),
+        "data": {"source": str(tmp_path / "train.jsonl"), "max_length": 128},
+        "curation": {"lambda_a": 0.1, "lambda_b": 0.1, "epochs": 3, "warmup_epochs": 1},
+        "train": {"batch_size": 4, "learning_rate": 1e-3, "log_every": 1},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    assert (
+        main(
+            [
+                "distill",
+                "--config",
+                str(tmp_path / "run.yaml"),
+                "--set",
+                "train.alpha=0.5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    run = tmp_path / "run"
+    schedule = json.loads((run / "schedule.json").read_text())
+    assert len(schedule["epochs"]) == 3 and (run / "scores" / "difficulties.jsonl").exists()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["temperature"] for m in metrics][0] == 1.0 and metrics[-1]["temperature"] == 2.0
+    assert yaml.safe_load((run / "run_config.yaml").read_text())["train"]["alpha"] == 0.5
+    assert AutoModelForCausalLM.from_pretrained(run / "final").config.num_hidden_layers == 1
+
+
+def test_run_config_errors_name_the_problem(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("teacher: a\nstudent: b\noutput_dir: c\ntrain: {lr: 1}\n")
+    assert main(["distill", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown train setting(s) lr" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs 'student'"):
+        RunConfig.from_dict({"teacher": "a", "output_dir": "c"})
+    with pytest.raises(ValueError, match="section.field=value"):
+        apply_override({}, "train.epochs")
+    values = {}
+    apply_override(values, "train.learning_rate=1e-4")
+    assert values == {"train": {"learning_rate": 1e-4}}
