@@ -75,3 +75,13 @@ def test_run_config_errors_name_the_problem(tmp_path, capsys):
     values = {}
     apply_override(values, "train.learning_rate=1e-4")
     assert values == {"train": {"learning_rate": 1e-4}}
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        run = RunConfig.from_yaml(path)
+        assert run.train.learning_rate == 5e-5
