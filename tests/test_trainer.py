@@ -174,6 +174,18 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
         accelerator=Accelerator(cpu=True),
     )
     assert state["epoch"] == 3 and state["step"] == 9
+    other = TrainConfig(epochs=3, batch_size=4, learning_rate=2e-3, warmup_ratio=0.2, seed=5)
+    with pytest.raises(
+        ValueError, match=r"checkpoint of a different run \(learning_rate changed\)"
+    ):
+        train(
+            resumed,
+            LiveTeacher(teacher_model),
+            examples,
+            other,
+            tmp_path / "killed",
+            accelerator=Accelerator(cpu=True),
+        )
     for a, b in zip(clean.state_dict().values(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

@@ -214,8 +214,15 @@ def train(
 
     state = {"epoch": 0, "step": 0, "config": asdict(config), "strategy": plan.strategy}
     if (output / CHECKPOINT / STATE_FILE).exists():
+        saved = json.loads((output / CHECKPOINT / STATE_FILE).read_text())
+        changed = [k for k in state["config"] if saved["config"].get(k) != state["config"][k]]
+        if changed or saved["strategy"] != plan.strategy:
+            raise ValueError(
+                f"{output} holds a checkpoint of a different run ({', '.join(changed) or 'strategy'} changed); "
+                "use another output_dir, or delete that one to start over"
+            )
         accelerator.load_state(str(output / CHECKPOINT))
-        state = json.loads((output / CHECKPOINT / STATE_FILE).read_text())
+        state = saved
         accelerator.print(f"resuming after epoch {state['epoch']} (step {state['step']})")
 
     for epoch in range(state["epoch"] + 1, plan.num_epochs + 1):
