@@ -37,7 +37,11 @@ def test_distill_with_spectrumkd_curation_writes_a_loadable_student(tmp_path, ti
         "teacher": str(teacher),
         "student": str(student),
         "output_dir": str(tmp_path / "run"),
-        "data": {"source": str(tmp_path / "train.jsonl"), "max_length": 128},
+        "data": {
+            "source": str(tmp_path / "train.jsonl"),
+            "max_length": 128,
+            "validation_ratio": 0.25,
+        },
         "curation": {"lambda_a": 0.1, "lambda_b": 0.1, "epochs": 3, "warmup_epochs": 1},
         "train": {"batch_size": 4, "learning_rate": 1e-3, "log_every": 1},
     }
@@ -59,9 +63,17 @@ def test_distill_with_spectrumkd_curation_writes_a_loadable_student(tmp_path, ti
     schedule = json.loads((run / "schedule.json").read_text())
     assert len(schedule["epochs"]) == 3 and (run / "scores" / "difficulties.jsonl").exists()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["temperature"] for m in metrics][0] == 1.0 and metrics[-1]["temperature"] == 2.0
+    steps = [m for m in metrics if "temperature" in m]
+    assert steps[0]["temperature"] == 1.0 and steps[-1]["temperature"] == 2.0
     assert yaml.safe_load((run / "run_config.yaml").read_text())["train"]["alpha"] == 0.5
     assert AutoModelForCausalLM.from_pretrained(run / "final").config.num_hidden_layers == 1
+    assert (run / "best" / "config.json").exists()  # chosen on the 3 held-out rows
+    scored = {
+        json.loads(line)["id"]
+        for line in (run / "scores" / "difficulties.jsonl").read_text().splitlines()
+    }
+    assert len(scored) == 9  # 12 rows, 3 held out: never scored, curated or trained on
+    assert [m["epoch"] for m in metrics if "val_kd" in m] == [1, 2, 3]
 
 
 def test_run_config_errors_name_the_problem(tmp_path, capsys):

@@ -276,3 +276,40 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         # Adam divides by sqrt(v): for a near-zero gradient a last-bit difference in the all-reduced
         # sum moves the step visibly, so compare at 1e-4 (the weights are of order 0.02)
         torch.testing.assert_close(two[name], tensor, rtol=1e-3, atol=1e-4)
+
+
+def test_validation_each_epoch_keeps_the_best_checkpoint(tmp_path):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    examples, validation = make_examples(12), make_examples(6, seed=9)
+    teacher = LiveTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1))
+    config = TrainConfig(
+        epochs=3, batch_size=4, learning_rate=3e-3, temperature=2.0, select_metric="val_kd"
+    )
+    state = train(
+        build_tiny_llama(VOCAB, num_layers=1, seed=2),
+        teacher,
+        examples,
+        config,
+        tmp_path,
+        validation=validation,
+        accelerator=Accelerator(cpu=True),
+    )
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if "val_kd" in line
+    ]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    best = min(rows, key=lambda r: r["val_kd"])
+    assert state["best"] == {"epoch": best["epoch"], "metric": "val_kd", "value": best["val_kd"]}
+    # Independent check: the saved model reproduces the recorded validation KD.
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "best")
+    batch = collate_with_ids(validation, 0)
+    with torch.no_grad():
+        _, kd = step_losses(saved, teacher, batch, get_objective("forward_kl"), 2.0)
+    assert kd.item() / int((batch["labels"][:, 1:] != -100).sum()) == pytest.approx(
+        best["val_kd"], rel=1e-5
+    )

@@ -169,6 +169,17 @@ def calibration_batches(
     ]
 
 
+def split_validation(examples: list, ratio: float, seed: int) -> tuple[list, list]:
+    """A seeded ``ratio`` of the examples held out (never scored, curated or trained on)."""
+    if ratio == 0:
+        return list(examples), []
+    order = np.random.default_rng(seed).permutation(len(examples))
+    held = set(order[: max(1, round(ratio * len(examples)))].tolist())
+    return [e for i, e in enumerate(examples) if i not in held], [
+        e for i, e in enumerate(examples) if i in held
+    ]
+
+
 def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """``spectrumkd distill``: pair check, data, (scoring and) curation, training, final student.
 
@@ -206,14 +217,21 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     dataset = tokenize_examples(
         examples, tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length
     )
+    train_examples, validation = split_validation(
+        dataset.examples, data.validation_ratio, data.validation_seed
+    )
     plan = None
     if run.curation is not None:
         if run.curation.difficulties is not None:
             ids, values = read_difficulties(run.curation.difficulties)
+            # The table may cover held-out or length-dropped rows: curate the training rows only.
+            training = {e.id for e in train_examples}
+            keep = [i for i, id_ in enumerate(ids) if id_ in training]
+            ids, values = [ids[i] for i in keep], values[keep]
         else:
             table = score_examples(
                 student,
-                dataset.examples,
+                train_examples,
                 pad_token_id=tokenizer.pad_token_id,
                 out_dir=out / "scores",
                 progress=progress,
@@ -223,11 +241,12 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     state = train(
         student,
         LiveTeacher(teacher, alignment),
-        dataset.examples,
+        train_examples,
         run.train,
         out,
         plan=plan,
         pad_token_id=tokenizer.pad_token_id,
+        validation=validation,
     )
     final = out / "final"
     student.save_pretrained(final)

@@ -53,6 +53,12 @@ class DataConfig:
     limit: int | None = None
     max_length: int = 512
     max_prompt_length: int | None = None
+    validation_ratio: float = 0.0  # a seeded share held out for checkpoint selection
+    validation_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.validation_ratio < 1.0:
+            raise ValueError(f"data.validation_ratio={self.validation_ratio} must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,12 @@ class TrainConfig:
     )
     seed: int = 0
     log_every: int = 10
+    select_metric: str = field(
+        default="val_kd",
+        metadata={
+            "help": "validation metric whose lowest value picks output_dir/best: val_kd or val_ce"
+        },
+    )
 
     def __post_init__(self) -> None:
         get_objective(self.objective, **self.objective_params)  # validates name and parameters
@@ -98,6 +104,8 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule={self.lr_schedule!r} is not one of linear, cosine, constant"
             )
+        if self.select_metric not in ("val_kd", "val_ce"):
+            raise ValueError(f"select_metric={self.select_metric!r} is not one of val_kd, val_ce")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(
                 f"mixed_precision={self.mixed_precision!r} is not one of no, bf16, fp16"
@@ -175,10 +183,14 @@ def train(
     plan: CurriculumPlan | None = None,
     pad_token_id: int = 0,
     accelerator: Accelerator | None = None,
+    validation: Sequence[TokenizedExample] = (),
 ) -> dict[str, Any]:
     """Distil ``teacher`` into ``student`` on ``examples`` following ``plan`` (or the baseline).
 
-    Returns the final trainer state. Metrics go to ``output_dir/metrics.jsonl``.
+    Returns the final trainer state. Metrics go to ``output_dir/metrics.jsonl``. With
+    ``validation`` examples, every epoch ends with their CE and KD per token, and the epoch with
+    the lowest ``config.select_metric`` is kept in ``output_dir/best`` (the paper selects
+    checkpoints on validation).
     """
     output = Path(output_dir)
     accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
@@ -256,8 +268,74 @@ def train(
                     },
                 )
         state["epoch"] = epoch
+        if validation:
+            metrics = evaluate(
+                accelerator,
+                student,
+                teacher,
+                validation,
+                objective,
+                current.temperature,
+                config,
+                pad_token_id,
+            )
+            if accelerator.is_main_process:
+                _log(output, {"epoch": epoch, "step": state["step"], **metrics})
+            best = state.get("best")
+            if best is None or metrics[config.select_metric] < best["value"]:
+                state["best"] = {
+                    "epoch": epoch,
+                    "metric": config.select_metric,
+                    "value": metrics[config.select_metric],
+                }
+                _save_best(accelerator, student, output)
         _checkpoint(accelerator, output, state)
     return state
+
+
+def evaluate(
+    accelerator, student, teacher, examples, objective, temperature, config, pad_token_id
+) -> dict[str, float]:
+    """Per-token CE of the references and KD to the teacher (at the epoch's temperature) on a
+    validation set: the low-noise metrics; generation-based ROUGE-L comes with the evaluation suite."""
+    student.eval()
+    ce_total = kd_total = tokens = 0.0
+    with torch.no_grad():
+        for start in range(
+            accelerator.process_index * config.batch_size,
+            len(examples),
+            config.batch_size * accelerator.num_processes,
+        ):
+            batch = collate_with_ids(examples[start : start + config.batch_size], pad_token_id)
+            batch = {
+                k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()
+            }
+            ce_sum, kd_sum = step_losses(student, teacher, batch, objective, temperature)
+            ce_total += ce_sum.item()
+            kd_total += kd_sum.item()
+            tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    totals = accelerator.reduce(
+        torch.tensor([ce_total, kd_total, tokens], device=accelerator.device), "sum"
+    ).tolist()
+    student.train()
+    return {
+        "val_ce": totals[0] / max(totals[2], 1),
+        "val_kd": totals[1] / max(totals[2], 1),
+        "val_tokens": int(totals[2]),
+    }
+
+
+def _save_best(accelerator: Accelerator, student, output: Path) -> None:
+    """The best epoch's weights as an ordinary safetensors model folder (``from_pretrained``)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        staging, final = output / ".best.tmp", output / "best"
+        shutil.rmtree(staging, ignore_errors=True)
+        accelerator.unwrap_model(student).save_pretrained(staging)
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    accelerator.wait_for_everyone()
 
 
 def _log(output: Path, row: dict) -> None:
