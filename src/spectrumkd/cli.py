@@ -189,20 +189,19 @@ def schedule_config(args: argparse.Namespace, n_examples: int) -> SpectrumKDConf
 
 
 def load_tokenized(args: argparse.Namespace, tokenizer):
-    from spectrumkd.data import load_examples, tokenize_examples
+    from spectrumkd.data.config import DataConfig
 
-    examples = load_examples(
-        args.data,
+    data = DataConfig(
+        source=args.data,
         fields=args.fields,
         template=args.template,
-        tokenizer=tokenizer,
         split=args.split,
         id_field=args.id_field,
         limit=args.limit,
+        max_length=args.max_length,
+        max_prompt_length=args.max_prompt_length,
     )
-    return tokenize_examples(
-        examples, tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length
-    )
+    return data.load(tokenizer)
 
 
 def cmd_score(args: argparse.Namespace) -> None:

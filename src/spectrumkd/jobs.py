@@ -187,7 +187,6 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     scored, ``schedule.json`` with curation, ``metrics.jsonl``, ``checkpoint/`` (resumable) and
     ``final/`` (the distilled student, safetensors, loadable with ``from_pretrained``).
     """
-    from spectrumkd.data import load_examples, tokenize_examples
     from spectrumkd.distillation.signals import LiveTeacher
     from spectrumkd.distillation.trainer import train
     from spectrumkd.models import check_pair, load_model, load_tokenizer
@@ -205,18 +204,7 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     alignment = check_pair(tokenizer, load_tokenizer(run.student), teacher.config, student.config)
 
     data = run.data
-    examples = load_examples(
-        data.source,
-        fields=data.fields,
-        template=data.template,
-        tokenizer=tokenizer,
-        split=data.split,
-        id_field=data.id_field,
-        limit=data.limit,
-    )
-    dataset = tokenize_examples(
-        examples, tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length
-    )
+    dataset = data.load(tokenizer)
     train_examples, validation = split_validation(
         dataset.examples, data.validation_ratio, data.validation_seed
     )

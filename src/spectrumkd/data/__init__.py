@@ -1,5 +1,6 @@
 """Data stage: load prompt/response pairs, render them with the paper's templates, tokenise."""
 
+from spectrumkd.data.config import DataConfig
 from spectrumkd.data.loading import (
     EMBEDDED_SOURCES,
     PRESETS,
@@ -27,6 +28,7 @@ from spectrumkd.data.tokenize import (
 )
 
 __all__ = [
+    "DataConfig",
     "EMBEDDED_SOURCES",
     "IGNORE_INDEX",
     "PRESETS",

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from spectrumkd.curation.config import SpectrumKDConfig
+from spectrumkd.data.config import DataConfig
 from spectrumkd.distillation.trainer import TrainConfig
 
 
@@ -41,24 +42,6 @@ _Loader.add_implicit_resolver(
 
 def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = "embedded:dolly"
-    fields: str | None = None
-    template: str = "instruction"
-    split: str = "train"
-    id_field: str | None = None
-    limit: int | None = None
-    max_length: int = 512
-    max_prompt_length: int | None = None
-    validation_ratio: float = 0.0  # a seeded share held out for checkpoint selection
-    validation_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.validation_ratio < 1.0:
-            raise ValueError(f"data.validation_ratio={self.validation_ratio} must be in [0, 1)")
 
 
 @dataclass(frozen=True)
