@@ -4,8 +4,10 @@ Llama models built from a config in code, so unit tests run in seconds with no d
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -66,6 +68,29 @@ def build_tiny_llama(vocab_size: int, num_layers: int = 4, seed: int = 0) -> Lla
         eos_token_id=2,
     )
     return LlamaForCausalLM(config).eval()
+
+
+@dataclass(frozen=True)
+class TokenExample:
+    """What the scorer, the cache and the trainer read: an id, token ids and masked labels."""
+
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+
+
+def random_token_examples(
+    n: int, vocab: int, seed: int = 0, max_len: int = 48, id_format: str = "{:05d}"
+) -> list[TokenExample]:
+    """Random token sequences of 6..max_len tokens whose prompt (a random prefix) is masked."""
+    rng = np.random.default_rng(seed)
+    examples = []
+    for i in range(n):
+        length = int(rng.integers(6, max_len))
+        prompt = int(rng.integers(1, length - 2))
+        ids = rng.integers(3, vocab, size=length).tolist()
+        examples.append(TokenExample(id_format.format(i), ids, [-100] * prompt + ids[prompt:]))
+    return examples
 
 
 @pytest.fixture(scope="session")

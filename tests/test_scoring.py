@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
+from conftest import TokenExample
+from conftest import random_token_examples as random_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,23 +25,7 @@ from spectrumkd.scoring import (
     score_examples,
 )
 
-
-@dataclass(frozen=True)
-class Ex:
-    id: str
-    input_ids: list[int]
-    labels: list[int]
-
-
-def random_examples(n: int, vocab: int, seed: int = 0, max_len: int = 48) -> list[Ex]:
-    rng = np.random.default_rng(seed)
-    examples = []
-    for i in range(n):
-        length = int(rng.integers(6, max_len))
-        prompt = int(rng.integers(1, length - 2))
-        ids = rng.integers(3, vocab, size=length).tolist()
-        examples.append(Ex(f"{i:05d}", ids, [-100] * prompt + ids[prompt:]))
-    return examples
+Ex = TokenExample
 
 
 def test_bucketed_scores_equal_batch_of_one_and_the_models_own_loss(tiny_model):

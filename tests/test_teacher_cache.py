@@ -4,12 +4,9 @@ renormalisation at any temperature, an approximation error that shrinks with k a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_llama
+from conftest import TokenExample, build_tiny_llama, random_token_examples
 from safetensors.torch import load_file
 
 from spectrumkd.data.tokenize import collate
@@ -28,23 +25,11 @@ VOCAB = 128
 SETTINGS = ScoringSettings(max_tokens_per_batch=128, shard_batches=2)
 
 
-@dataclass(frozen=True)
-class Ex:
-    id: str
-    input_ids: list[int]
-    labels: list[int]
+Ex = TokenExample
 
 
-def make_examples(n: int, seed: int = 0, max_len: int = 40) -> list[Ex]:
-    """Random token sequences whose prompt (a random prefix) is masked with -100."""
-    rng = np.random.default_rng(seed)
-    examples = []
-    for i in range(n):
-        length = int(rng.integers(6, max_len))
-        prompt = int(rng.integers(1, length - 2))
-        ids = rng.integers(3, VOCAB, size=length).tolist()
-        examples.append(Ex(f"ex{i:03d}", ids, [-100] * prompt + ids[prompt:]))
-    return examples
+def make_examples(n: int, seed: int = 0, max_len: int = 40) -> list[TokenExample]:
+    return random_token_examples(n, VOCAB, seed, max_len, id_format="ex{:03d}")
 
 
 @pytest.fixture(scope="module")

@@ -39,11 +39,12 @@ from spectrumkd.io import atomic_write_bytes, write_json
 from spectrumkd.scoring.scorer import (
     ScorableExample,
     ScoringSettings,
-    _process_group,
+    check_fits_model,
     data_fingerprint,
     length_bucketed_batches,
     logits_at,
     model_fingerprint,
+    process_group,
 )
 
 logger = logging.getLogger(__name__)
@@ -106,13 +107,7 @@ def build_teacher_cache(
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"example id {duplicate!r} occurs twice; the cache is keyed by id")
-    longest = max(len(e.input_ids) for e in examples)
-    limit = getattr(getattr(teacher, "config", None), "max_position_embeddings", None)
-    if isinstance(limit, int) and longest > limit:
-        raise ValueError(
-            f"the longest example has {longest} tokens but the teacher handles {limit} positions; "
-            f"lower --max-length to {limit} or less"
-        )
+    check_fits_model(teacher, examples)
     fingerprints = {"model": model_fingerprint(teacher), "data": data_fingerprint(examples)}
     folder = Path(cache_root) / _folder_name(fingerprints["model"], fingerprints["data"], k)
     if (folder / INDEX).exists():
@@ -126,7 +121,7 @@ def build_teacher_cache(
         for i in range(0, len(batches), settings.shard_batches)
     ]
     counts = [_num_predicting(example) for example in examples]
-    rank, world = _process_group()
+    rank, world = process_group()
     manifest = {
         "format": FORMAT,
         "k": k,

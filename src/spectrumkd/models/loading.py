@@ -245,6 +245,21 @@ def _dtype_kwarg(dtype: torch.dtype | str) -> dict:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
+def _from_pretrained(auto_class, spec: str | Path, gguf_file: str | None, **kwargs):
+    """``auto_class.from_pretrained`` on the resolved spec; a hub failure becomes one line."""
+    spec = str(spec)
+    path = resolve_model_path(spec, gguf_file)
+    is_hub_id = not Path(path).exists()
+    if gguf_file is not None and is_hub_id:
+        kwargs["gguf_file"] = gguf_file  # local GGUFs were converted into the cache already
+    try:
+        return auto_class.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as error:
+        if is_hub_id:
+            raise _unreachable(spec, error) from error
+        raise
+
+
 def load_model(
     spec: str | Path,
     *,
@@ -257,21 +272,13 @@ def load_model(
 
     Remote code in a model repository is never run unless ``trust_remote_code=True``.
     """
-    spec = str(spec)
-    path = resolve_model_path(spec, gguf_file)
-    is_hub_id = not Path(path).exists()
-    hub_gguf = {"gguf_file": gguf_file} if gguf_file is not None and is_hub_id else {}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            trust_remote_code=trust_remote_code,
-            **_dtype_kwarg(parse_dtype(dtype)),
-            **hub_gguf,
-        )
-    except (OSError, ValueError) as error:
-        if is_hub_id:
-            raise _unreachable(spec, error) from error
-        raise
+    model = _from_pretrained(
+        AutoModelForCausalLM,
+        spec,
+        gguf_file,
+        trust_remote_code=trust_remote_code,
+        **_dtype_kwarg(parse_dtype(dtype)),
+    )
     model.to(device)
     model.eval()
     return model
@@ -281,18 +288,9 @@ def load_tokenizer(
     spec: str | Path, *, trust_remote_code: bool = False, gguf_file: str | None = None
 ):
     """Load the tokenizer for a model spec; it always has a pad token afterwards."""
-    spec = str(spec)
-    path = resolve_model_path(spec, gguf_file)
-    is_hub_id = not Path(path).exists()
-    hub_gguf = {"gguf_file": gguf_file} if gguf_file is not None and is_hub_id else {}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, trust_remote_code=trust_remote_code, **hub_gguf
-        )
-    except (OSError, ValueError) as error:
-        if is_hub_id:
-            raise _unreachable(spec, error) from error
-        raise
+    tokenizer = _from_pretrained(
+        AutoTokenizer, spec, gguf_file, trust_remote_code=trust_remote_code
+    )
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         # Many causal LMs ship without a pad token. Batching needs one; padded positions are
         # masked out of attention and labelled -100, so reusing EOS as padding changes nothing

@@ -158,6 +158,17 @@ def _batch_losses(
 VOLATILE_CONFIG_KEYS = frozenset({"_name_or_path", "transformers_version", "_commit_hash"})
 
 
+def check_fits_model(model: torch.nn.Module, examples: Sequence[ScorableExample]) -> None:
+    """Refuse examples longer than the model's position limit, naming the flag that fixes it."""
+    longest = max(len(e.input_ids) for e in examples)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and longest > limit:
+        raise ValueError(
+            f"the longest example has {longest} tokens but the model handles {limit} positions; "
+            f"lower --max-length to {limit} or less"
+        )
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Cheap identity of what a model computes: its config (less where it came from) and the
     float64 sum of every tensor, hashed."""
@@ -205,19 +216,13 @@ def score_examples(
         raise ValueError(
             f"{len(empty)} examples have no response tokens to score (first: {empty[0]!r}); drop them"
         )
-    longest = max(len(e.input_ids) for e in examples)
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(limit, int) and longest > limit:
-        raise ValueError(
-            f"the longest example has {longest} tokens but the model handles {limit} positions; "
-            f"lower --max-length to {limit} or less"
-        )
+    check_fits_model(model, examples)
     batches = length_bucketed_batches([len(e.input_ids) for e in examples], settings)
     shards = [
         batches[i : i + settings.shard_batches]
         for i in range(0, len(batches), settings.shard_batches)
     ]
-    rank, world = _process_group()
+    rank, world = process_group()
     shard_dir = _prepare_shard_dir(model, examples, settings, out_dir, len(shards), rank, world)
     mine = [
         index for index in range(len(shards)) if index % world == rank
@@ -262,7 +267,7 @@ def score_examples(
     return table
 
 
-def _process_group() -> tuple[int, int]:
+def process_group() -> tuple[int, int]:
     """(rank, world size) of a running torch.distributed job (accelerate, torchrun), else (0, 1).
     Every process builds the same batch plan, scores every world-th shard, and all processes
     receive the whole table, so a multi-GPU run gives the table of a one-process run."""
