@@ -104,9 +104,9 @@ def test_a_curriculum_plan_drives_the_subsets_and_temperatures(tmp_path, monkeyp
     seen: dict[float, set[str]] = {}
     real_step_losses = trainer_module.step_losses
 
-    def recording_step_losses(student, teacher, batch, objective, temperature):
+    def recording_step_losses(student, teacher, batch, objective, temperature, **options):
         seen.setdefault(temperature, set()).update(batch["ids"])
-        return real_step_losses(student, teacher, batch, objective, temperature)
+        return real_step_losses(student, teacher, batch, objective, temperature, **options)
 
     monkeypatch.setattr(trainer_module, "step_losses", recording_step_losses)
     teacher = LiveTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1))

@@ -234,9 +234,11 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         out,
         plan=plan,
         pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         validation=validation,
+        progress=progress,
     )
-    final = out / "final"
-    student.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    for folder in ("final", "best"):  # each saved student loads with its tokenizer
+        if (out / folder).is_dir():
+            tokenizer.save_pretrained(out / folder)
     return state

@@ -27,9 +27,41 @@ class TeacherSignalSource(Protocol):
 class LiveTeacher:
     """The teacher model itself, frozen, in eval mode, under ``inference_mode``."""
 
+    scores_new_sequences = True  # it can score the student's own samples (on-policy KD)
+
     def __init__(self, model: torch.nn.Module, alignment: VocabAlignment | None = None) -> None:
         self.model = model.eval().requires_grad_(False)
         self.alignment = alignment
+
+    def hidden_states(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final hidden states [B, T, H], output head weight [V, H]) for the memory-bounded loss,
+        which projects them chunk by chunk instead of materialising [B, T, V] logits."""
+        head = self.model.get_output_embeddings()
+        if head is None or getattr(head, "bias", None) is not None:
+            raise ValueError(
+                f"{type(self.model).__name__} has no bias-free output head to project chunk by "
+                "chunk; use loss_impl=full"
+            )
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep_hidden(module, args):
+            captured["hidden"] = args[0]
+            return (args[0][:, :0], *args[1:])
+
+        device = next(self.model.parameters()).device
+        handle = head.register_forward_pre_hook(keep_hidden)
+        try:
+            with torch.inference_mode():
+                self.model(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                )
+        finally:
+            handle.remove()
+        weight = head.weight.detach()
+        if self.alignment is not None:
+            weight = weight[: self.alignment.vocab_size]
+        return captured["hidden"].clone(), weight
 
     def logits(self, batch: dict) -> torch.Tensor:
         device = next(self.model.parameters()).device

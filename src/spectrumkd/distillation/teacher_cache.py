@@ -260,6 +260,8 @@ class CachedTeacher:
     most ``max_shards`` stay in memory (least recently used first out).
     """
 
+    scores_new_sequences = False  # it knows only the cached examples' tokens (no on-policy KD)
+
     def __init__(
         self,
         cache_dir: str | Path,

@@ -11,12 +11,15 @@ Runs on one CPU, one GPU or several processes through ``accelerate`` (``accelera
 DDP, FSDP and DeepSpeed come from its configs. The teacher is any
 :class:`~spectrumkd.distillation.signals.TeacherSignalSource` (a live model or the offline cache).
 Checkpoints (``accelerator.save_state``: model weights in safetensors, optimiser, scheduler and
-RNG states) are written at every epoch end into ``output_dir/checkpoint``, atomically, and a
-rerun resumes from the last finished epoch.
+RNG states) are written at every epoch end (and every ``save_every_steps`` optimiser steps) into
+``output_dir/checkpoint``, atomically, and a rerun resumes where the last one was written,
+mid-epoch included. On-policy GKD (``on_policy_fraction``), LoRA (``lora_rank``) and the
+memory-bounded loss (``loss_impl: chunked``) are settings of the same loop.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -30,17 +33,22 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from spectrumkd.curation.plan import CurriculumPlan, EpochPlan
 from spectrumkd.data.tokenize import IGNORE_INDEX, TokenizedExample, collate
+from spectrumkd.distillation.chunked import chunked_kd_loss
 from spectrumkd.distillation.objectives import get_objective, kd_loss
+from spectrumkd.distillation.on_policy import with_student_responses
 from spectrumkd.distillation.signals import TeacherSignalSource
 from spectrumkd.integrations.sampler import CurriculumSampler
 from spectrumkd.io import write_json
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
+LOSS_IMPLS = ("full", "chunked")
+TRACKERS = ("none", "tensorboard", "wandb", "all")
 
 
 @dataclass(frozen=True)
@@ -54,9 +62,12 @@ class TrainConfig:
     objective_params: dict[str, float] = field(
         default_factory=dict, metadata={"help": "e.g. {'beta': 0.1} for jsd"}
     )
-    alpha: float = field(
-        default=0.3,
-        metadata={"help": "weight of the ground-truth CE; KD gets 1 - alpha (paper: 0.3)"},
+    alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "weight of the ground-truth CE; KD gets 1 - alpha "
+            "(default: the paper's 0.3 off-policy, 0 on-policy)"
+        },
     )
     temperature: float = field(
         default=1.0, metadata={"help": "distillation temperature when no plan sets one"}
@@ -86,12 +97,50 @@ class TrainConfig:
             "help": "validation metric whose lowest value picks output_dir/best: val_kd or val_ce"
         },
     )
+    save_every_steps: int = field(
+        default=0,
+        metadata={"help": "also checkpoint every N optimiser steps (0: only at epoch ends)"},
+    )
+    on_policy_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of each micro-batch whose responses the student samples itself "
+            "(on-policy GKD: 0.5 with objective jsd)"
+        },
+    )
+    sampling_temperature: float = field(
+        default=0.9,
+        metadata={"help": "temperature of on-policy sampling (separate from distillation's)"},
+    )
+    max_new_tokens: int = field(default=128, metadata={"help": "length limit of on-policy samples"})
+    lora_rank: int = field(
+        default=0, metadata={"help": "LoRA rank on all attention and MLP linears (0: full)"}
+    )
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    loss_impl: str = field(
+        default="full",
+        metadata={
+            "help": "full (both models' logits) or chunked (fused head + loss over token "
+            "chunks: never holds batch x length x vocab logits; needs a live teacher)"
+        },
+    )
+    chunk_size: int = field(
+        default=1024, metadata={"help": "tokens per chunk of loss_impl chunked"}
+    )
+    report_to: str = field(
+        default="none", metadata={"help": "extra metric trackers: none, tensorboard, wandb, all"}
+    )
 
     def __post_init__(self) -> None:
         get_objective(self.objective, **self.objective_params)  # validates name and parameters
+        if not 0.0 <= self.on_policy_fraction <= 1.0:
+            raise ValueError(f"on_policy_fraction={self.on_policy_fraction} must be in [0, 1]")
+        if self.alpha is None:  # the paper's defaults: 0.3 off-policy, 0 on-policy
+            object.__setattr__(self, "alpha", 0.0 if self.on_policy_fraction > 0 else 0.3)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha={self.alpha} must be in [0, 1]")
-        for name in ("epochs", "batch_size", "grad_accum", "log_every"):
+        for name in ("epochs", "batch_size", "grad_accum", "log_every", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.temperature <= 0 or self.learning_rate <= 0:
@@ -110,6 +159,24 @@ class TrainConfig:
             raise ValueError(
                 f"mixed_precision={self.mixed_precision!r} is not one of no, bf16, fp16"
             )
+        if self.save_every_steps < 0 or self.lora_rank < 0 or self.chunk_size < 1:
+            raise ValueError(
+                f"save_every_steps={self.save_every_steps} and lora_rank={self.lora_rank} must "
+                f"be >= 0, chunk_size={self.chunk_size} >= 1"
+            )
+        if self.sampling_temperature <= 0:
+            raise ValueError(f"sampling_temperature={self.sampling_temperature} must be > 0")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
+        if self.loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"loss_impl={self.loss_impl!r} is not one of {', '.join(LOSS_IMPLS)}")
+        if self.report_to not in TRACKERS:
+            raise ValueError(f"report_to={self.report_to!r} is not one of {', '.join(TRACKERS)}")
+        if self.loss_impl == "chunked" and self.on_policy_fraction > 0 and self.alpha > 0:
+            raise ValueError(
+                "loss_impl=chunked takes the CE of every row, also of the student's own samples; "
+                "with on_policy_fraction > 0 set alpha=0 (the GKD default) or loss_impl=full"
+            )
 
 
 def baseline_plan(ids: Sequence[str], config: TrainConfig) -> CurriculumPlan:
@@ -125,8 +192,22 @@ def collate_with_ids(batch: Sequence[TokenizedExample], pad_token_id: int) -> di
     return {**collate(batch, pad_token_id), "ids": [example.id for example in batch]}
 
 
-def step_losses(student, teacher: TeacherSignalSource, batch: dict, objective, temperature: float):
-    """Summed CE and KD over the response tokens of one micro-batch (no normalisation here)."""
+def step_losses(
+    student,
+    teacher: TeacherSignalSource,
+    batch: dict,
+    objective,
+    temperature: float,
+    *,
+    chunk_size: int | None = None,
+):
+    """Summed CE and KD over the response tokens of one micro-batch (no normalisation here).
+
+    Rows marked ``on_policy`` (the student's own samples) count for KD but not for CE. With
+    ``chunk_size`` the loss runs through the memory-bounded engine (fused head, token chunks).
+    """
+    if chunk_size is not None:
+        return _chunked_step_losses(student, teacher, batch, objective, temperature, chunk_size)
     logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]  # position t predicts token t+1
     logits = logits[:, :-1]
@@ -135,11 +216,69 @@ def step_losses(student, teacher: TeacherSignalSource, batch: dict, objective, t
         # A padded student embedding (rows past the tokenizer's vocabulary, which check_pair has
         # verified both models share): those rows are never a target, so drop them.
         logits = logits[..., : teacher_logits.shape[-1]]
+    ce_labels = labels
+    if "on_policy" in batch and bool(batch["on_policy"].any()):
+        ce_labels = labels.masked_fill(batch["on_policy"].to(labels.device)[:, None], IGNORE_INDEX)
     ce_sum = torch.nn.functional.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum"
+        logits.float().transpose(1, 2), ce_labels, ignore_index=IGNORE_INDEX, reduction="sum"
     )
     kd_sum, _ = kd_loss(logits, teacher_logits, labels, objective, temperature)
     return ce_sum, kd_sum
+
+
+def _chunked_step_losses(student, teacher, batch, objective, temperature, chunk_size):
+    """The same sums without any [B, T, V] logits: the student's final hidden states are taken
+    at its output head (which then projects nothing) and the teacher's from its own head, and
+    both go through :func:`~spectrumkd.distillation.chunked.chunked_kd_loss`."""
+    if not hasattr(teacher, "hidden_states"):
+        raise ValueError(
+            "loss_impl=chunked needs a live teacher (its hidden states); an offline cache holds "
+            "only top-k logits: use loss_impl=full with a cached teacher"
+        )
+    head = _unwrap(student).get_output_embeddings()
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep_hidden(module, args):
+        captured["hidden"] = args[0]
+        return (args[0][:, :0], *args[1:])  # the head projects zero positions
+
+    handle = head.register_forward_pre_hook(keep_hidden)
+    try:
+        student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        handle.remove()
+    teacher_hidden, teacher_weight = teacher.hidden_states(batch)
+    labels = batch["labels"][:, 1:]
+    weight = head.weight[: teacher_weight.shape[0]]  # a padded student head: see step_losses
+    kd_sum, ce_sum, _ = chunked_kd_loss(
+        captured["hidden"][:, :-1],
+        weight,
+        teacher_hidden[:, :-1].to(weight.device),
+        teacher_weight.to(weight.device),
+        labels,
+        objective,
+        temperature,
+        chunk_size=chunk_size,
+    )
+    return ce_sum, kd_sum
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP / compile wrappers (their forward still runs the hooks set on it)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+@dataclass(frozen=True)
+class OnPolicy:
+    """How the student samples its own responses (on-policy GKD) for part of each batch."""
+
+    fraction: float
+    temperature: float
+    max_new_tokens: int
+    pad_token_id: int
+    eos_token_ids: tuple[int, ...]
 
 
 def accumulate_gradients(
@@ -150,13 +289,31 @@ def accumulate_gradients(
     objective,
     alpha: float,
     temperature: float,
+    *,
+    on_policy: OnPolicy | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[float, float, int]:
     """Backward over the micro-batches of one optimiser step; returns (CE sum, KD sum, local tokens).
 
     The loss is normalised by the response tokens of the whole step, across micro-batches and
     processes, so gradient accumulation and the world size do not change the gradient (a
-    per-micro-batch mean would weight a short micro-batch's tokens more).
+    per-micro-batch mean would weight a short micro-batch's tokens more). On-policy samples are
+    drawn first, since they change the token count.
     """
+    if on_policy is not None and on_policy.fraction > 0:
+        generator = accelerator.unwrap_model(student)
+        group = [
+            with_student_responses(
+                generator,
+                batch,
+                on_policy.fraction,
+                pad_token_id=on_policy.pad_token_id,
+                eos_token_ids=on_policy.eos_token_ids,
+                temperature=on_policy.temperature,
+                max_new_tokens=on_policy.max_new_tokens,
+            )
+            for batch in group
+        ]
     local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in group)
     tokens = accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum").item()
     ce_total = kd_total = 0.0
@@ -164,13 +321,53 @@ def accumulate_gradients(
         last = index == len(group) - 1
         with nullcontext() if last else accelerator.no_sync(student):
             with accelerator.autocast():
-                ce_sum, kd_sum = step_losses(student, teacher, batch, objective, temperature)
+                ce_sum, kd_sum = step_losses(
+                    student, teacher, batch, objective, temperature, chunk_size=chunk_size
+                )
             loss = (alpha * ce_sum + (1 - alpha) * temperature**2 * kd_sum) / max(tokens, 1)
             # DDP averages gradients over processes; the token count is already global.
             accelerator.backward(loss * accelerator.num_processes)
         ce_total += ce_sum.item()
         kd_total += kd_sum.item()
     return ce_total, kd_total, local
+
+
+def apply_lora(student: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    """LoRA adapters on every attention and MLP linear layer (the paper's choice); peft's
+    ``all-linear`` leaves the output head out. Only the adapters are trained."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(student, lora)
+
+
+def export_model(student: torch.nn.Module) -> torch.nn.Module:
+    """The plain model to save: LoRA adapters merged into a copy (the trained student stays as it
+    is), so every saved student loads with ``AutoModelForCausalLM.from_pretrained``."""
+    from peft import PeftModel
+
+    if isinstance(student, PeftModel):
+        return copy.deepcopy(student).merge_and_unload()
+    return student
+
+
+def _eos_ids(model: torch.nn.Module, eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
+    if eos_token_id is None:
+        generation = getattr(model, "generation_config", None)
+        eos_token_id = getattr(generation, "eos_token_id", None)
+        if eos_token_id is None:
+            eos_token_id = getattr(model.config, "eos_token_id", None)
+    if eos_token_id is None:
+        raise ValueError(
+            "on-policy sampling needs an end-of-sequence token: pass eos_token_id to train()"
+        )
+    return tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else (eos_token_id,)
 
 
 def train(
@@ -182,22 +379,46 @@ def train(
     *,
     plan: CurriculumPlan | None = None,
     pad_token_id: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
     accelerator: Accelerator | None = None,
     validation: Sequence[TokenizedExample] = (),
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Distil ``teacher`` into ``student`` on ``examples`` following ``plan`` (or the baseline).
 
-    Returns the final trainer state. Metrics go to ``output_dir/metrics.jsonl``. With
-    ``validation`` examples, every epoch ends with their CE and KD per token, and the epoch with
-    the lowest ``config.select_metric`` is kept in ``output_dir/best`` (the paper selects
-    checkpoints on validation).
+    Returns the final trainer state and writes the trained student to ``output_dir/final``
+    (safetensors; LoRA merged). Metrics go to ``output_dir/metrics.jsonl``. With ``validation``
+    examples, every epoch ends with their CE and KD per token, and the epoch with the lowest
+    ``config.select_metric`` is kept in ``output_dir/best`` (the paper selects checkpoints on
+    validation). ``eos_token_id`` (default: the student's) ends on-policy samples.
     """
     output = Path(output_dir)
-    accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+    if accelerator is None:
+        trackers = {"none": None, "all": "all"}.get(config.report_to, config.report_to)
+        accelerator = Accelerator(
+            mixed_precision=config.mixed_precision, log_with=trackers, project_dir=str(output)
+        )
     set_seed(config.seed)
     ids = [example.id for example in examples]
     plan = plan or baseline_plan(ids, config)
     objective = get_objective(config.objective, **config.objective_params)
+    on_policy = None
+    if config.on_policy_fraction > 0:
+        if not getattr(teacher, "scores_new_sequences", False):
+            raise ValueError(
+                "on-policy sampling needs a teacher that scores new sequences (a live teacher); "
+                "an offline cache only knows the dataset's responses"
+            )
+        on_policy = OnPolicy(
+            config.on_policy_fraction,
+            config.sampling_temperature,
+            config.max_new_tokens,
+            pad_token_id,
+            _eos_ids(student, eos_token_id),
+        )
+    chunk_size = config.chunk_size if config.loss_impl == "chunked" else None
+    if config.lora_rank > 0:
+        student = apply_lora(student, config)
 
     sampler = CurriculumSampler(ids, plan, seed=config.seed)
     loader = DataLoader(
@@ -207,12 +428,15 @@ def train(
         collate_fn=lambda batch: collate_with_ids(batch, pad_token_id),
     )
     optimizer = torch.optim.AdamW(
-        student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        [p for p in student.parameters() if p.requires_grad],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
     )
     micro_batches = [
         math.ceil(len(e.ids) / config.batch_size / accelerator.num_processes) for e in plan.epochs
     ]
-    total_steps = sum(math.ceil(m / config.grad_accum) for m in micro_batches)
+    steps_per_epoch = [math.ceil(m / config.grad_accum) for m in micro_batches]
+    total_steps = sum(steps_per_epoch)
     scheduler = get_scheduler(
         config.lr_schedule,
         optimizer,
@@ -224,7 +448,13 @@ def train(
     student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
 
-    state = {"epoch": 0, "step": 0, "config": asdict(config), "strategy": plan.strategy}
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "step_in_epoch": 0,
+        "config": asdict(config),
+        "strategy": plan.strategy,
+    }
     if (output / CHECKPOINT / STATE_FILE).exists():
         saved = json.loads((output / CHECKPOINT / STATE_FILE).read_text())
         changed = [k for k in state["config"] if saved["config"].get(k) != state["config"][k]]
@@ -234,19 +464,52 @@ def train(
                 "use another output_dir, or delete that one to start over"
             )
         accelerator.load_state(str(output / CHECKPOINT))
-        state = saved
-        accelerator.print(f"resuming after epoch {state['epoch']} (step {state['step']})")
+        state = {"step_in_epoch": 0, **saved}
+        accelerator.print(
+            f"resuming after epoch {state['epoch']}, step {state['step']} "
+            f"({state['step_in_epoch']} steps into epoch {state['epoch'] + 1})"
+        )
+    if config.report_to != "none":
+        accelerator.init_trackers("spectrumkd", config=_flat(asdict(config)))
 
+    bar = tqdm(
+        total=total_steps,
+        initial=state["step"],
+        unit="step",
+        desc="distilling",
+        disable=not progress or not accelerator.is_main_process,
+        dynamic_ncols=True,
+    )
     for epoch in range(state["epoch"] + 1, plan.num_epochs + 1):
         current = plan.epoch(epoch)
         loader.set_epoch(epoch - 1)  # reaches the CurriculumSampler through accelerate's wrapper
         sampler.set_epoch(epoch - 1)
         alpha = config.alpha if current.kd_weight is None else 1.0 - current.kd_weight
         student.train()
-        batches = iter(loader)
+        if state["step_in_epoch"]:
+            # Resuming a mid-epoch checkpoint: the sampler's order is a function of (seed,
+            # epoch), so the micro-batches already trained on are skipped. Starting the
+            # iteration draws a seed from the global RNG (on the first batch: accelerate's
+            # iterator is lazy), and the checkpoint's RNG state is already past that draw, so
+            # the skip runs without moving the restored state.
+            rng = torch.get_rng_state()
+            batches = iter(loader)
+            for _ in range(state["step_in_epoch"] * config.grad_accum):
+                next(batches, None)
+            torch.set_rng_state(rng)
+        else:
+            batches = iter(loader)
         while group := [b for _, b in zip(range(config.grad_accum), batches, strict=False)]:
             ce_total, kd_total, local = accumulate_gradients(
-                accelerator, student, teacher, group, objective, alpha, current.temperature
+                accelerator,
+                student,
+                teacher,
+                group,
+                objective,
+                alpha,
+                current.temperature,
+                on_policy=on_policy,
+                chunk_size=chunk_size,
             )
             if config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(student.parameters(), config.max_grad_norm)
@@ -254,20 +517,25 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
-            if state["step"] % config.log_every == 0 and accelerator.is_main_process:
-                _log(
-                    output,
-                    {
-                        "epoch": epoch,
-                        "step": state["step"],
-                        "tokens": local,
-                        "ce": ce_total / max(local, 1),
-                        "kd": kd_total / max(local, 1),
-                        "temperature": current.temperature,
-                        "lr": scheduler.get_last_lr()[0],
-                    },
-                )
+            state["step_in_epoch"] += 1
+            bar.update(1)
+            if state["step"] % config.log_every == 0:
+                row = {
+                    "epoch": epoch,
+                    "step": state["step"],
+                    "tokens": local,
+                    "ce": ce_total / max(local, 1),
+                    "kd": kd_total / max(local, 1),
+                    "temperature": current.temperature,
+                    "alpha": alpha,
+                    "lr": scheduler.get_last_lr()[0],
+                }
+                _log(accelerator, output, row, config)
+                bar.set_postfix(ce=f"{row['ce']:.3f}", kd=f"{row['kd']:.3f}", epoch=epoch)
+            if config.save_every_steps and state["step"] % config.save_every_steps == 0:
+                _checkpoint(accelerator, output, state)
         state["epoch"] = epoch
+        state["step_in_epoch"] = 0
         if validation:
             metrics = evaluate(
                 accelerator,
@@ -279,8 +547,7 @@ def train(
                 config,
                 pad_token_id,
             )
-            if accelerator.is_main_process:
-                _log(output, {"epoch": epoch, "step": state["step"], **metrics})
+            _log(accelerator, output, {"epoch": epoch, "step": state["step"], **metrics}, config)
             best = state.get("best")
             if best is None or metrics[config.select_metric] < best["value"]:
                 state["best"] = {
@@ -288,9 +555,18 @@ def train(
                     "metric": config.select_metric,
                     "value": metrics[config.select_metric],
                 }
-                _save_best(accelerator, student, output)
+                _save_model(accelerator, student, output / "best")
         _checkpoint(accelerator, output, state)
+    bar.close()
+    _save_model(accelerator, student, output / "final")
+    if config.report_to != "none":
+        accelerator.end_training()
     return state
+
+
+def _flat(values: dict) -> dict:
+    """Tracker hyper-parameters must be scalars (TensorBoard refuses dicts)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
 
 
 def evaluate(
@@ -325,20 +601,31 @@ def evaluate(
     }
 
 
-def _save_best(accelerator: Accelerator, student, output: Path) -> None:
-    """The best epoch's weights as an ordinary safetensors model folder (``from_pretrained``)."""
+def _save_model(accelerator: Accelerator, student, folder: Path) -> None:
+    """The student as an ordinary safetensors model folder (``from_pretrained``), atomically."""
     accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(student)
+    # Full-state gathering (FSDP, DeepSpeed ZeRO-3) is collective: every process takes part.
+    state_dict = accelerator.get_state_dict(student) if accelerator.num_processes > 1 else None
     if accelerator.is_main_process:
-        staging, final = output / ".best.tmp", output / "best"
+        staging = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        accelerator.unwrap_model(student).save_pretrained(staging)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        exported = export_model(model)
+        if state_dict is not None and exported is not model:
+            state_dict = None  # a merged LoRA copy has its own (plain) state
+        exported.save_pretrained(staging, state_dict=state_dict)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
     accelerator.wait_for_everyone()
 
 
-def _log(output: Path, row: dict) -> None:
+def _log(accelerator: Accelerator, output: Path, row: dict, config: TrainConfig) -> None:
+    if config.report_to != "none":
+        scalars = {k: v for k, v in row.items() if k not in ("epoch", "step")}
+        accelerator.log(scalars, step=row["step"])
+    if not accelerator.is_main_process:
+        return
     output.mkdir(parents=True, exist_ok=True)
     with (output / "metrics.jsonl").open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")

@@ -1,0 +1,147 @@
+"""On-policy distillation (GKD): part of each batch gets responses the student samples itself.
+
+For the chosen rows, the prompt (the tokens before the first response label) is kept, the
+student samples a continuation, and the row's response becomes that sample: its labels are the
+sampled tokens up to and including the first EOS, and everything after the first EOS is cut off
+(TRL and the spec mask it). The teacher then scores the new sequence like any other, so every
+objective works on-policy unchanged. The rows keep their place, so example ids stay aligned.
+
+Why the sampled rows are marked (``on_policy`` in the batch): the ground-truth cross-entropy
+has no meaning on the student's own tokens (it would reward the student for what it already
+says), so the trainer leaves those rows out of the CE term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from spectrumkd.curation.spectrum import round_half_up
+from spectrumkd.data.tokenize import IGNORE_INDEX
+
+
+def rows_to_sample(batch_size: int, fraction: float) -> int:
+    """How many rows of a micro-batch the student answers itself (``fraction`` of them, half
+    up, so a fraction of 0.5 samples one row of a micro-batch of one)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"on_policy_fraction={fraction!r} must be in [0, 1]")
+    return min(batch_size, int(round_half_up(fraction * batch_size)))
+
+
+def prompt_lengths(labels: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
+    """Per row, the tokens before the first response label (the whole row if it has none)."""
+    is_response = labels != IGNORE_INDEX
+    lengths = attention_mask.sum(1)
+    first = torch.where(is_response.any(1), is_response.float().argmax(1), lengths)
+    return first.tolist()
+
+
+def _cut_after_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+    for index, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: index + 1]
+    return tokens
+
+
+@torch.no_grad()
+def sample_responses(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    eos_token_ids: Sequence[int],
+    temperature: float,
+    max_new_tokens: int,
+) -> list[list[int]]:
+    """The student's sampled continuation of each prompt, cut after its first EOS.
+
+    Prompts are left-padded into one batch (generation appends on the right). Sampling is plain
+    ancestral sampling at ``temperature`` (no top-k, no top-p), as GKD defines it; it draws from
+    the torch RNG, which the trainer's checkpoints save and restore.
+    """
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+        attention_mask[row, width - len(prompt) :] = 1
+    was_training = model.training
+    model.eval()
+    try:
+        output = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_token_id,
+            eos_token_id=list(eos_token_ids),
+        )
+    finally:
+        model.train(was_training)
+    eos = set(eos_token_ids)
+    return [_cut_after_eos(row[width:].tolist(), eos) for row in output.cpu()]
+
+
+def with_student_responses(
+    model: torch.nn.Module,
+    batch: dict,
+    fraction: float,
+    *,
+    pad_token_id: int,
+    eos_token_ids: Sequence[int],
+    temperature: float,
+    max_new_tokens: int,
+) -> dict:
+    """``batch`` with the responses of its first ``fraction`` of rows replaced by student samples.
+
+    The sampler already shuffles, so the first rows are a random choice. Returns a new
+    right-padded batch with the same keys plus ``on_policy``, a boolean row mask.
+    """
+    size = batch["input_ids"].shape[0]
+    chosen = rows_to_sample(size, fraction)
+    on_policy = torch.zeros(size, dtype=torch.bool)
+    on_policy[:chosen] = True
+    if chosen == 0:
+        return {**batch, "on_policy": on_policy}
+    starts = prompt_lengths(batch["labels"].cpu(), batch["attention_mask"].cpu())
+    ids = batch["input_ids"].cpu()
+    prompts = [ids[row, : starts[row]].tolist() for row in range(chosen)]
+    samples = sample_responses(
+        model,
+        prompts,
+        pad_token_id=pad_token_id,
+        eos_token_ids=eos_token_ids,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+    )
+    rows: list[tuple[list[int], list[int]]] = []
+    for row in range(size):
+        if row < chosen:
+            prompt, response = prompts[row], samples[row]
+            rows.append((prompt + response, [IGNORE_INDEX] * len(prompt) + response))
+        else:
+            length = int(batch["attention_mask"][row].sum())
+            rows.append((ids[row, :length].tolist(), batch["labels"][row, :length].tolist()))
+    width = max(len(tokens) for tokens, _ in rows)
+    input_ids = torch.full((size, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((size, width), dtype=torch.long)
+    labels = torch.full((size, width), IGNORE_INDEX, dtype=torch.long)
+    for row, (tokens, row_labels) in enumerate(rows):
+        input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        attention_mask[row, : len(tokens)] = 1
+        labels[row, : len(tokens)] = torch.tensor(row_labels, dtype=torch.long)
+    device = batch["input_ids"].device
+    return {
+        **batch,
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "labels": labels.to(device),
+        "on_policy": on_policy,
+    }
