@@ -176,6 +176,15 @@ def test_preset_autodetection(tmp_path, chat_tokenizer):
     assert examples[0].meta == {"category": "summarization"}
     assert load_examples(dolly15k, fields="dolly") == examples
 
+    metamath = write(
+        "metamath.jsonl",
+        [{"query": "What is 2+3?", "response": "2+3=5. The answer is: 5", "type": "GSM_Rephrased"}],
+    )
+    (math_example,) = load_examples(metamath, template="math")
+    assert math_example.prompt == render_math("What is 2+3?")
+    assert math_example.response == "2+3=5. The answer is: 5"
+    assert load_examples(metamath, fields="query_response", template="math") == [math_example]
+
     alpaca = write("alpaca.jsonl", [{"instruction": "Add", "input": "2 and 3", "output": "5"}])
     assert load_examples(alpaca) == load_examples(alpaca, fields="alpaca")
     assert load_examples(alpaca, template="math")[0].prompt == render_math("Add\n\n2 and 3")

@@ -25,7 +25,7 @@ from spectrumkd.data.templates import (
 )
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-PRESETS = ("dolly", "alpaca", "prompt_response", "messages")
+PRESETS = ("dolly", "alpaca", "prompt_response", "query_response", "messages")
 EMBEDDED_SOURCES = ("embedded:dolly",)
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -250,6 +250,8 @@ def _detect_preset(columns: list[str]) -> str | None:
         return "dolly" if "context" in columns or "response" in columns else "alpaca"
     if "prompt" in columns and any(name in columns for name in _RESPONSE_COLUMNS):
         return "prompt_response"
+    if "query" in columns and "response" in columns:  # MetaMathQA
+        return "query_response"
     return None
 
 
@@ -285,6 +287,12 @@ def _preset(name: str, columns: list[str]) -> FieldMap:
             response=need(
                 _first(columns, _RESPONSE_COLUMNS), "a 'response', 'output' or 'completion' column"
             ),
+        )
+    if name == "query_response":
+        return FieldMap(
+            instruction=need(_first(columns, ("query",)), "a 'query' column"),
+            input=None,
+            response=need(_first(columns, ("response",)), "a 'response' column"),
         )
     column = need(_first(columns, ("messages",)), "a 'messages' column")
     return FieldMap(instruction=None, input=None, response=column, messages=column)
