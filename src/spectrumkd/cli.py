@@ -188,20 +188,24 @@ def schedule_config(args: argparse.Namespace, n_examples: int) -> SpectrumKDConf
     )
 
 
+def data_settings(args: argparse.Namespace) -> dict:
+    """The data flags as :class:`~spectrumkd.data.config.DataConfig` fields."""
+    return {
+        "source": args.data,
+        "fields": args.fields,
+        "template": args.template,
+        "split": args.split,
+        "id_field": args.id_field,
+        "limit": args.limit,
+        "max_length": args.max_length,
+        "max_prompt_length": args.max_prompt_length,
+    }
+
+
 def load_tokenized(args: argparse.Namespace, tokenizer):
     from spectrumkd.data.config import DataConfig
 
-    data = DataConfig(
-        source=args.data,
-        fields=args.fields,
-        template=args.template,
-        split=args.split,
-        id_field=args.id_field,
-        limit=args.limit,
-        max_length=args.max_length,
-        max_prompt_length=args.max_prompt_length,
-    )
-    return data.load(tokenizer)
+    return DataConfig(**data_settings(args)).load(tokenizer)
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -322,6 +326,39 @@ def cmd_distill(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_heal(args: argparse.Namespace) -> None:
+    """Plain KD (no schedule) of a shrunk student on data of the user's choice, so that it starts
+    as a working model, as the paper's pretrained students do."""
+    from spectrumkd.distillation.run_config import RunConfig, apply_override
+    from spectrumkd.jobs import distill
+
+    values = {
+        "teacher": args.teacher,
+        "student": args.student,
+        "output_dir": args.out,
+        "dtype": args.dtype,
+        "device": args.device,
+        "data": {**data_settings(args), "validation_ratio": args.validation_ratio},
+        "train": {
+            "objective": args.objective,
+            "epochs": args.epochs,
+            "learning_rate": args.learning_rate,
+            "batch_size": args.batch_size,
+        },
+    }
+    for override in args.set:
+        apply_override(values, override)
+    run = RunConfig.from_dict(values)
+    state = distill(run, progress=not args.quiet)
+    best = state.get("best")
+    chosen = "best" if best else "final"
+    print(
+        f"healed for {state['epoch']} epochs ({state['step']} steps); student in "
+        f"{Path(run.output_dir) / chosen}"
+        + (f" (epoch {best['epoch']}, {best['metric']} {best['value']:.4f})" if best else "")
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from spectrumkd.demo import run_demo
 
@@ -331,6 +368,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         num_layers=args.num_layers,
         max_length=args.max_length,
         quiet=args.quiet,
+        distill_rows=args.distill_rows,
+        baseline_epochs=args.baseline_epochs,
     )
 
 
@@ -422,8 +461,41 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--quiet", action="store_true")
     distill.set_defaults(run=cmd_distill)
 
+    heal = commands.add_parser(
+        "heal",
+        help="plain KD of a shrunk student on data of your choice, before it is an initial student",
+    )
+    heal.add_argument("--teacher", default="smollm2")
+    heal.add_argument(
+        "--student", required=True, help="the shrunk student (spectrumkd shrink --out)"
+    )
+    heal.add_argument("--out", required=True, help="run folder (a rerun resumes there)")
+    heal.add_argument("--objective", default="forward_kl")
+    heal.add_argument("--epochs", type=int, default=1)
+    heal.add_argument("--learning-rate", type=float, default=5e-5)
+    heal.add_argument("--batch-size", type=int, default=8)
+    heal.add_argument(
+        "--validation-ratio",
+        type=float,
+        default=0.05,
+        help="seeded share held out; the best epoch on it is kept in OUT/best",
+    )
+    heal.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any run-config field, e.g. --set train.grad_accum=4 (repeatable)",
+    )
+    add_data_flags(heal)
+    heal.add_argument("--dtype", default="auto", help="teacher dtype: auto, float32, bfloat16")
+    heal.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    heal.add_argument("--quiet", action="store_true")
+    heal.set_defaults(run=cmd_heal)
+
     demo = commands.add_parser(
-        "demo", help="shrink, score and curate on the embedded default (SmolLM2 + Dolly)"
+        "demo",
+        help="shrink, score, curate and distil (baseline vs +SpectrumKD) on the embedded default",
     )
     demo.add_argument(
         "--out",
@@ -437,6 +509,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-layers", type=int, default=20, help="student layers kept of the teacher's 30"
     )
     demo.add_argument("--max-length", type=int, default=256)
+    demo.add_argument(
+        "--distill-rows",
+        type=int,
+        default=96,
+        help="training rows of the baseline and +SpectrumKD distillations (0: skip them)",
+    )
+    demo.add_argument(
+        "--baseline-epochs",
+        type=int,
+        default=3,
+        help="epochs of the baseline; SpectrumKD gets as many optimiser steps",
+    )
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(run=cmd_demo)
     return parser
