@@ -287,4 +287,8 @@ def test_new_settings_are_validated():
         TrainConfig(sampling_temperature=0)
     with pytest.raises(ValueError, match="set alpha=0"):
         TrainConfig(loss_impl="chunked", on_policy_fraction=0.5, alpha=0.3)
+    with pytest.raises(ValueError, match="val_rouge='beam'"):
+        TrainConfig(val_rouge="beam")
+    with pytest.raises(ValueError, match="select_metric=val_rouge needs val_rouge"):
+        TrainConfig(select_metric="val_rouge")
     assert TrainConfig().alpha == 0.3 and TrainConfig(on_policy_fraction=0.5).alpha == 0.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from spectrumkd.data.loading import load_examples
+from spectrumkd.data.loading import Example, load_examples
 from spectrumkd.data.tokenize import TokenizedDataset, tokenize_examples
 
 
@@ -29,7 +29,11 @@ class DataConfig:
 
     def load(self, tokenizer: Any) -> TokenizedDataset:
         """Load, render and tokenise; over-long examples are dropped and listed, not truncated."""
-        examples = load_examples(
+        return self.tokenize(self.load_texts(tokenizer), tokenizer)
+
+    def load_texts(self, tokenizer: Any = None) -> list[Example]:
+        """The rendered (prompt, response) texts, before tokenisation."""
+        return load_examples(
             self.source,
             fields=self.fields,
             template=self.template,
@@ -38,6 +42,8 @@ class DataConfig:
             id_field=self.id_field,
             limit=self.limit,
         )
+
+    def tokenize(self, examples: list[Example], tokenizer: Any) -> TokenizedDataset:
         return tokenize_examples(
             examples,
             tokenizer,

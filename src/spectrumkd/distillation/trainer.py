@@ -23,7 +23,7 @@ import copy
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +48,7 @@ from spectrumkd.io import write_json
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
 LOSS_IMPLS = ("full", "chunked")
+MAXIMISED = {"val_rouge"}  # validation metrics where higher is better
 TRACKERS = ("none", "tensorboard", "wandb", "all")
 
 
@@ -94,9 +95,21 @@ class TrainConfig:
     select_metric: str = field(
         default="val_kd",
         metadata={
-            "help": "validation metric whose lowest value picks output_dir/best: val_kd or val_ce"
+            "help": "validation metric that picks output_dir/best: val_kd or val_ce (lowest), "
+            "val_rouge (highest; needs val_rouge on)"
         },
     )
+    val_rouge: str = field(
+        default="off",
+        metadata={
+            "help": "ROUGE-L of generated validation answers each epoch: off, greedy, or "
+            "sampled (temperature 1, the paper's protocol)"
+        },
+    )
+    val_rouge_rows: int | None = field(
+        default=None, metadata={"help": "generate for only the first N validation rows"}
+    )
+    val_max_new_tokens: int = 256
     save_every_steps: int = field(
         default=0,
         metadata={"help": "also checkpoint every N optimiser steps (0: only at epoch ends)"},
@@ -153,8 +166,14 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule={self.lr_schedule!r} is not one of linear, cosine, constant"
             )
-        if self.select_metric not in ("val_kd", "val_ce"):
-            raise ValueError(f"select_metric={self.select_metric!r} is not one of val_kd, val_ce")
+        if self.select_metric not in ("val_kd", "val_ce", "val_rouge"):
+            raise ValueError(
+                f"select_metric={self.select_metric!r} is not one of val_kd, val_ce, val_rouge"
+            )
+        if self.val_rouge not in ("off", "greedy", "sampled"):
+            raise ValueError(f"val_rouge={self.val_rouge!r} is not one of off, greedy, sampled")
+        if self.select_metric == "val_rouge" and self.val_rouge == "off":
+            raise ValueError("select_metric=val_rouge needs val_rouge set to greedy or sampled")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(
                 f"mixed_precision={self.mixed_precision!r} is not one of no, bf16, fp16"
@@ -382,6 +401,7 @@ def train(
     eos_token_id: int | Sequence[int] | None = None,
     accelerator: Accelerator | None = None,
     validation: Sequence[TokenizedExample] = (),
+    validators: Sequence[Callable[[torch.nn.Module], dict[str, float]]] = (),
     progress: bool = False,
 ) -> dict[str, Any]:
     """Distil ``teacher`` into ``student`` on ``examples`` following ``plan`` (or the baseline).
@@ -391,6 +411,8 @@ def train(
     examples, every epoch ends with their CE and KD per token, and the epoch with the lowest
     ``config.select_metric`` is kept in ``output_dir/best`` (the paper selects checkpoints on
     validation). ``eos_token_id`` (default: the student's) ends on-policy samples.
+    ``validators`` are extra per-epoch metrics of the unwrapped student (for example ROUGE-L of
+    generated answers, see :func:`spectrumkd.jobs.rouge_validator`), run on the main process.
     """
     output = Path(output_dir)
     if accelerator is None:
@@ -547,9 +569,16 @@ def train(
                 config,
                 pad_token_id,
             )
+            metrics.update(_run_validators(accelerator, student, validators))
             _log(accelerator, output, {"epoch": epoch, "step": state["step"], **metrics}, config)
+            if config.select_metric not in metrics:
+                raise ValueError(
+                    f"select_metric={config.select_metric!r} is not among the validation metrics "
+                    f"{sorted(metrics)}"
+                )
             best = state.get("best")
-            if best is None or metrics[config.select_metric] < best["value"]:
+            sign = -1.0 if config.select_metric in MAXIMISED else 1.0
+            if best is None or sign * metrics[config.select_metric] < sign * best["value"]:
                 state["best"] = {
                     "epoch": epoch,
                     "metric": config.select_metric,
@@ -562,6 +591,22 @@ def train(
     if config.report_to != "none":
         accelerator.end_training()
     return state
+
+
+def _run_validators(accelerator: Accelerator, student, validators) -> dict[str, float]:
+    """Generation-based metrics on the main process, shared with the others (generation is not
+    collective, so the other processes wait instead of generating the same answers)."""
+    metrics: dict[str, float] = {}
+    if validators and accelerator.is_main_process:
+        model = accelerator.unwrap_model(student)
+        for validate in validators:
+            metrics.update(validate(model))
+        student.train()
+    if validators and accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        metrics = broadcast_object_list([metrics], from_process=0)[0]
+    return metrics
 
 
 def _flat(values: dict) -> dict:
