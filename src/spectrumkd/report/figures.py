@@ -1,0 +1,344 @@
+"""The report's figures: pure functions, data in, :class:`~matplotlib.figure.Figure` out.
+
+Figures are built on :class:`matplotlib.figure.Figure` directly, never through ``pyplot``: no
+global figure registry to leak memory across calls and no GUI backend to pick, so they render
+the same in a test, a CLI run or a worker without a display (saving uses the Agg canvas).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from spectrumkd.curation.analyzer import LogNormalFit
+from spectrumkd.report.readers import as_number
+
+ZONE_COLOURS = {
+    "early": "#4c9be8",
+    "continuous": "#5cb85c",
+    "late": "#f0ad4e",
+    "excluded": "#d9534f",
+}
+ZONE_LABELS = {"early": "Early", "continuous": "Continuous", "late": "Late", "excluded": "Excluded"}
+LOSS_UNIT = "nats per response token"
+MAX_LINE_POINTS = 4000  # a million-point line draws as a solid band anyway; thin it first
+
+
+def png_bytes(figure: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes (Agg), for an atomic write beside the page."""
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _thin(n: int, limit: int = MAX_LINE_POINTS) -> np.ndarray:
+    """At most ``limit`` indices of 0..n-1, first and last included, evenly spread."""
+    if n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+
+
+def difficulty_figure(losses: np.ndarray, fit: LogNormalFit | None) -> Figure:
+    """Histogram of the per-example losses (a density) with the fitted log-normal curve and its
+    parameters and goodness of fit (paper Figure 3a)."""
+    values = np.asarray(losses, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    figure = Figure(figsize=(8, 4.2), layout="constrained")
+    axes = figure.add_subplot()
+    # Freedman-Diaconis bins, capped: a million losses would otherwise get thousands of bins.
+    edges = np.histogram_bin_edges(values, bins="fd") if values.size > 1 else 10
+    if not isinstance(edges, int) and len(edges) > 81:
+        edges = np.linspace(values.min(), values.max(), 81)
+    axes.hist(values, bins=edges, density=True, color="#8fb8de", edgecolor="white", label="losses")
+    if fit is not None:
+        grid = np.linspace(max(values.min(), 1e-9), values.max(), 400)
+        axes.plot(grid, fit.pdf(grid), color="#c0392b", linewidth=2, label="log-normal fit")
+        median = float(np.exp(fit.mu))
+        axes.axvline(median, color="#c0392b", linestyle=":", linewidth=1)
+        text = (
+            f"log(loss) ~ N(mu={fit.mu:.3f}, sigma={fit.sigma:.3f})\n"
+            f"median exp(mu) = {median:.3f} nats\n"
+            f"KS D = {fit.ks_statistic:.3f}, p = {fit.ks_pvalue:.2g} (n = {fit.n:,})"
+        )
+        axes.text(
+            0.98,
+            0.95,
+            text,
+            transform=axes.transAxes,
+            ha="right",
+            va="top",
+            fontsize=9,
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.9, "edgecolor": "#999"},
+        )
+    axes.set_title("Difficulty distribution of the initial student's losses")
+    axes.set_xlabel(f"difficulty: mean cross-entropy ({LOSS_UNIT})")
+    axes.set_ylabel("density (examples per nat, normalised)")
+    axes.legend(loc="upper left", fontsize=9)
+    return figure
+
+
+def spectrum_figure(sorted_losses: np.ndarray, zones: Mapping[str, tuple[int, int]]) -> Figure:
+    """Losses in rank order with the four zones shaded and their boundaries labelled (paper
+    Figures 2 and 3b). ``zones`` maps a zone name to its 1-based inclusive rank range."""
+    values = np.asarray(sorted_losses, dtype=np.float64)
+    n = values.size
+    figure = Figure(figsize=(8, 4.2), layout="constrained")
+    axes = figure.add_subplot()
+    keep = _thin(n)
+    axes.plot(keep + 1, values[keep], color="#222", linewidth=1.4, label="difficulty")
+    top = float(values.max()) if n else 1.0
+    for name in ZONE_COLOURS:
+        if name not in zones:
+            continue
+        start, end = zones[name]
+        if end < start:
+            continue
+        axes.axvspan(start - 0.5, end + 0.5, color=ZONE_COLOURS[name], alpha=0.22, linewidth=0)
+        share = (end - start + 1) / max(n, 1)
+        axes.text(
+            (start + end) / 2,
+            top,
+            f"{ZONE_LABELS[name]}\n{end - start + 1:,} ({share:.0%})",
+            ha="center",
+            va="top",
+            fontsize=8.5,
+            color="#333",
+        )
+        if end < n:  # the boundary after this zone: its rank and the loss there
+            axes.axvline(end + 0.5, color=ZONE_COLOURS[name], linewidth=1.2)
+            axes.annotate(
+                f"rank {end:,}\n{values[end - 1]:.2f}",
+                xy=(end + 0.5, values[end - 1]),
+                xytext=(4, -18),
+                textcoords="offset points",
+                fontsize=8,
+                color="#333",
+            )
+    axes.set_xlim(0.5, n + 0.5)
+    axes.set_title("Difficulty spectrum: examples sorted by loss, with the curation zones")
+    axes.set_xlabel("rank (1 = easiest example)")
+    axes.set_ylabel(f"difficulty ({LOSS_UNIT})")
+    return figure
+
+
+def schedule_figure(
+    epochs: Sequence[Mapping[str, Any]], n_examples: int, zones: Mapping[str, tuple[int, int]]
+) -> Figure:
+    """Top: each epoch's window as a band over the spectrum's ranks, on the shaded zones.
+    Bottom: the window's mean difficulty per epoch and, on a second axis, the temperature."""
+    numbers = [int(e["epoch"]) for e in epochs]
+    starts = [int(e["window_start_rank"]) for e in epochs]
+    ends = [int(e["window_end_rank"]) for e in epochs]
+    figure = Figure(figsize=(8, 6.4), layout="constrained")
+    band, line = figure.subplots(2, 1, height_ratios=(3, 2))
+    for name, colour in ZONE_COLOURS.items():
+        if name in zones and zones[name][1] >= zones[name][0]:
+            start, end = zones[name]
+            band.axvspan(
+                start - 0.5,
+                end + 0.5,
+                color=colour,
+                alpha=0.18,
+                linewidth=0,
+                label=ZONE_LABELS[name],
+            )
+    band.barh(
+        numbers,
+        [e - s + 1 for s, e in zip(starts, ends, strict=True)],
+        left=[s - 0.5 for s in starts],
+        height=0.6,  # gaps between the bands let the zone shading show through
+        color="#34495e",
+        alpha=0.85,
+        label="window",
+    )
+    band.set_xlim(0.5, max(n_examples, max(ends, default=1)) + 0.5)
+    band.set_ylim(max(numbers, default=1) + 0.7, min(numbers, default=1) - 0.7)  # epoch 1 on top
+    band.set_title("Schedule: the training window slides over the spectrum")
+    band.set_xlabel("rank in the spectrum (1 = easiest example)")
+    band.set_ylabel("epoch")
+    band.yaxis.set_major_locator(MaxNLocator(integer=True))
+    # Outside the axes: inside, it would cover the late epochs' bands.
+    band.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+    means = [float(e["mean_difficulty"]) for e in epochs]
+    temperatures = [float(e["temperature"]) for e in epochs]
+    line.plot(numbers, means, marker="o", markersize=3, color="#2c3e50", label="mean difficulty")
+    line.set_xlabel("epoch")
+    line.xaxis.set_major_locator(MaxNLocator(integer=True))
+    line.set_ylabel(f"window mean difficulty\n({LOSS_UNIT})")
+    second = line.twinx()
+    second.plot(numbers, temperatures, color="#c0392b", linestyle="--", label="temperature")
+    second.set_ylabel("temperature tau (dimensionless)", color="#c0392b")
+    handles = line.get_legend_handles_labels()[0] + second.get_legend_handles_labels()[0]
+    line.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
+    line.set_title("Window difficulty and distillation temperature per epoch")
+    return figure
+
+
+def _temperature(row: Mapping[str, Any]) -> float:
+    """The step's logged temperature; 1 (no scaling) if a row lacks it."""
+    value = as_number(row.get("temperature"))
+    return 1.0 if value is None else value
+
+
+def total_loss(ce: float, kd: float, alpha: float, temperature: float) -> float:
+    """The trainer's objective per token: alpha CE + (1 - alpha) tau^2 KD."""
+    return alpha * ce + (1 - alpha) * temperature**2 * kd
+
+
+def training_figure(
+    steps: Sequence[Mapping[str, Any]],
+    epochs: Sequence[Mapping[str, Any]],
+    *,
+    alpha: float | None,
+    best: Mapping[str, Any] | None,
+) -> Figure:
+    """Left: CE, KD and the total loss per logged optimiser step (epoch ends dotted). Right:
+    validation CE and KD per epoch with the chosen (best) epoch marked. Either side may be
+    empty while a run is young; it then says so instead of drawing nothing."""
+    figure = Figure(figsize=(10, 4.2), layout="constrained")
+    left, right = figure.subplots(1, 2, width_ratios=(3, 2))
+    if steps:
+        x = [int(r["step"]) for r in steps]
+        ce = [float(r["ce"]) for r in steps]
+        kd = [float(r["kd"]) for r in steps]
+        marker = "o" if len(x) < 30 else None
+        left.plot(x, ce, color="#2980b9", marker=marker, markersize=3, label="CE (ground truth)")
+        left.plot(x, kd, color="#27ae60", marker=marker, markersize=3, label="KD (to teacher)")
+        # The trainer logs each step's alpha (a plan may set per-epoch KD weights); older
+        # metrics files do not, and then the run's configured alpha stands for every step.
+        alphas = [as_number(r.get("alpha")) for r in steps]
+        if all(a is not None for a in alphas) or alpha is not None:
+            total = [
+                total_loss(c, k, a if a is not None else alpha, _temperature(r))
+                for c, k, a, r in zip(ce, kd, alphas, steps, strict=True)
+            ]
+            shown = {a if a is not None else alpha for a in alphas}
+            weight = f"{shown.pop():g}" if len(shown) == 1 else "alpha"
+            left.plot(
+                x,
+                total,
+                color="#2c3e50",
+                linewidth=2,
+                marker=marker,
+                markersize=3,
+                label=f"total = {weight} CE + (1 - {weight}) tau^2 KD",
+            )
+        last_of_epoch: dict[int, int] = {}
+        for row in steps:
+            last_of_epoch[int(row["epoch"])] = int(row["step"])
+        for step in sorted(last_of_epoch.values())[:-1]:
+            left.axvline(step + 0.5, color="#bbb", linestyle=":", linewidth=1)
+        left.legend(fontsize=8)
+    else:
+        left.text(0.5, 0.5, "no training steps logged yet", ha="center", transform=left.transAxes)
+    left.set_title("Training loss per step")
+    left.set_xlabel("optimiser step")
+    left.set_ylabel(f"loss ({LOSS_UNIT})")
+
+    if epochs:
+        x = [int(r["epoch"]) for r in epochs]
+        handles = right.plot(
+            x, [float(r["val_ce"]) for r in epochs], marker="o", color="#2980b9", label="val CE"
+        )
+        right.set_ylabel(f"validation CE ({LOSS_UNIT})", color="#2980b9")
+        second = right.twinx()
+        handles += second.plot(
+            x,
+            [float(r["val_kd"]) for r in epochs],
+            marker="s",
+            color="#27ae60",
+            linestyle="--",
+            label="val KD",
+        )
+        second.set_ylabel(f"validation KD ({LOSS_UNIT})", color="#27ae60")
+        if best and isinstance(best.get("epoch"), int):
+            metric = str(best.get("metric", "val_kd"))
+            chosen = next((r for r in epochs if int(r["epoch"]) == best["epoch"]), None)
+            right.axvline(best["epoch"], color="#8e44ad", linewidth=1.5, alpha=0.6)
+            if chosen is not None and as_number(chosen.get(metric)) is not None:
+                target = second if metric == "val_kd" else right
+                handles += target.plot(
+                    [best["epoch"]],
+                    [float(chosen[metric])],
+                    marker="*",
+                    markersize=16,
+                    color="#8e44ad",
+                    linestyle="none",
+                    label=f"chosen: epoch {best['epoch']} (lowest {metric})",
+                )
+        # Below the axes: the two y scales share the plot area, so no inside spot is free.
+        right.legend(
+            handles=handles,
+            fontsize=8,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            ncol=2,
+            frameon=False,
+        )
+        right.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        right.text(
+            0.5, 0.5, "no validation epoch finished yet", ha="center", transform=right.transAxes
+        )
+    right.set_title("Validation per epoch")
+    right.set_xlabel("epoch")
+    return figure
+
+
+def evaluation_figure(values: Mapping[str, float], metric: str, unit: str) -> Figure:
+    """One bar per evaluation set for its headline metric, the value printed on each bar."""
+    names = list(values)
+    figure = Figure(figsize=(max(5.0, 1.1 * len(names) + 2), 3.8), layout="constrained")
+    axes = figure.add_subplot()
+    bars = axes.bar(names, [values[n] for n in names], color="#5b8db8")
+    axes.bar_label(bars, fmt="%.2f", fontsize=8)
+    axes.set_title(f"Evaluation: {metric} per set")
+    axes.set_xlabel("evaluation set")
+    axes.set_ylabel(f"{metric} ({unit})")
+    axes.tick_params(axis="x", labelrotation=20)
+    return figure
+
+
+def comparison_figure(
+    gains: Mapping[str, float], pvalues: Mapping[str, float | None], gain_unit: str
+) -> Figure:
+    """Per-set gain of one run over another, each bar labelled with its p-value; bars with
+    p < 0.05 are solid, the others hatched."""
+    names = list(gains)
+    figure = Figure(figsize=(max(5.0, 1.1 * len(names) + 2), 3.8), layout="constrained")
+    axes = figure.add_subplot()
+    for index, name in enumerate(names):
+        p = pvalues.get(name)
+        significant = p is not None and p < 0.05
+        axes.bar(
+            index,
+            gains[name],
+            color="#27ae60" if gains[name] >= 0 else "#c0392b",
+            alpha=1.0 if significant else 0.45,
+            hatch=None if significant else "//",
+            edgecolor="#333",
+        )
+        label = "p = n/a" if p is None else f"p = {p:.2g}"
+        axes.annotate(
+            label,
+            xy=(index, gains[name]),
+            xytext=(0, 3 if gains[name] >= 0 else -12),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
+    axes.axhline(0, color="#333", linewidth=0.8)
+    axes.margins(y=0.18)  # room for the p-value labels above and below the bars
+    axes.set_xticks(range(len(names)), names, rotation=20)
+    axes.set_title("Comparison: gain per set (solid: p < 0.05)")
+    axes.set_xlabel("evaluation set")
+    axes.set_ylabel(f"gain ({gain_unit})")
+    return figure

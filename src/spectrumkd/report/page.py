@@ -1,0 +1,520 @@
+"""``spectrumkd report``: one self-contained HTML page per run, its PNG figures beside it.
+
+The page carries its CSS inline and loads nothing but the PNGs next to it (no scripts, fonts or
+stylesheets from anywhere: the machines that read it may be offline). Each figure and the page
+are written atomically, figures first, so a reader never sees a page pointing at a missing or
+half-written image.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure as MplFigure
+
+from spectrumkd import __version__
+from spectrumkd.curation.analyzer import LogNormalFit, fit_lognormal
+from spectrumkd.io import atomic_write_bytes, atomic_write_text
+from spectrumkd.report import figures
+from spectrumkd.report.readers import (
+    RunData,
+    as_number,
+    comparison_tables,
+    find_key,
+    read_run,
+)
+
+REPORT_DIR = "report"
+PAGE = "index.html"
+# Every PNG name this module writes: stale ones from an earlier report of the same folder are
+# removed, and nothing else in a user-chosen --out folder is touched.
+OWN_PNG = re.compile(
+    r"^(difficulty|spectrum|schedule|training|evaluation-[\w.-]+|comparison-\d+)\.png$"
+)
+
+# Headline metric of an evaluation set, in order of preference, with its unit.
+HEADLINE_METRICS = (
+    ("rougeL", "ROUGE-L F1 x 100"),
+    ("pass_at_1", "% of problems solved"),
+    ("win_rate", "share of judged pairs won"),
+    ("ce", figures.LOSS_UNIT),
+)
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
+       margin: 0 auto; max-width: 1100px; padding: 1.5rem; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem;
+     margin-top: 2.2rem; }
+.meta { color: #666; font-size: 0.9rem; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9rem; color: #444; margin-top: 0.3rem; }
+table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.88rem; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.55rem; text-align: right; }
+th { background: #f4f6f8; } td.l, th.l { text-align: left; }
+.missing { background: #fff8e5; border-left: 4px solid #f0ad4e; padding: 0.4rem 0.8rem;
+           margin: 0.6rem 0; font-size: 0.9rem; }
+.missing ul { margin: 0.2rem 0; padding-left: 1.2rem; }
+.ok { color: #2e7d32; } .warn { color: #b26a00; }
+details { margin: 0.5rem 0; } summary { cursor: pointer; color: #336; }
+"""
+
+
+@dataclass(frozen=True)
+class RenderedFigure:
+    """A rendered figure for the page: file name, PNG bytes, alt text and one-line caption."""
+
+    name: str
+    png: bytes
+    alt: str
+    caption: str
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    """Numbers compactly (4 significant digits, integers whole); other values as text."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return f"{int(value):,}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return ""
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
+    head = "".join(
+        f'<th class="{"l" if i == 0 else ""}">{_e(c)}</th>' for i, c in enumerate(columns)
+    )
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="{"l" if i == 0 else ""}">{_e(_fmt(row.get(c)))}</td>'
+            for i, c in enumerate(columns)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _missing(notes: Iterable[str]) -> str:
+    items = "".join(f"<li>{_e(n)}</li>" for n in notes)
+    return (
+        f'<div class="missing"><strong>Missing or incomplete</strong><ul>{items}</ul></div>'
+        if items
+        else ""
+    )
+
+
+def _figure_html(figure: RenderedFigure) -> str:
+    return (
+        f'<figure><img src="{_e(figure.name)}" alt="{_e(figure.alt)}">'
+        f"<figcaption>{_e(figure.caption)}</figcaption></figure>"
+    )
+
+
+def _render(name: str, figure: MplFigure, alt: str, caption: str) -> RenderedFigure:
+    try:
+        return RenderedFigure(name, figures.png_bytes(figure), alt, caption)
+    finally:
+        figure.clear()  # the Figure holds its arrays until collected; free them now
+
+
+# ---- sections: each returns (html, figures) ---------------------------------------------------
+
+
+def _difficulty_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
+    notes = list(run.notes.get("Difficulties", []))
+    parts, rendered = [], []
+    if run.difficulties is not None:
+        fit: LogNormalFit | None = None
+        try:
+            fit = fit_lognormal(run.difficulties)
+        except ValueError as error:
+            notes.append(f"no log-normal fit: {error}")
+        values = run.difficulties
+        caption = (
+            f"Histogram of the {values.size:,} per-example losses of the initial student "
+            f"(from {run.difficulty_source})"
+        )
+        if fit is not None:
+            caption += (
+                f" with a robust log-normal fit (median/MAD of log-loss: mu={fit.mu:.3f}, "
+                f"sigma={fit.sigma:.3f}); Kolmogorov-Smirnov D={fit.ks_statistic:.3f}, "
+                f"p={fit.ks_pvalue:.2g} (p is optimistic: the parameters were fitted on the same data)."
+            )
+        else:
+            caption += "."
+        rendered.append(
+            _render(
+                "difficulty.png",
+                figures.difficulty_figure(values, fit),
+                "histogram of the losses with a log-normal fit",
+                caption,
+            )
+        )
+        stats = {
+            "examples": values.size,
+            "min": float(values.min()),
+            "median": float(np.median(values)),
+            "mean": float(values.mean()),
+            "max": float(values.max()),
+        }
+        parts.append(_table([stats]))
+    return _section("Difficulty distribution", parts, rendered, notes), rendered
+
+
+def _spectrum_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
+    notes = []
+    parts, rendered = [], []
+    spectrum = run.spectrum
+    if spectrum is None:
+        notes.append("no spectrum: the student was not scored yet")
+    else:
+        if not spectrum.zones:
+            notes.append(
+                "no zones (spectrum.jsonl rows carry no 'zone' and there is no schedule.json)"
+            )
+        zone_text = ", ".join(
+            f"{figures.ZONE_LABELS[z]} {s:,}-{e:,}" for z, (s, e) in spectrum.zones.items()
+        )
+        caption = (
+            f"The {spectrum.difficulties.size:,} examples sorted by difficulty (from "
+            f"{spectrum.source}); shaded: the curation zones by rank"
+            + (f" ({zone_text})." if zone_text else ".")
+        )
+        rendered.append(
+            _render(
+                "spectrum.png",
+                figures.spectrum_figure(spectrum.difficulties, spectrum.zones),
+                "sorted losses with the four zones shaded",
+                caption,
+            )
+        )
+        if run.schedule and isinstance(run.schedule.get("zones"), dict):
+            rows = []
+            for name, zone in run.schedule["zones"].items():
+                if isinstance(zone, dict):
+                    rows.append(
+                        {
+                            "zone": figures.ZONE_LABELS.get(name, name),
+                            "ranks": f"{zone.get('start_rank')}-{zone.get('end_rank')}",
+                            "examples": zone.get("size"),
+                            "min loss": zone.get("min_difficulty"),
+                            "max loss": zone.get("max_difficulty"),
+                        }
+                    )
+            parts.append(_table(rows))
+    return _section("Difficulty spectrum", parts, rendered, notes), rendered
+
+
+def _schedule_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
+    notes = list(run.notes.get("Schedule", []))
+    parts, rendered = [], []
+    schedule = run.schedule
+    if schedule is not None:
+        needed = ("epoch", "window_start_rank", "window_end_rank", "mean_difficulty", "temperature")
+        epochs = [
+            e
+            for e in schedule["epochs"]
+            if isinstance(e, dict) and all(as_number(e.get(k)) is not None for k in needed)
+        ]
+        if len(epochs) < len(schedule["epochs"]):
+            notes.append(
+                f"{len(schedule['epochs']) - len(epochs)} epoch(s) of {run.schedule_source} lack window "
+                "ranks, mean difficulty or temperature (not a sliding-window plan?); not drawn"
+            )
+        if epochs:
+            n = int(
+                as_number(schedule.get("n_examples")) or max(e["window_end_rank"] for e in epochs)
+            )
+            zones = run.spectrum.zones if run.spectrum else {}
+            first, last = epochs[0], epochs[-1]
+            caption = (
+                f"{schedule.get('strategy', 'curation')} schedule from {run.schedule_source}: "
+                f"{len(epochs)} epochs of a {schedule.get('window_size', '?')}-example window moving "
+                f"from ranks {first['window_start_rank']}-{first['window_end_rank']} to "
+                f"{last['window_start_rank']}-{last['window_end_rank']}; mean difficulty "
+                f"{first['mean_difficulty']:.3f} -> {last['mean_difficulty']:.3f} nats, "
+                f"temperature {first['temperature']:g} -> {last['temperature']:g}."
+            )
+            rendered.append(
+                _render(
+                    "schedule.png",
+                    figures.schedule_figure(epochs, n, zones),
+                    "per-epoch window span, mean difficulty and temperature",
+                    caption,
+                )
+            )
+            rows = [
+                {
+                    "epoch": e["epoch"],
+                    "window ranks": f"{e['window_start_rank']}-{e['window_end_rank']}",
+                    "examples": e.get("num_examples"),
+                    "mean difficulty": e["mean_difficulty"],
+                    "temperature": e["temperature"],
+                }
+                for e in epochs
+            ]
+            parts.append(f"<details><summary>Epoch table</summary>{_table(rows)}</details>")
+    return _section("Curriculum schedule", parts, rendered, notes), rendered
+
+
+def _training_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
+    notes = list(run.notes.get("Training", []))
+    parts, rendered = [], []
+    state = run.trainer_state or {}
+    best = state.get("best") if isinstance(state.get("best"), dict) else None
+    if run.steps or run.epochs or state:
+        planned = run.planned_epochs
+        done = state.get("epoch")
+        status: list[str] = []  # HTML fragments, each escaped where it is built
+        if isinstance(done, int):
+            total = f" of {planned}" if planned else ""
+            status.append(_e(f"epoch {done}{total} finished (step {state.get('step', '?')})"))
+            if planned and done < planned:
+                status.append('<span class="warn">in progress or stopped</span>')
+            elif planned:
+                status.append('<span class="ok">complete</span>')
+        if best:
+            where = "in best/" if run.has_best else "best/ missing"
+            status.append(
+                _e(
+                    f"best epoch {best.get('epoch')} by {best.get('metric')} = "
+                    f"{_fmt(best.get('value'))} ({where})"
+                )
+            )
+        status.append(_e("final student in final/" if run.has_final else "no final/ yet"))
+        parts.append(f"<p>{'; '.join(status)}.</p>")
+        logged_alpha = bool(run.steps) and all(
+            as_number(r.get("alpha")) is not None for r in run.steps
+        )
+        if run.alpha is None and not logged_alpha and run.steps:
+            notes.append(
+                "alpha unknown (no checkpoint/trainer_state.json or run_config.yaml yet): "
+                "the total loss is not drawn"
+            )
+        if (
+            run.schedule
+            and any(
+                isinstance(e, dict) and e.get("kd_weight") is not None
+                for e in run.schedule["epochs"]
+            )
+            and not logged_alpha
+        ):
+            notes.append(
+                "the plan sets per-epoch KD weights but the steps carry no alpha: "
+                "the drawn total uses the run's alpha"
+            )
+        last_step = run.steps[-1] if run.steps else None
+        caption = (
+            f"Per-token CE and KD (at the epoch's temperature) for {len(run.steps)} logged steps"
+            + (
+                ", total with each step's logged alpha"
+                if logged_alpha
+                else f", total with alpha={run.alpha:g} from {run.alpha_source}"
+                if run.alpha is not None
+                else ""
+            )
+            + f"; validation CE and KD for {len(run.epochs)} epoch(s)"
+            + (f", chosen epoch {best['epoch']} starred" if best else "")
+            + (f"; last logged step {last_step['step']}" if last_step else "")
+            + "."
+        )
+        rendered.append(
+            _render(
+                "training.png",
+                figures.training_figure(run.steps, run.epochs, alpha=run.alpha, best=best),
+                "training loss curves and validation metrics",
+                caption,
+            )
+        )
+        if run.epochs:
+            rows = [
+                {
+                    "epoch": r.get("epoch"),
+                    "step": r.get("step"),
+                    "val_ce": r.get("val_ce"),
+                    "val_kd": r.get("val_kd"),
+                    "val_tokens": r.get("val_tokens"),
+                    "best": "*" if best and r.get("epoch") == best.get("epoch") else "",
+                }
+                for r in run.epochs
+            ]
+            parts.append(f"<details><summary>Validation table</summary>{_table(rows)}</details>")
+    return _section("Training", parts, rendered, notes), rendered
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text) or "metric"
+
+
+def _set_name(entry) -> str:
+    return entry.label if entry.label and entry.label != entry.name else entry.name
+
+
+def _evaluation_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
+    notes = list(run.notes.get("Evaluation", []))
+    parts, rendered = [], []
+    if run.eval_sets:
+        columns = list(dict.fromkeys(k for s in run.eval_sets for k in s.metrics))
+        # Headline metrics first, in HEADLINE_METRICS order, then the rest as found.
+        ordered = [m for m, _ in HEADLINE_METRICS if m in columns]
+        ordered += [c for c in columns if c not in ordered]
+        rows = [{"set": _set_name(s), **s.metrics} for s in run.eval_sets]
+        parts.append(_table(rows, ["set", *ordered]))
+        per_run = [{"set": _set_name(s), **s.per_run} for s in run.eval_sets if s.per_run]
+        if per_run:
+            parts.append(
+                "<details><summary>Per generation run (mean ROUGE-L of each sampling seed, "
+                f"or greedy)</summary>{_table(per_run)}</details>"
+            )
+        groups: dict[str, dict[str, float]] = {}
+        for entry in run.eval_sets:
+            for metric, _ in HEADLINE_METRICS:
+                if metric in entry.metrics:
+                    groups.setdefault(metric, {})[_set_name(entry)] = entry.metrics[metric]
+                    break
+        units = dict(HEADLINE_METRICS)
+        for metric, values in groups.items():
+            rendered.append(
+                _render(
+                    f"evaluation-{_safe_name(metric)}.png",
+                    figures.evaluation_figure(values, metric, units[metric]),
+                    f"{metric} per evaluation set",
+                    f"{metric} ({units[metric]}) on {len(values)} set(s), from {run.eval_source}/"
+                    + (" (mean over sampling seeds)." if metric == "rougeL" else "."),
+                )
+            )
+    return _section("Evaluation", parts, rendered, notes), rendered
+
+
+def _comparison_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
+    notes = list(run.notes.get("Comparison", []))
+    parts, rendered = [], []
+    for source, value in run.comparisons:
+        header, tables = comparison_tables(value)
+        parts.append(f"<h3>{_e(source)}</h3>")
+        if header:
+            parts.append(
+                "<p>" + "; ".join(f"{_e(k)}: {_e(_fmt(v))}" for k, v in header.items()) + "</p>"
+            )
+        if not tables:
+            notes.append(f"{source}: no per-set table found in it")
+        for rows in tables:
+            parts.append(_table(rows))
+            gain = find_key(rows, "gain", "delta", "diff")
+            p_key = find_key(rows, "p_value", "pvalue", "p-value") or (
+                "p" if any(as_number(r.get("p")) is not None for r in rows) else None
+            )
+            name_key = next((k for k in ("set", "name", "benchmark") if k in rows[0]), None)
+            if gain and name_key:
+                gains = {
+                    str(r[name_key]): float(r[gain])
+                    for r in rows
+                    if as_number(r.get(gain)) is not None
+                }
+                pvalues = {
+                    str(r[name_key]): as_number(r.get(p_key)) if p_key else None for r in rows
+                }
+                relative = ("%", "percent", "pct", "rel", "p.")
+                unit = "% relative" if any(r in gain.lower() for r in relative) else "metric units"
+                index = len(rendered) + 1
+                rendered.append(
+                    _render(
+                        f"comparison-{index}.png",
+                        figures.comparison_figure(gains, pvalues, unit),
+                        "per-set gains with p-values",
+                        f"Column '{gain}' of {source} per set"
+                        + (
+                            f", labelled with '{p_key}' (Wilcoxon signed-rank where the comparison used it)."
+                            if p_key
+                            else "; no p-values in the file."
+                        ),
+                    )
+                )
+    if not run.comparisons:
+        notes.append("no compare*.json / comparison*.json: no comparison with another run")
+    return _section("Comparison", parts, rendered, notes), rendered
+
+
+def _section(title: str, parts: list[str], rendered: list[RenderedFigure], notes: list[str]) -> str:
+    body = "".join(_figure_html(f) for f in rendered) + "".join(parts) + _missing(notes)
+    if not body:
+        body = _missing(["nothing to show"])
+    anchor = _safe_name(title.lower())
+    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+def _facts_html(run: RunData) -> str:
+    if not run.facts:
+        return ""
+    rows = "".join(
+        f'<tr><th class="l">{_e(k)}</th><td class="l">{_e(v)}</td></tr>'
+        for k, v in run.facts.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def render_page(run: RunData) -> tuple[str, list[RenderedFigure]]:
+    """The page's HTML and its figures, without writing anything."""
+    sections, all_figures = [], []
+    for build in (
+        _difficulty_section,
+        _spectrum_section,
+        _schedule_section,
+        _training_section,
+        _evaluation_section,
+        _comparison_section,
+    ):
+        text, rendered = build(run)
+        sections.append(text)
+        all_figures.extend(rendered)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"SpectrumKD report: {run.run_dir.resolve().name}"
+    page = (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
+        f"<h1>{_e(title)}</h1>"
+        f'<p class="meta">{_e(run.run_dir.resolve())} &middot; generated {_e(stamp)} by '
+        f"spectrumkd {_e(__version__)} &middot; {len(all_figures)} figure(s)</p>"
+        f"{_facts_html(run)}{''.join(sections)}</body></html>\n"
+    )
+    return page, all_figures
+
+
+def write_report(
+    run_dir: str | Path, out_dir: str | Path | None = None, *, run: RunData | None = None
+) -> Path:
+    """Read ``run_dir`` and write ``out_dir/index.html`` (default ``run_dir/report``) with its
+    PNG figures beside it; returns the page's path. Parts of the run that are missing or
+    truncated are named on the page, never an error; ``run`` skips reading when the caller
+    already read the folder (:func:`spectrumkd.report.readers.read_run`)."""
+    run = run if run is not None else read_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    page, rendered = render_page(run)
+    for figure in rendered:
+        atomic_write_bytes(out / figure.name, figure.png)
+    atomic_write_text(out / PAGE, page)
+    # Only now that the new page is in place: the previous page may still have shown these.
+    written = {f.name for f in rendered}
+    for old in out.glob("*.png"):
+        if OWN_PNG.match(old.name) and old.name not in written:
+            old.unlink(missing_ok=True)
+    return out / PAGE
