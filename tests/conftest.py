@@ -24,6 +24,19 @@ EMBEDDED_DOLLY = (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread_for_tiny_models(request):
+    """Tiny models run many small kernels: on this 2-core machine one torch thread was about 15x
+    faster than two (thread hand-offs dominate). Tests with the real SmolLM2 keep the default."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _dolly_texts(limit: int = 400) -> list[str]:
     texts = []
     with EMBEDDED_DOLLY.open() as handle:

@@ -523,6 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(run=cmd_demo)
+
+    from spectrumkd.evaluation.cli import register as register_evaluate
+    from spectrumkd.report.cli import register as register_report
+
+    register_evaluate(commands)
+    register_report(commands)
     return parser
 
 

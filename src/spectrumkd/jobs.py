@@ -180,12 +180,46 @@ def split_validation(examples: list, ratio: float, seed: int) -> tuple[list, lis
     ]
 
 
+def rouge_validator(
+    tokenizer,
+    prompts: list[str],
+    references: list[str],
+    *,
+    sampled: bool,
+    max_new_tokens: int,
+    seed: int = 0,
+    batch_size: int = 8,
+):
+    """A per-epoch validator: mean ROUGE-L x 100 of the student's answers to ``prompts`` (greedy,
+    or sampled at temperature 1 with a fixed seed, so epochs differ only by the weights)."""
+    from spectrumkd.evaluation.generation import generate
+    from spectrumkd.evaluation.rouge import rouge_l_scores
+
+    def validate(model) -> dict[str, float]:
+        answers = generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            temperature=1.0 if sampled else 0.0,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        scores = rouge_l_scores(answers, references)
+        return {"val_rouge": float(np.mean(scores)) if scores else 0.0}
+
+    return validate
+
+
 def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """``spectrumkd distill``: pair check, data, (scoring and) curation, training, final student.
 
     Writes into ``run.output_dir``: ``run_config.yaml``, ``scores/`` when the student had to be
-    scored, ``schedule.json`` with curation, ``metrics.jsonl``, ``checkpoint/`` (resumable) and
-    ``final/`` (the distilled student, safetensors, loadable with ``from_pretrained``).
+    scored, ``schedule.json`` with curation, ``metrics.jsonl``, ``checkpoint/`` (resumable),
+    ``best/`` (the best validation epoch) and ``final/`` (the distilled student; both
+    safetensors folders with the tokenizer, loadable with ``from_pretrained``). With
+    ``teacher_cache_k`` the teacher's top-k logits are cached first (or found in
+    ``teacher_cache_root``) and the teacher leaves memory before training.
     """
     from spectrumkd.distillation.signals import LiveTeacher
     from spectrumkd.distillation.trainer import train
@@ -204,7 +238,8 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     alignment = check_pair(tokenizer, load_tokenizer(run.student), teacher.config, student.config)
 
     data = run.data
-    dataset = data.load(tokenizer)
+    texts = data.load_texts(tokenizer)
+    dataset = data.tokenize(texts, tokenizer)
     train_examples, validation = split_validation(
         dataset.examples, data.validation_ratio, data.validation_seed
     )
@@ -226,9 +261,39 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             )
             ids, values = list(table.ids), table.loss_mean
         plan = curate(ids, values, run.curation.spectrumkd, out)
+    validators = []
+    if run.train.val_rouge != "off" and validation:
+        by_id = {example.id: example for example in texts}
+        rows = [by_id[example.id] for example in validation][: run.train.val_rouge_rows]
+        validators.append(
+            rouge_validator(
+                tokenizer,
+                [row.prompt for row in rows],
+                [row.response for row in rows],
+                sampled=run.train.val_rouge == "sampled",
+                max_new_tokens=run.train.val_max_new_tokens,
+                seed=run.train.seed,
+            )
+        )
+    signal = LiveTeacher(teacher, alignment)
+    if run.teacher_cache_k:
+        from spectrumkd.distillation.teacher_cache import CachedTeacher, build_teacher_cache
+
+        # Every training and validation row, not only the schedule's: the cache is keyed by the
+        # data, so the baseline, other strategies and other seeds find the same one.
+        folder = build_teacher_cache(
+            teacher,
+            [*train_examples, *validation],
+            run.teacher_cache_root,
+            k=run.teacher_cache_k,
+            pad_token_id=tokenizer.pad_token_id,
+            progress=progress,
+        )
+        del signal, teacher  # trained from the cache, without the teacher in memory
+        signal = CachedTeacher(folder, alignment.vocab_size, device=device)
     state = train(
         student,
-        LiveTeacher(teacher, alignment),
+        signal,
         train_examples,
         run.train,
         out,
@@ -236,9 +301,10 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         validation=validation,
+        validators=validators,
         progress=progress,
     )
-    for folder in ("final", "best"):  # each saved student loads with its tokenizer
-        if (out / folder).is_dir():
-            tokenizer.save_pretrained(out / folder)
+    for saved in ("final", "best"):  # each saved student loads with its tokenizer
+        if (out / saved).is_dir():
+            tokenizer.save_pretrained(out / saved)
     return state

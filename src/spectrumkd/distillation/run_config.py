@@ -4,6 +4,7 @@ teacher: smollm2                  # model spec (see spectrumkd.models)
 student: runs/demo/student
 output_dir: runs/distill
 data: {source: embedded:dolly, template: instruction, max_length: 256}
+teacher_cache_k: 64               # optional: train from the teacher's cached top-64 logits
 curation:                         # omit for the plain baseline
   difficulties: runs/demo/scores/difficulties.jsonl   # omit to score the student first
   lambda_a: 0.1
@@ -60,6 +61,13 @@ class RunConfig:
     curation: CurationConfig | None = None
     dtype: str = "auto"
     device: str = "auto"
+    # Offline teacher: train from its top-k logits, computed once (0: the live teacher).
+    teacher_cache_k: int = 0
+    teacher_cache_root: str = "runs/teacher-cache"
+
+    def __post_init__(self) -> None:
+        if self.teacher_cache_k < 0:
+            raise ValueError(f"teacher_cache_k={self.teacher_cache_k} must be >= 0 (0: live)")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
