@@ -48,16 +48,31 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
 
     from spectrumkd.demo import run_demo
 
-    result = run_demo(tmp_path / "demo", rows=40, num_layers=20, quiet=True)
+    options = {
+        "rows": 60,
+        "num_layers": 20,
+        "quiet": True,
+        "distill_rows": 16,
+        "baseline_epochs": 2,
+        "validation_rows": 8,
+    }
+    result = run_demo(tmp_path / "demo", **options)
     schedule = json.loads((tmp_path / "demo" / "schedule.json").read_text())
     zones = schedule["zones"]
-    assert sum(z["size"] for z in zones.values()) == len(result.score.table) <= 40
+    assert sum(z["size"] for z in zones.values()) == len(result.score.table) <= 60
+    baseline, curated = result.distilled
+    assert (baseline.run, baseline.epochs, baseline.example_passes) == ("baseline", 2, 32)
+    # Step parity: SpectrumKD trains 12 of the 16 rows per epoch, for round(2 * 16 / 12) epochs.
+    assert (curated.run, curated.epochs, curated.example_passes) == ("spectrumkd", 3, 36)
+    for run in (baseline, curated):
+        assert 0 < run.val_kd < run.val_ce and 1 <= run.best_epoch <= run.epochs
+        assert (tmp_path / "demo" / "distill" / run.run / "final" / "model.safetensors").exists()
+        assert (tmp_path / "demo" / "distill" / run.run / "report" / "index.html").exists()
+    assert (tmp_path / "demo" / "report" / "index.html").exists()
     assert len(schedule["epochs"]) == 25 and schedule["epochs"][-1]["temperature"] == 2.0
     report = json.loads((tmp_path / "demo" / "student" / "shrink_report.json").read_text())
     assert len(report["keep_layers"]) == 20 and report["student_loss"] > report["teacher_loss"]
     first = (tmp_path / "demo" / "schedule.json").read_bytes()
-    again = run_demo(
-        tmp_path / "demo", rows=40, num_layers=20, quiet=True
-    )  # reuses student and shards
+    again = run_demo(tmp_path / "demo", **options)  # reuses student, shards and finished runs
     assert (tmp_path / "demo" / "schedule.json").read_bytes() == first
     assert again.seconds < result.seconds
