@@ -525,9 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
 
     from spectrumkd.evaluation.cli import register as register_evaluate
+    from spectrumkd.evaluation.extra_cli import register as register_judge_and_compare
     from spectrumkd.report.cli import register as register_report
 
     register_evaluate(commands)
+    register_judge_and_compare(commands)
     register_report(commands)
     return parser
 
