@@ -515,3 +515,45 @@ def test_the_report_of_a_real_run_opens_in_chromium_with_every_figure(real_run, 
     assert screenshot.stat().st_size > 10_000
     for path in page.parent.iterdir():
         shutil.copy(path, ARTIFACTS / path.name)
+
+
+def test_judge_win_rates_and_per_metric_comparisons_reach_the_page(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    write_json(
+        run_dir / "eval" / "judge" / "summary.json",
+        {
+            "dolly": {"win_rate": 37.5, "unparseable_share": 0.25, "n": 4},
+            "judge": {"model": "judge-model", "temperature": 0.7},
+        },
+    )
+    rows = [
+        {
+            "set": "dolly",
+            "metric": metric,
+            "base": 1.0,
+            "new": 1.1,
+            "gain_pct": gain,
+            "p_value": p,
+            "n_pairs": 10,
+        }
+        for metric, gain, p in (("rougeL", 10.0, 0.02), ("ce", -3.0, 0.5))
+    ]
+    write_json(run_dir / "eval" / "compare_base.json", {"rows": rows})
+    run = read_run(run_dir)
+    (dolly,) = run.eval_sets
+    assert dolly.metrics == {"win_rate": 37.5, "unparseable_share": 0.25}
+    page = write_report(run_dir).read_text()
+    assert "37.5" in page and "comparison-1.png" in page
+    # One bar per (set, metric), not one per set overwritten by the last metric.
+    from spectrumkd.report import figures
+
+    captured = {}
+    original = figures.comparison_figure
+
+    def spy(gains, pvalues, unit):
+        captured.update(gains)
+        return original(gains, pvalues, unit)
+
+    monkeypatch.setattr(figures, "comparison_figure", spy)
+    write_report(run_dir)
+    assert captured == {"dolly rougeL": 10.0, "dolly ce": -3.0}

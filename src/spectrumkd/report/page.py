@@ -422,14 +422,16 @@ def _comparison_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
             )
             name_key = next((k for k in ("set", "name", "benchmark") if k in rows[0]), None)
             if gain and name_key:
+
+                def label(row: dict, name_key: str = name_key) -> str:
+                    # spectrumkd compare has one row per (set, metric): keep them apart.
+                    metric = row.get("metric")
+                    return f"{row[name_key]} {metric}" if metric else str(row[name_key])
+
                 gains = {
-                    str(r[name_key]): float(r[gain])
-                    for r in rows
-                    if as_number(r.get(gain)) is not None
+                    label(r): float(r[gain]) for r in rows if as_number(r.get(gain)) is not None
                 }
-                pvalues = {
-                    str(r[name_key]): as_number(r.get(p_key)) if p_key else None for r in rows
-                }
+                pvalues = {label(r): as_number(r.get(p_key)) if p_key else None for r in rows}
                 relative = ("%", "percent", "pct", "rel", "p.")
                 unit = "% relative" if any(r in gain.lower() for r in relative) else "metric units"
                 index = len(rendered) + 1

@@ -475,7 +475,20 @@ def _read_evaluation(run: RunData) -> None:
         run.note("Evaluation", "no eval/ or evaluation/ folder: the run was not evaluated yet")
         return
     run.eval_source = _relative(folder, run.run_dir)
-    sets = {sub.name: _read_eval_set(sub, run) for sub in sorted(folder.iterdir()) if sub.is_dir()}
+    sets = {
+        sub.name: _read_eval_set(sub, run)
+        for sub in sorted(folder.iterdir())
+        if sub.is_dir() and sub.name != "judge"
+    }
+    judged, problem = read_json_tolerant(folder / "judge" / "summary.json")
+    if problem:
+        run.note("Evaluation", problem)
+    for name, verdicts in (judged or {}).items():
+        # spectrumkd judge: pairwise win rate against the reference model, per set.
+        if name != "judge" and isinstance(verdicts, dict):
+            for key in ("win_rate", "unparseable_share"):
+                if as_number(verdicts.get(key)) is not None:
+                    sets.setdefault(name, EvalSet(name)).metrics[key] = float(verdicts[key])
     summary, problem = read_json_tolerant(folder / "summary.json")
     if problem:
         run.note("Evaluation", problem)
