@@ -422,3 +422,12 @@ def test_chunked_never_saves_full_logits():
     # is larger than a chunk of logits or the saved [N, H] / [V, H] gradients
     sizes = _saved_tensor_sizes(chunked)
     assert sizes and max(sizes) <= max(2 * chunk * V, n * H, V * H) < rows * V
+
+
+def test_chunked_keeps_no_autograd_history_of_its_chunks():
+    # What backward keeps must be plain tensors: accumulators with autograd history would hold
+    # every chunk's [chunk, V] logits gradient alive until backward (a memory leak in N x V).
+    hidden, weight, t_hidden, t_weight, labels = _hidden_setup(seed=48, n=64)
+    kd_sum, _, _ = chunked_kd_loss(hidden, weight, t_hidden, t_weight, labels, "forward_kl", 1.0, 8)
+    saved = kd_sum.grad_fn.saved_tensors
+    assert saved and all(t is None or (t.grad_fn is None and not t.requires_grad) for t in saved)

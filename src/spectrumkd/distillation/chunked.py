@@ -32,8 +32,13 @@ from spectrumkd.distillation.objectives import (
 )
 
 
+@torch.no_grad()
 def _fold(grad_logits: Tensor, hidden: Tensor, weight: Tensor, acc_h, acc_w, rows) -> None:
-    """Add the chunk's logits gradient, pulled back through logits = hidden @ weight.T."""
+    """Add the chunk's logits gradient, pulled back through logits = hidden @ weight.T.
+
+    Without grad: it is called inside the chunk's ``enable_grad`` block, and autograd history
+    on the accumulators would keep every chunk's [chunk, V] gradient alive until backward
+    (found by benchmarks/bench_loss_memory.py)."""
     if acc_h is not None:
         acc_h[rows] = (grad_logits.to(weight.dtype) @ weight).float()
     if acc_w is not None:
