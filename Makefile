@@ -6,7 +6,7 @@ TORCH_INDEX ?=
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench bench-distill
 
 $(BIN)/spectrumkd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,10 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_schedule.py
+
+# The distillation benchmarks: 8-20 minutes each on a 2-core CPU (the loss one needs ~11 GB free).
+bench-distill: setup
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/bench_kd_step.py --threads 1
+	$(BIN)/python benchmarks/bench_cache_epoch.py --threads 1
+	$(BIN)/python benchmarks/bench_loss_memory.py --threads 1
