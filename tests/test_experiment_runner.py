@@ -1,0 +1,323 @@
+"""The evidence experiment's runner (experiments/run.py) end to end on tiny random models: cells
+written once, skipped on a rerun, selected by name, resumed after a kill, and summarised into a
+table whose numbers are recomputed here from the result files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import build_tiny_llama
+from scipy.stats import wilcoxon
+
+RUNNER = Path(__file__).resolve().parents[1] / "experiments" / "run.py"
+CONFIG = RUNNER.parent / "config.yaml"
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("experiment_runner", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+runner = load_runner()
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.fixture()
+def world(tmp_path, tiny_tokenizer):
+    """A tiny teacher, train/test/heal files and the `--set` overrides that point the shipped
+    config's CPU profile at them."""
+    teacher = tmp_path / "teacher"
+    build_tiny_llama(len(tiny_tokenizer), num_layers=4, seed=1).save_pretrained(teacher)
+    tiny_tokenizer.save_pretrained(teacher)
+    test_rows = [
+        {
+            "instruction": f"Name the colour number {i}.",
+            "input": "",
+            "output": f"Colour {i} is red.",
+        }
+        for i in range(8)
+    ]
+    train_rows = [
+        {"instruction": f"Count to {i}.", "context": "", "response": " ".join(map(str, range(i)))}
+        for i in range(1, 24)
+    ]
+    # A training row whose prompt is a test prompt: removed from training, the test row kept.
+    train_rows.append({**test_rows[3], "context": "", "response": "blue"})
+    heal_rows = [{"question": f"What is {i} + {i}?", "answer": f"{2 * i}"} for i in range(12)]
+    overrides = {
+        "results_dir": str(tmp_path / "results"),
+        "runs_dir": str(tmp_path / "runs"),
+        "teacher": str(teacher),
+        "student.shrink.num_layers": 2,
+        "student.shrink.calibration_rows": 8,
+        "heal.data.source": _jsonl(tmp_path / "heal.jsonl", heal_rows),
+        "heal.data.limit": None,
+        "heal.data.max_length": 128,
+        "heal.train.batch_size": 4,
+        "heal.train.learning_rate": 1e-3,
+        "heal.train.save_every_steps": 0,
+        "data.source": _jsonl(tmp_path / "train.jsonl", train_rows),
+        "data.max_length": 128,
+        "data.validation_ratio": 0.25,
+        "teacher_cache_k": 16,
+        "baseline_epochs": 2,
+        "objectives": {"fkl": {"objective": "forward_kl"}},
+        "seeds": [1],
+        "train.batch_size": 4,
+        "train.learning_rate": 1e-3,
+        "train.save_every_steps": 1,
+        "train.log_every": 1,
+        "test.source": _jsonl(tmp_path / "test.jsonl", test_rows),
+        "test.quality_max_length": 128,
+        "test.batch_size": 4,
+        "test.rouge_rows": 3,
+        "test.sample_seeds": [10, 20],
+        "test.max_new_tokens": 4,
+    }
+    args = ["--config", str(CONFIG), "--quiet"]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    return tmp_path, args
+
+
+class DistillCalls:
+    """Wraps jobs.distill to record which run folders were trained (or to forbid training)."""
+
+    def __init__(self, forbid: bool = False) -> None:
+        self.folders: list[str] = []
+        self.forbid = forbid
+        self.real = runner.jobs.distill
+
+    def __call__(self, run, **kwargs):
+        if self.forbid:
+            raise AssertionError(f"training was called for {run.output_dir}")
+        self.folders.append(Path(run.output_dir).name)
+        return self.real(run, **kwargs)
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
+
+
+def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
+    world, monkeypatch, capsys
+):
+    from spectrumkd.distillation import teacher_cache
+
+    tmp, args = world
+    results = tmp / "results"
+
+    # Selecting one cell by name runs the setup and that cell only.
+    calls = DistillCalls()
+    monkeypatch.setattr(runner.jobs, "distill", calls)
+    assert runner.main([*args, "run", "--cell", "fkl-spectrumkd-seed1"]) == 0
+    assert calls.folders == ["heal", "fkl-spectrumkd-seed1"]
+    assert sorted(p.name for p in results.glob("*.json")) == [
+        "fkl-spectrumkd-seed1.json",
+        "setup.json",
+    ]
+    setup = json.loads((results / "setup.json").read_text())
+    assert setup["data"]["removed_test_prompt_overlap"] == ["000023"]
+    assert setup["data"]["train"] + setup["data"]["validation"] == 23
+    assert set(setup["scores"]) == {"teacher", "shrunk", "healed"}
+    assert -1.0 <= setup["spearman"]["rho"] <= 1.0
+    assert len(setup["shrink"]["keep_layers"]) == 2
+    curated = json.loads((results / "fkl-spectrumkd-seed1.json").read_text())
+    assert curated["training"]["strategy"] == "spectrumkd"
+    assert curated["training"]["epochs"] == setup["spectrumkd"]["epochs"]
+    assert curated["counts"]["quality_examples"] == 8  # every test row, the overlapping one too
+    assert set(curated["per_example"]["ce"]) == {f"{i:06d}" for i in range(8)}
+    assert len(curated["per_example"]["rougeL_sampled"]) == 3
+    assert not (tmp / "runs" / "fkl-spectrumkd-seed1" / "checkpoint").exists()  # pruned
+
+    # A plain run does what is left (the baseline); the finished cell is not touched.
+    before = mtimes(results)
+    calls = DistillCalls()
+    monkeypatch.setattr(runner.jobs, "distill", calls)
+    assert runner.main([*args, "run"]) == 0
+    assert calls.folders == ["fkl-baseline-seed1"]
+    after = mtimes(results)
+    assert {k: after[k] for k in before} == before
+    baseline = json.loads((results / "fkl-baseline-seed1.json").read_text())
+    assert baseline["training"]["strategy"] == "baseline" and baseline["training"]["epochs"] == 2
+
+    # A rerun trains nothing and rewrites nothing.
+    monkeypatch.setattr(runner.jobs, "distill", DistillCalls(forbid=True))
+    capsys.readouterr()
+    assert runner.main([*args, "run"]) == 0
+    assert "nothing (all finished)" in capsys.readouterr().out
+    assert mtimes(results) == after
+    assert runner.main([*args, "cells"]) == 0
+    assert capsys.readouterr().out.count(" done ") == 3
+
+    # Kill the baseline after its first checkpoints, rerun, and get the uninterrupted result.
+    monkeypatch.undo()
+    (results / "fkl-baseline-seed1.json").unlink()
+    shutil.rmtree(tmp / "runs" / "fkl-baseline-seed1")
+
+    class KilledTeacher(teacher_cache.CachedTeacher):
+        calls = 0
+
+        def logits(self, batch):
+            KilledTeacher.calls += 1
+            if KilledTeacher.calls == 4:  # 3 steps trained and checkpointed (save_every_steps 1)
+                raise KeyboardInterrupt("killed")
+            return super().logits(batch)
+
+    monkeypatch.setattr(teacher_cache, "CachedTeacher", KilledTeacher)
+    with pytest.raises(KeyboardInterrupt):
+        runner.main([*args, "run", "--cell", "fkl-baseline-*"])
+    monkeypatch.undo()
+    assert not (results / "fkl-baseline-seed1.json").exists()
+    capsys.readouterr()
+    runner.main([*args, "cells"])
+    assert (
+        "fkl-baseline-seed1    partial  checkpoint after epoch 0, step 3" in capsys.readouterr().out
+    )
+    assert runner.main([*args, "run", "--cell", "fkl-baseline-*"]) == 0
+    resumed = json.loads((results / "fkl-baseline-seed1.json").read_text())
+    assert resumed["training"]["resumed_from_step"] == 3
+    for key in ("means", "per_example", "counts", "settings", "run_config"):
+        assert resumed[key] == baseline[key], key
+    assert {k: v for k, v in resumed["training"].items() if k != "resumed_from_step"} == {
+        k: v for k, v in baseline["training"].items() if k != "resumed_from_step"
+    }
+
+    # The summary's numbers, recomputed from the result files.
+    assert runner.main([*args, "summarize"]) == 0
+    summary = json.loads((results / "summary.json").read_text())
+    markdown = (results / "summary.md").read_text()
+    check_summary(summary, markdown, [resumed, curated])
+    assert f"{setup['spearman']['rho']:.3f}" in markdown
+
+
+def check_summary(summary: dict, markdown: str, cells: list[dict]) -> None:
+    """Every row of the summary against a direct computation from the cell results."""
+    keys = sorted({c["objective_key"] for c in cells})
+    assert [o["key"] for o in summary["objectives"]] == keys
+    for entry in summary["objectives"]:
+        group = [c for c in cells if c["objective_key"] == entry["key"]]
+        seeds = sorted({c["seed"] for c in group})
+        assert entry["seeds"] == seeds
+        assert [row["metric"] for row in entry["rows"]] == list(runner.METRICS)
+        for row in entry["rows"]:
+            metric = row["metric"]
+            per_arm = {}
+            for arm in ("baseline", "spectrumkd"):
+                arm_cells = sorted((c for c in group if c["arm"] == arm), key=lambda c: c["seed"])
+                means = [c["means"][metric] for c in arm_cells]
+                assert row[arm]["mean"] == pytest.approx(statistics.fmean(means), rel=1e-12)
+                if len(means) > 1:
+                    assert row[arm]["std"] == pytest.approx(statistics.stdev(means), rel=1e-12)
+                ids = sorted(arm_cells[0]["per_example"][metric])
+                per_arm[arm] = {
+                    i: sum(c["per_example"][metric][i] for c in arm_cells) / len(arm_cells)
+                    for i in ids
+                }
+                text = runner._number(statistics.fmean(means), metric)
+                assert text in markdown
+            base, new = row["baseline"]["mean"], row["spectrumkd"]["mean"]
+            if base == 0:  # ROUGE-L of a tiny random model can be 0: no relative gain
+                assert row["gain_pct"] is None
+            else:
+                assert row["gain_pct"] == pytest.approx((new - base) / base * 100, rel=1e-9)
+                assert f"{row['gain_pct']:+.2f}" in markdown
+            ids = sorted(per_arm["baseline"])
+            pairs = [(per_arm["baseline"][i], per_arm["spectrumkd"][i]) for i in ids]
+            differing = sum(b != n for b, n in pairs)
+            assert (row["n_pairs"], row["n_nonzero"]) == (len(ids), differing)
+            if differing >= 6:
+                expected = wilcoxon([n for _, n in pairs], [b for b, _ in pairs]).pvalue
+                assert row["p_value"] == pytest.approx(float(expected), rel=1e-9)
+                assert f"{row['p_value']:.3g}" in markdown
+            else:
+                assert row["p_value"] is None
+
+
+def test_summary_averages_seeds_and_refuses_mixed_settings(tmp_path):
+    """Synthetic result files of two seeds: means ± std over seeds, tests on per-example values
+    averaged over seeds, an unpaired cell left out, and a file of other settings refused."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = [f"{i:06d}" for i in range(30)]
+    tokens = {i: int(rng.integers(5, 40)) for i in ids}
+    cells = []
+    for seed in (1, 2):
+        for arm, shift in (("baseline", 0.0), ("spectrumkd", -0.05)):
+            per_example = {"tokens": tokens}
+            for metric in runner.METRICS:
+                scale = 50.0 if metric in runner.ROUGE_METRICS else 2.0
+                per_example[metric] = {
+                    i: float(scale * (1 + shift) + rng.normal(0, 0.3)) for i in ids
+                }
+            means = {}
+            for metric in runner.METRICS:
+                values = per_example[metric]
+                if metric in runner.QUALITY_METRICS:
+                    means[metric] = sum(values[i] * tokens[i] for i in ids) / sum(tokens.values())
+                else:
+                    means[metric] = statistics.fmean(values.values())
+            cells.append(
+                {
+                    "cell": f"jsd-{arm}-seed{seed}",
+                    "objective_key": "jsd",
+                    "objective": "jsd",
+                    "arm": arm,
+                    "seed": seed,
+                    "settings": {"train": {"learning_rate": 5e-5}, "objective": {"o": "jsd"}},
+                    "training": {"epochs": 4 if arm == "baseline" else 5, "steps": 100},
+                    "means": means,
+                    "per_example": per_example,
+                }
+            )
+    for cell in cells:
+        (tmp_path / f"{cell['cell']}.json").write_text(json.dumps(cell))
+    unpaired = {**cells[0], "cell": "jsd-baseline-seed3", "seed": 3}
+    (tmp_path / "jsd-baseline-seed3.json").write_text(json.dumps(unpaired))
+    summary = runner.summarize(tmp_path)
+    markdown = runner.summary_markdown(summary)
+    assert summary["objectives"][0]["unpaired"] == ["baseline-seed3"]
+    check_summary(summary, markdown, cells)
+    assert "## The claim, on the primary metrics" in markdown
+
+    other = {**cells[0], "cell": "jsd-baseline-seed4", "seed": 4}
+    other["settings"] = {"train": {"learning_rate": 1e-4}, "objective": {"o": "jsd"}}
+    (tmp_path / "jsd-baseline-seed4.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"different train\.learning_rate"):
+        runner.summarize(tmp_path)
+
+
+def test_config_errors_are_one_line(tmp_path, capsys):
+    def error(*args: str) -> str:
+        assert runner.main(["--config", str(CONFIG), *args]) == 2
+        return capsys.readouterr().err.strip()
+
+    assert error("--set", "train.epochs=3", "cells") == (
+        "error: train.epochs is set per cell (objectives:, seeds:, baseline_epochs:); "
+        "remove it from train"
+    )
+    assert "unknown test setting(s) rows" in error("--set", "test.rows=3", "cells")
+    assert "no cell matches 'fkl-seed9'" in error("run", "--cell", "fkl-seed9")
+    # A finished result computed with other settings is refused, not silently kept.
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "rkl-baseline-seed2.json").write_text(json.dumps({"settings": {"train": {}}}))
+    message = error("--set", f"results_dir={results}", "run", "--cell", "rkl-baseline-seed2")
+    assert message.startswith("error: ") and "computed with other" in message
+    assert "\n" not in message
+    assert runner.main(["--config", str(CONFIG), "--profile", "gpu", "--list"]) == 0
+    assert "jsd-spectrumkd-seed3" in capsys.readouterr().out
