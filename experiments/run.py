@@ -606,29 +606,22 @@ def _device_dtype(exp: Experiment):
 # ------------------------------------------------------------------------------- setup
 
 
-def run_setup(exp: Experiment, *, progress: bool = True) -> dict[str, Any]:
-    """Build the initial student and everything the cells share; write ``setup.json``."""
-    import torch
-    from scipy.stats import spearmanr
+@dataclass(frozen=True)
+class TrainingRows:
+    """The training source as loaded, and the rows every cell trains and validates on."""
 
-    from spectrumkd.curation.schedule import SpectrumKD, step_parity_epochs
-    from spectrumkd.evaluation import summarize_quality
-    from spectrumkd.models import load_model, load_tokenizer, shrink
-    from spectrumkd.scoring import score_examples
+    source_rows: int
+    overlap: list[str]  # ids removed for sharing a prompt with a test row
+    dataset: Any  # TokenizedDataset of the derived file (kept and length-dropped rows)
+    train: list
+    validation: list
 
-    started, cpu_started = time.perf_counter(), time.process_time()
-    out = exp.setup_dir
-    out.mkdir(parents=True, exist_ok=True)
-    device, dtype = _device_dtype(exp)
-    tokenizer = load_tokenizer(exp.teacher)
 
-    # The test rows are fixed; a training row with the same prompt as a test row is removed
-    # from training (not the test row), so every test row that fits is evaluated.
-    suite, test_kept, test_dropped = load_test(exp, tokenizer)
-    test_prompts = {example.prompt for example in suite.examples}
-    source = data_config(exp.data, "data")
-    texts = source.load_texts(tokenizer)
-    overlap = [e.id for e in texts if e.prompt in test_prompts]
+def prepare_training_rows(exp: Experiment, tokenizer: Any, test_prompts: set[str]) -> TrainingRows:
+    """Write ``runs/setup/train.jsonl``: the configured source, rendered, without the rows whose
+    prompt is a test prompt. The test rows are fixed, so an overlapping row leaves training
+    rather than the test, and every test row that fits is evaluated."""
+    texts = data_config(exp.data, "data").load_texts(tokenizer)
     write_jsonl(
         train_file(exp),
         (
@@ -639,131 +632,190 @@ def run_setup(exp: Experiment, *, progress: bool = True) -> dict[str, Any]:
     )
     data = training_data(exp)
     dataset = data.load(tokenizer)
-    train_rows, validation = jobs.split_validation(
+    train, validation = jobs.split_validation(
         dataset.examples, data.validation_ratio, data.validation_seed
     )
-    if not train_rows:
+    if not train:
         raise ValueError(
             "no training rows are left after the length limit and the validation split"
         )
-    log = print if progress else (lambda *a, **k: None)
-    log(
-        f"setup: {len(texts)} training-source rows, {len(overlap)} share a test prompt, "
-        f"{len(dataset.dropped)} too long; {len(train_rows)} train + {len(validation)} validation"
+    overlap = [e.id for e in texts if e.prompt in test_prompts]
+    return TrainingRows(len(texts), overlap, dataset, train, validation)
+
+
+def shrunk_student(
+    exp: Experiment, tokenizer: Any, rows: TrainingRows, device: Any
+) -> tuple[str, dict[str, Any]]:
+    """The teacher cut to ``num_layers`` blocks chosen by measured influence on training rows
+    (reused when a finished one of that size is on disk); its folder and shrink report."""
+    from spectrumkd.models import load_model, shrink
+
+    assert exp.shrink is not None
+    folder = shrunk_dir(exp)
+    report_file = folder / "shrink_report.json"
+    if report_file.is_file():  # written last by shrink(): a finished student
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+        if len(report["keep_layers"]) == exp.shrink["num_layers"]:
+            return str(folder), report
+    # Layer influence is measured in float32 whatever dtype the teacher runs in later.
+    teacher = load_model(exp.teacher, dtype="float32", device=device)
+    calibration = dataclasses.replace(rows.dataset, examples=rows.train)
+    batches = jobs.calibration_batches(
+        calibration, tokenizer.pad_token_id, rows=exp.shrink["calibration_rows"]
     )
-
-    heal_summary = None
-    if exp.heal is not None:
-        heal_data = data_config(exp.heal.get("data") or {}, "heal.data")
-        heal_texts = heal_data.load_texts(tokenizer)
-        shared = {e.prompt for e in heal_texts} & (test_prompts | {e.prompt for e in texts})
-        if shared:
-            raise ValueError(
-                f"{len(shared)} heal prompts are also train or test prompts; the heal data must "
-                "be disjoint from both"
-            )
-
-    teacher = load_model(exp.teacher, dtype=dtype, device=device)
-    start_from = exp.student_init
-    shrink_report = None
-    if exp.shrink is not None:
-        folder = shrunk_dir(exp)
-        report_file = folder / "shrink_report.json"
-        if report_file.is_file():  # written last by shrink(): a finished student
-            shrink_report = json.loads(report_file.read_text(encoding="utf-8"))
-        if shrink_report is None or len(shrink_report["keep_layers"]) != exp.shrink["num_layers"]:
-            # Layer influence is measured in float32 whatever the teacher's training dtype.
-            full = load_model(exp.teacher, dtype="float32", device=device)
-            calibration = dataclasses.replace(dataset, examples=train_rows)
-            batches = jobs.calibration_batches(
-                calibration, tokenizer.pad_token_id, rows=exp.shrink["calibration_rows"]
-            )
-            _, report = shrink(
-                full,
-                tokenizer,
-                batches,
-                num_layers=exp.shrink["num_layers"],
-                method=exp.shrink["method"],
-                out_dir=folder,
-            )
-            shrink_report = report.to_dict()
-            del full
-        start_from = str(folder)
-        log(f"setup: shrunk student in {_shown(folder)} (layers {shrink_report['keep_layers']})")
-
-    if exp.heal is not None:
-        heal_run = RunConfig.from_dict(
-            {
-                "teacher": exp.teacher,
-                "student": start_from,
-                "output_dir": str(out / "heal"),
-                "dtype": exp.dtype,
-                "device": exp.device,
-                "data": {k: v for k, v in dataclasses.asdict(heal_data).items() if k != "fields"}
-                | {"fields": heal_data.fields},
-                "train": dict(exp.heal.get("train") or {}),
-            }
-        )
-        began = time.perf_counter()
-        state = jobs.distill(heal_run, progress=progress)
-        heal_dataset = heal_data.tokenize(heal_texts, tokenizer)
-        heal_summary = {
-            "rows": len(heal_texts),
-            "kept": len(heal_dataset.examples),
-            "dropped_too_long": len(heal_dataset.dropped),
-            "epochs": state["epoch"],
-            "steps": state["step"],
-            "best": state.get("best"),
-            "seconds_this_run": round(time.perf_counter() - began, 1),
-        }
-        log(f"setup: healed student in {_shown(Path(initial_student(exp)))}")
-
-    student_path = initial_student(exp)
-    student = load_model(student_path, dtype=torch.float32, device=device)
-    scores_student = score_examples(
-        student,
-        train_rows,
-        pad_token_id=tokenizer.pad_token_id,
-        out_dir=out / "scores-student",
-        progress=progress,
-    )
-    scores_teacher = score_examples(
+    _, report = shrink(
         teacher,
-        train_rows,
-        pad_token_id=tokenizer.pad_token_id,
-        out_dir=out / "scores-teacher",
-        progress=progress,
+        tokenizer,
+        batches,
+        num_layers=exp.shrink["num_layers"],
+        method=exp.shrink["method"],
+        out_dir=folder,
     )
-    if list(scores_student.ids) != list(scores_teacher.ids):
-        raise AssertionError("the two difficulty tables list different examples")
-    rho, p_value = spearmanr(scores_student.loss_mean, scores_teacher.loss_mean)
+    return str(folder), report.to_dict()
 
-    # Each model's own scores on the test rows (the teacher's CE; the students' CE and KL).
-    scores: dict[str, Any] = {}
-    quality_dropped = 0
-    models = [("teacher", teacher, None)]
-    if exp.shrink is not None and exp.heal is not None:
-        models.append(
-            ("shrunk", load_model(start_from, dtype=torch.float32, device=device), teacher)
+
+def heal_data(exp: Experiment, tokenizer: Any, test_prompts: set[str]):
+    """The heal data's config and texts, refused when a prompt is also a train or test prompt."""
+    assert exp.heal is not None
+    config = data_config(exp.heal.get("data") or {}, "heal.data")
+    texts = config.load_texts(tokenizer)
+    train_prompts = {
+        json.loads(line)["prompt"] for line in train_file(exp).read_text().splitlines() if line
+    }
+    shared = {e.prompt for e in texts} & (test_prompts | train_prompts)
+    if shared:
+        raise ValueError(
+            f"{len(shared)} heal prompts are also train or test prompts; the heal data must be "
+            "disjoint from both"
         )
-    models.append(("healed" if exp.heal is not None else "initial", student, teacher))
-    for label, model, reference in models:
-        rows, dropped = quality_rows(exp, model, tokenizer, test_kept, reference)
-        quality_dropped = len(dropped)
-        scores[label] = summarize_quality(rows, len(dropped))
-        log(f"setup: {label} CE {scores[label]['ce']:.4f} nats/token on the test rows")
+    return config, texts
 
-    # Step parity (paper C.3): SpectrumKD trains on a window of M of the N rows per epoch, so it
-    # gets round(n_baseline N / M) epochs; its warm-up is a fixed share of them.
+
+def heal_student(
+    exp: Experiment,
+    student: str,
+    tokenizer: Any,
+    test_prompts: set[str],
+    *,
+    progress: bool,
+) -> dict[str, Any]:
+    """Plain KD of ``student`` on the heal data (``jobs.distill`` without curation, resumable)."""
+    assert exp.heal is not None
+    config, texts = heal_data(exp, tokenizer, test_prompts)
+    data = {k: v for k, v in dataclasses.asdict(config).items() if k != "fields"}
+    run = RunConfig.from_dict(
+        {
+            "teacher": exp.teacher,
+            "student": student,
+            "output_dir": str(exp.setup_dir / "heal"),
+            "dtype": exp.dtype,
+            "device": exp.device,
+            "data": {**data, "fields": config.fields},  # a FieldMap stays one
+            "train": dict(exp.heal.get("train") or {}),
+        }
+    )
+    began = time.perf_counter()
+    state = jobs.distill(run, progress=progress)
+    tokenized = config.tokenize(texts, tokenizer)
+    return {
+        "rows": len(texts),
+        "kept": len(tokenized.examples),
+        "dropped_too_long": len(tokenized.dropped),
+        "epochs": state["epoch"],
+        "steps": state["step"],
+        "best": state.get("best"),
+        "seconds_this_run": round(time.perf_counter() - began, 1),
+    }
+
+
+def parity_epochs(exp: Experiment, ids: Sequence[str], difficulties: Any) -> dict[str, int]:
+    """Step parity (paper C.3): SpectrumKD trains on a window of M of the N rows per epoch, so
+    it gets round(n_baseline N / M) epochs; its warm-up is a fixed share of them."""
+    from spectrumkd.curation.schedule import SpectrumKD, step_parity_epochs
+
     config = SpectrumKDConfig(
         **{k: v for k, v in exp.spectrumkd.items() if k != "warmup_fraction"},
-        epochs=2,
+        epochs=2,  # the zones depend on N and the ratios only
         warmup_epochs=1,
     )
-    window = SpectrumKD(config).spectrum(scores_student.ids, scores_student.loss_mean).sizes.window
-    epochs = step_parity_epochs(exp.baseline_epochs, len(train_rows), window)
-    warmup = int(exp.spectrumkd["warmup_fraction"] * epochs)
+    window = SpectrumKD(config).spectrum(ids, difficulties).sizes.window
+    epochs = step_parity_epochs(exp.baseline_epochs, len(ids), window)
+    return {
+        "n_examples": len(ids),
+        "window": window,
+        "baseline_epochs": exp.baseline_epochs,
+        "epochs": epochs,
+        "warmup_epochs": int(exp.spectrumkd["warmup_fraction"] * epochs),
+    }
 
+
+def run_setup(exp: Experiment, *, progress: bool = True) -> dict[str, Any]:
+    """Build the initial student and everything the cells share; write ``setup.json``."""
+    import torch
+    from scipy.stats import spearmanr
+
+    from spectrumkd.evaluation import summarize_quality
+    from spectrumkd.models import load_model, load_tokenizer
+    from spectrumkd.scoring import score_examples
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    log = print if progress else (lambda *a, **k: None)
+    exp.setup_dir.mkdir(parents=True, exist_ok=True)
+    device, dtype = _device_dtype(exp)
+    tokenizer = load_tokenizer(exp.teacher)
+    suite, test_kept, test_dropped = load_test(exp, tokenizer)
+    test_prompts = {example.prompt for example in suite.examples}
+    rows = prepare_training_rows(exp, tokenizer, test_prompts)
+    log(
+        f"setup: {rows.source_rows} training-source rows, {len(rows.overlap)} share a test "
+        f"prompt, {len(rows.dataset.dropped)} too long; {len(rows.train)} train + "
+        f"{len(rows.validation)} validation"
+    )
+    if exp.heal is not None:  # refuse overlapping heal data before any training
+        heal_data(exp, tokenizer, test_prompts)
+
+    shrink_report = heal_summary = None
+    start_from = exp.student_init
+    if exp.shrink is not None:
+        start_from, shrink_report = shrunk_student(exp, tokenizer, rows, device)
+        log(f"setup: shrunk student in {_shown(Path(start_from))}")
+    if exp.heal is not None:
+        assert start_from is not None
+        heal_summary = heal_student(exp, start_from, tokenizer, test_prompts, progress=progress)
+        log(f"setup: healed student in {_shown(Path(initial_student(exp)))}")
+
+    # Difficulties of the training rows: the initial student's is the spectrum every
+    # +SpectrumKD cell curates from; the teacher's is what it is compared with.
+    student_path = initial_student(exp)
+    teacher = load_model(exp.teacher, dtype=dtype, device=device)
+    student = load_model(student_path, dtype=torch.float32, device=device)
+    tables = {
+        name: score_examples(
+            model,
+            rows.train,
+            pad_token_id=tokenizer.pad_token_id,
+            out_dir=exp.setup_dir / f"scores-{name}",
+            progress=progress,
+        )
+        for name, model in (("student", student), ("teacher", teacher))
+    }
+    if list(tables["student"].ids) != list(tables["teacher"].ids):
+        raise AssertionError("the two difficulty tables list different examples")
+    rho, p_value = spearmanr(tables["student"].loss_mean, tables["teacher"].loss_mean)
+
+    # Each model's own scores on the test rows (the teacher's CE; the students' CE and KL).
+    models = [("teacher", teacher, None)]
+    if exp.shrink is not None and exp.heal is not None:
+        shrunk = load_model(start_from, dtype=torch.float32, device=device)
+        models.append(("shrunk", shrunk, teacher))
+    models.append(("healed" if exp.heal is not None else "initial", student, teacher))
+    scores: dict[str, Any] = {}
+    for label, model, reference in models:
+        quality, too_long = quality_rows(exp, model, tokenizer, test_kept, reference)
+        scores[label] = summarize_quality(quality, len(too_long))
+        log(f"setup: {label} CE {scores[label]['ce']:.4f} nats/token on the test rows")
+
+    parity = parity_epochs(exp, tables["student"].ids, tables["student"].loss_mean)
     result = {
         "cell": SETUP,
         "settings": setup_settings(exp),
@@ -773,34 +825,28 @@ def run_setup(exp: Experiment, *, progress: bool = True) -> dict[str, Any]:
         "shrink": shrink_report,
         "heal": heal_summary,
         "data": {
-            "source_rows": len(texts),
-            "removed_test_prompt_overlap": overlap,
-            "dropped_too_long": len(dataset.dropped),
-            "kept": len(dataset.examples),
-            "train": len(train_rows),
-            "validation": len(validation),
+            "source_rows": rows.source_rows,
+            "removed_test_prompt_overlap": rows.overlap,
+            "dropped_too_long": len(rows.dataset.dropped),
+            "kept": len(rows.dataset.examples),
+            "train": len(rows.train),
+            "validation": len(rows.validation),
         },
         "test": {
             "source": exp.test.source,
             "rows": len(suite),
             "dropped_prompts": len(test_dropped),
-            "quality_examples": len(test_kept) - quality_dropped,
-            "quality_dropped_too_long": quality_dropped,
+            "quality_examples": len(test_kept) - len(too_long),
+            "quality_dropped_too_long": len(too_long),
         },
         "scores": scores,
         "spearman": {
             "rho": float(rho),
             "p_value": float(p_value),
-            "n": len(train_rows),
+            "n": len(rows.train),
             "between": "initial student's and teacher's mean response CE on the train rows",
         },
-        "spectrumkd": {
-            "n_examples": len(train_rows),
-            "window": window,
-            "baseline_epochs": exp.baseline_epochs,
-            "epochs": epochs,
-            "warmup_epochs": warmup,
-        },
+        "spectrumkd": parity,
         "wall_time_s": {"total": round(time.perf_counter() - started, 1)},
         "cpu_time_s": round(time.process_time() - cpu_started, 1),
         "machine": machine(),
@@ -808,8 +854,8 @@ def run_setup(exp: Experiment, *, progress: bool = True) -> dict[str, Any]:
     }
     write_json(result_path(exp, SETUP), _relative_paths(result))
     log(
-        f"setup: Spearman rho {float(rho):.3f}; SpectrumKD {epochs} epochs (warm-up {warmup}) "
-        f"for {exp.baseline_epochs} baseline epochs"
+        f"setup: Spearman rho {float(rho):.3f}; SpectrumKD {parity['epochs']} epochs (warm-up "
+        f"{parity['warmup_epochs']}) for {exp.baseline_epochs} baseline epochs"
     )
     return result
 
@@ -990,7 +1036,7 @@ def run(
     log = print if progress else (lambda *a, **k: None)
     cells = {cell.name: cell for cell in exp.cells()}
     chosen = select([SETUP, *cells], patterns)
-    pending = []
+    pending, finished = [], []
     for name in chosen:
         state, detail = status(exp, name)
         if state == "stale":
@@ -999,7 +1045,7 @@ def run(
                 "(or restore the config)"
             )
         if state == "done" and name != SETUP:
-            log(f"{name}: finished, skipped")
+            finished.append(name)
         elif name != SETUP:
             pending.append(name)
     if exp.threads is not None:
@@ -1014,6 +1060,8 @@ def run(
         executed.append(SETUP)
     elif SETUP in chosen:
         log("setup: finished, skipped")
+    for name in finished:
+        log(f"{name}: finished, skipped")
     for name in pending:
         log(f"{name}: running")
         result = run_cell(exp, cells[name], setup, progress=progress)
