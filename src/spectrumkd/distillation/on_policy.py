@@ -19,6 +19,7 @@ import torch
 
 from spectrumkd.curation.spectrum import round_half_up
 from spectrumkd.data.tokenize import IGNORE_INDEX
+from spectrumkd.evaluation.generation import left_pad
 
 
 def rows_to_sample(batch_size: int, fraction: float) -> int:
@@ -63,12 +64,8 @@ def sample_responses(
     if not prompts:
         return []
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-        attention_mask[row, width - len(prompt) :] = 1
+    input_ids, attention_mask = left_pad(prompts, pad_token_id)
+    width = input_ids.shape[1]
     was_training = model.training
     model.eval()
     try:

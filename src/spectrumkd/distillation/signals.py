@@ -36,32 +36,17 @@ class LiveTeacher:
     def hidden_states(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(final hidden states [B, T, H], output head weight [V, H]) for the memory-bounded loss,
         which projects them chunk by chunk instead of materialising [B, T, V] logits."""
-        head = self.model.get_output_embeddings()
-        if head is None or getattr(head, "bias", None) is not None:
-            raise ValueError(
-                f"{type(self.model).__name__} has no bias-free output head to project chunk by "
-                "chunk; use loss_impl=full"
-            )
-        captured: dict[str, torch.Tensor] = {}
-
-        def keep_hidden(module, args):
-            captured["hidden"] = args[0]
-            return (args[0][:, :0], *args[1:])
-
         device = next(self.model.parameters()).device
-        handle = head.register_forward_pre_hook(keep_hidden)
-        try:
-            with torch.inference_mode():
-                self.model(
-                    input_ids=batch["input_ids"].to(device),
-                    attention_mask=batch["attention_mask"].to(device),
-                )
-        finally:
-            handle.remove()
+        with torch.inference_mode():
+            hidden, head = head_inputs(
+                self.model,
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+            )
         weight = head.weight.detach()
         if self.alignment is not None:
             weight = weight[: self.alignment.vocab_size]
-        return captured["hidden"].clone(), weight
+        return hidden.clone(), weight
 
     def logits(self, batch: dict) -> torch.Tensor:
         device = next(self.model.parameters()).device
@@ -74,3 +59,30 @@ class LiveTeacher:
             logits = self.alignment.trim(logits)
         # A tensor made under inference_mode cannot enter autograd; the clone can (no grad flows).
         return logits.clone()
+
+
+def head_inputs(model: torch.nn.Module, **inputs) -> tuple[torch.Tensor, torch.nn.Module]:
+    """(what the output head receives: the final hidden states [B, T, H], the head) of a forward
+    of ``model`` (or of a DDP / compile wrapper around it) on ``inputs``. The head projects zero
+    positions, so no [B, T, V] logits are made; it must be bias-free (Llama, Qwen, GPT-2)."""
+    inner = model
+    while hasattr(inner, "module"):  # the wrapper's forward still runs the hook set inside
+        inner = inner.module
+    head = inner.get_output_embeddings()
+    if head is None or getattr(head, "bias", None) is not None:
+        raise ValueError(
+            f"{type(inner).__name__} has no bias-free output head to project chunk by chunk; "
+            "use loss_impl=full"
+        )
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep_hidden(module, args):
+        captured["hidden"] = args[0]
+        return (args[0][:, :0], *args[1:])
+
+    handle = head.register_forward_pre_hook(keep_hidden)
+    try:
+        model(**inputs)
+    finally:
+        handle.remove()
+    return captured["hidden"], head

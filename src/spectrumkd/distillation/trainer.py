@@ -41,7 +41,7 @@ from spectrumkd.data.tokenize import IGNORE_INDEX, TokenizedExample, collate
 from spectrumkd.distillation.chunked import chunked_kd_loss
 from spectrumkd.distillation.objectives import get_objective, kd_loss
 from spectrumkd.distillation.on_policy import with_student_responses
-from spectrumkd.distillation.signals import TeacherSignalSource
+from spectrumkd.distillation.signals import TeacherSignalSource, head_inputs
 from spectrumkd.integrations.sampler import CurriculumSampler
 from spectrumkd.io import write_json
 
@@ -254,23 +254,14 @@ def _chunked_step_losses(student, teacher, batch, objective, temperature, chunk_
             "loss_impl=chunked needs a live teacher (its hidden states); an offline cache holds "
             "only top-k logits: use loss_impl=full with a cached teacher"
         )
-    head = _unwrap(student).get_output_embeddings()
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep_hidden(module, args):
-        captured["hidden"] = args[0]
-        return (args[0][:, :0], *args[1:])  # the head projects zero positions
-
-    handle = head.register_forward_pre_hook(keep_hidden)
-    try:
-        student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    finally:
-        handle.remove()
+    hidden, head = head_inputs(
+        student, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    )
     teacher_hidden, teacher_weight = teacher.hidden_states(batch)
     labels = batch["labels"][:, 1:]
     weight = head.weight[: teacher_weight.shape[0]]  # a padded student head: see step_losses
     kd_sum, ce_sum, _ = chunked_kd_loss(
-        captured["hidden"][:, :-1],
+        hidden[:, :-1],
         weight,
         teacher_hidden[:, :-1].to(weight.device),
         teacher_weight.to(weight.device),
@@ -280,13 +271,6 @@ def _chunked_step_losses(student, teacher, batch, objective, temperature, chunk_
         chunk_size=chunk_size,
     )
     return ce_sum, kd_sum
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP / compile wrappers (their forward still runs the hooks set on it)."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 @dataclass(frozen=True)
