@@ -1156,6 +1156,14 @@ def summarize(results_dir: Path) -> dict[str, Any]:
             )
             base, new = stats["baseline"]["mean"], stats["spectrumkd"]["mean"]
             lower = metric in LOWER_IS_BETTER
+            # Same-seed pairs where +SpectrumKD is better: the consistency across training
+            # seeds, which the per-example test (on seed averages) does not see.
+            seed_wins = sum(
+                (n < b) == lower and n != b
+                for b, n in zip(
+                    stats["baseline"]["per_seed"], stats["spectrumkd"]["per_seed"], strict=True
+                )
+            )
             better = (
                 "tie" if new == base else ("spectrumkd" if (new < base) == lower else "baseline")
             )
@@ -1167,6 +1175,7 @@ def summarize(results_dir: Path) -> dict[str, Any]:
                     "spectrumkd": stats["spectrumkd"],
                     "gain_pct": relative_gain(base, new),
                     "better": better,
+                    "seed_wins": seed_wins,
                     "p_value": test["p_value"],
                     "n_pairs": test["n_pairs"],
                     "n_nonzero": test["n_nonzero"],
@@ -1183,6 +1192,25 @@ def summarize(results_dir: Path) -> dict[str, Any]:
         ),
         "setup": setup,
         "objectives": objectives,
+        "cells": [_cell_cost(result) for result in results],
+    }
+
+
+def _cell_cost(result: Mapping[str, Any]) -> dict[str, Any]:
+    training, machine_info = result["training"], result.get("machine") or {}
+    best = training.get("best") or {}
+    return {
+        "cell": result["cell"],
+        "epochs": training["epochs"],
+        "steps": training["steps"],
+        "evaluated": training.get("evaluated"),
+        "best_epoch": best.get("epoch"),
+        "resumed_from_step": training.get("resumed_from_step"),
+        "wall_time_s": result.get("wall_time_s") or {},
+        "cpu_time_s": result.get("cpu_time_s"),
+        "torch_threads": machine_info.get("torch_threads"),
+        "device": machine_info.get("device"),
+        "finished_at": result.get("finished_at"),
     }
 
 
@@ -1258,8 +1286,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         )
         lines += [
             "",
-            "| metric | baseline | +SpectrumKD | gain % | better | Wilcoxon p | pairs differing / all |",
-            "|---|---|---|---|---|---|---|",
+            "| metric | baseline | +SpectrumKD | gain % | better | seeds +SpectrumKD better "
+            "| Wilcoxon p | pairs differing / all |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         verdicts = {}
         for row in entry["rows"]:
@@ -1274,6 +1303,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             better = ARM_LABELS.get(row["better"], row["better"])
             lines.append(
                 f"| {METRIC_LABELS[metric]} {arrow} | {cells[0]} | {cells[1]} | {gain} | {better} "
+                f"| {row['seed_wins']}/{len(entry['seeds'])} "
                 f"| {_p(row['p_value'])} | {row['n_nonzero']}/{row['n_pairs']} |"
             )
             if metric in PRIMARY:
@@ -1297,6 +1327,27 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                 f"| {entry['objective']} | {len(entry['seeds'])} | "
                 + " | ".join(verdicts.get(m, "–") for m in PRIMARY)
                 + " |"
+            )
+        lines.append("")
+    if summary.get("cells"):
+        lines += [
+            "## Cells",
+            "",
+            "Wall and CPU time of the process that finished each cell (a resumed cell's earlier "
+            "processes are not counted).",
+            "",
+            "| cell | epochs | steps | kept epoch | train | evaluate | total | CPU time "
+            "| torch threads | device | finished (UTC) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for cost in summary["cells"]:
+            wall = cost["wall_time_s"]
+            kept = cost["best_epoch"] if cost["evaluated"] == "best" else cost["evaluated"]
+            lines.append(
+                f"| {cost['cell']} | {cost['epochs']} | {cost['steps']} | {kept} "
+                f"| {_duration(wall.get('train'))} | {_duration(wall.get('evaluate'))} "
+                f"| {_duration(wall.get('total'))} | {_duration(cost['cpu_time_s'])} "
+                f"| {cost['torch_threads']} | {cost['device']} | {cost['finished_at']} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -230,6 +230,16 @@ def check_summary(summary: dict, markdown: str, cells: list[dict]) -> None:
                 text = runner._number(statistics.fmean(means), metric)
                 assert text in markdown
             base, new = row["baseline"]["mean"], row["spectrumkd"]["mean"]
+            by_seed = {
+                arm: {c["seed"]: c["means"][metric] for c in group if c["arm"] == arm}
+                for arm in ("baseline", "spectrumkd")
+            }
+            lower = metric in runner.LOWER_IS_BETTER
+            assert row["seed_wins"] == sum(
+                (by_seed["spectrumkd"][s] < by_seed["baseline"][s]) == lower
+                and by_seed["spectrumkd"][s] != by_seed["baseline"][s]
+                for s in seeds
+            )
             if base == 0:  # ROUGE-L of a tiny random model can be 0: no relative gain
                 assert row["gain_pct"] is None
             else:
@@ -245,6 +255,10 @@ def check_summary(summary: dict, markdown: str, cells: list[dict]) -> None:
                 assert f"{row['p_value']:.3g}" in markdown
             else:
                 assert row["p_value"] is None
+    listed = [c["cell"] for c in summary["cells"]]  # every result file, paired or not
+    assert listed == sorted(listed) and {c["cell"] for c in cells} <= set(listed)
+    for cell in cells:
+        assert f"| {cell['cell']} | {cell['training']['epochs']} |" in markdown
 
 
 def test_summary_averages_seeds_and_refuses_mixed_settings(tmp_path):
