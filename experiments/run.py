@@ -979,6 +979,28 @@ def evaluate_student(
     return {"means": means, "counts": counts, "per_example": per_example}
 
 
+def validation_curve(metrics_file: Path) -> list[dict[str, Any]]:
+    """Each epoch's validation metrics and distillation temperature, from the trainer's
+    metrics.jsonl (a resumed run appends again: the last row of an epoch wins)."""
+    epochs: dict[int, dict[str, Any]] = {}
+    temperatures: dict[int, float] = {}
+    for line in metrics_file.read_text().splitlines() if metrics_file.is_file() else ():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if "val_ce" in row:
+            epochs[row["epoch"]] = {
+                "epoch": row["epoch"],
+                "step": row["step"],
+                "val_ce": row["val_ce"],
+                "val_kd": row.get("val_kd"),
+            }
+        elif "temperature" in row:
+            temperatures[row["epoch"]] = row["temperature"]
+    return [{**epochs[e], "temperature": temperatures.get(e)} for e in sorted(epochs)]
+
+
 def run_cell(
     exp: Experiment, cell: Cell, setup: Mapping[str, Any], *, progress: bool = True
 ) -> dict[str, Any]:
@@ -1009,6 +1031,8 @@ def run_cell(
             "best": state.get("best"),
             "evaluated": chosen.name,
             "resumed_from_step": resumed,
+            # val_kd is at each epoch's temperature (comparable across epochs only at one tau)
+            "validation": validation_curve(folder / "metrics.jsonl"),
         },
         **metrics,
         # This process's time only: a resumed cell's earlier processes are not counted. CPU
@@ -1126,6 +1150,9 @@ def summarize(results_dir: Path) -> dict[str, Any]:
             "unpaired": unpaired,
             "steps": {arm: [by_arm[arm][s]["training"]["steps"] for s in seeds] for arm in ARMS},
             "epochs": {arm: [by_arm[arm][s]["training"]["epochs"] for s in seeds] for arm in ARMS},
+            "validation": {
+                arm: _mean_curve([by_arm[arm][s] for s in seeds]) for arm in ARMS if seeds
+            },
             "rows": [],
         }
         for metric in METRICS if seeds else ():
@@ -1194,6 +1221,21 @@ def summarize(results_dir: Path) -> dict[str, Any]:
         "objectives": objectives,
         "cells": [_cell_cost(result) for result in results],
     }
+
+
+def _mean_curve(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
+    """Validation CE per epoch averaged over ``cells`` (None when a cell has no curve)."""
+    curves = [cell["training"].get("validation") for cell in cells]
+    if not curves or any(not curve for curve in curves) or len({len(c) for c in curves}) > 1:
+        return None
+    return [
+        {
+            "epoch": rows[0]["epoch"],
+            "val_ce": statistics.fmean(row["val_ce"] for row in rows),
+            "temperature": rows[0]["temperature"],
+        }
+        for rows in zip(*curves, strict=True)
+    ]
 
 
 def _cell_cost(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -1315,6 +1357,22 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                 )
         claims.append((entry, verdicts))
         lines.append("")
+        curves = entry.get("validation") or {}
+        if all(curves.get(arm) for arm in ARMS):
+            lines.append(
+                "Validation CE by epoch (the held-out training rows, mean over the seeds; "
+                "tau of the epoch in brackets):"
+            )
+            lines.append("")
+            for arm in ARMS:
+                points = ", ".join(
+                    f"{row['epoch']}: {row['val_ce']:.4f} (tau {row['temperature']:g})"
+                    if row["temperature"] is not None
+                    else f"{row['epoch']}: {row['val_ce']:.4f}"
+                    for row in curves[arm]
+                )
+                lines.append(f"- {ARM_LABELS[arm]}: {points}")
+            lines.append("")
     if claims:
         lines += [
             "## The claim, on the primary metrics",

@@ -138,6 +138,15 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
     curated = json.loads((results / "fkl-spectrumkd-seed1.json").read_text())
     assert curated["training"]["strategy"] == "spectrumkd"
     assert curated["training"]["epochs"] == setup["spectrumkd"]["epochs"]
+    curve, epochs = curated["training"]["validation"], curated["training"]["epochs"]
+    assert [row["epoch"] for row in curve] == list(range(1, epochs + 1))
+    assert [row["temperature"] for row in curve] == pytest.approx(
+        [1.0 + (j - 1) / (epochs - 1) for j in range(1, epochs + 1)]  # the plan's tau 1 -> 2
+    )
+    best = curated["training"]["best"]
+    assert best["metric"] == "val_ce"
+    assert best["value"] == min(row["val_ce"] for row in curve)
+    assert curve[best["epoch"] - 1]["val_ce"] == best["value"]
     assert curated["counts"]["quality_examples"] == 8  # every test row, the overlapping one too
     assert set(curated["per_example"]["ce"]) == {f"{i:06d}" for i in range(8)}
     assert len(curated["per_example"]["rougeL_sampled"]) == 3
@@ -213,6 +222,18 @@ def check_summary(summary: dict, markdown: str, cells: list[dict]) -> None:
         seeds = sorted({c["seed"] for c in group})
         assert entry["seeds"] == seeds
         assert [row["metric"] for row in entry["rows"]] == list(runner.METRICS)
+        for arm in ("baseline", "spectrumkd"):
+            arm_curves = [c["training"].get("validation") for c in group if c["arm"] == arm]
+            if all(arm_curves):
+                expected = [
+                    statistics.fmean(curve[e]["val_ce"] for curve in arm_curves)
+                    for e in range(len(arm_curves[0]))
+                ]
+                got = [row["val_ce"] for row in entry["validation"][arm]]
+                assert got == pytest.approx(expected, rel=1e-12)
+                assert f"{expected[-1]:.4f}" in markdown
+            else:
+                assert entry["validation"][arm] is None
         for row in entry["rows"]:
             metric = row["metric"]
             per_arm = {}
