@@ -1209,6 +1209,10 @@ def summarize(results_dir: Path) -> dict[str, Any]:
                     "note": test.get("note", ""),
                 }
             )
+        if seeds:
+            entry["by_difficulty"] = difficulty_quartiles(
+                {arm: [by_arm[arm][s] for s in seeds] for arm in ARMS}
+            )
         objectives.append(entry)
     return {
         "results_dir": _shown(results_dir),
@@ -1221,6 +1225,50 @@ def summarize(results_dir: Path) -> dict[str, Any]:
         "objectives": objectives,
         "cells": [_cell_cost(result) for result in results],
     }
+
+
+def difficulty_quartiles(cells: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Where the arms differ: the test examples in four groups by difficulty, each group's
+    token-weighted mean difference (+SpectrumKD − baseline) of every quality metric.
+
+    An example's difficulty is its CE averaged over both arms (and the seeds), so that neither
+    arm's noise decides the groups; groups are quartiles of that order (ties by id), the first
+    ones one example larger when the count does not divide by four."""
+    values = {arm: {m: _seed_average(cells[arm], m) for m in QUALITY_METRICS} for arm in ARMS}
+    tokens = cells["baseline"][0]["per_example"]["tokens"]
+    ids = [i for i in values["baseline"]["ce"] if i in values["spectrumkd"]["ce"]]
+    difficulty = {i: (values["baseline"]["ce"][i] + values["spectrumkd"]["ce"][i]) / 2 for i in ids}
+    ordered = sorted(ids, key=lambda i: (difficulty[i], i))
+    size, extra = divmod(len(ordered), 4)
+    groups, start = [], 0
+    for q in range(4):
+        end = start + size + (q < extra)
+        groups.append(ordered[start:end])
+        start = end
+    rows = []
+    for q, group in enumerate(groups, start=1):
+        if not group:
+            continue
+        weight = sum(float(tokens[i]) for i in group)
+        row: dict[str, Any] = {
+            "quartile": q,
+            "examples": len(group),
+            "mean_ce": statistics.fmean(difficulty[i] for i in group),
+            "spectrumkd_worse_ce": sum(
+                values["spectrumkd"]["ce"][i] > values["baseline"]["ce"][i] for i in group
+            ),
+        }
+        for metric in QUALITY_METRICS:
+            row[f"diff_{metric}"] = (
+                sum(
+                    (values["spectrumkd"][metric][i] - values["baseline"][metric][i])
+                    * float(tokens[i])
+                    for i in group
+                )
+                / weight
+            )
+        rows.append(row)
+    return rows
 
 
 def _mean_curve(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
@@ -1357,6 +1405,24 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                 )
         claims.append((entry, verdicts))
         lines.append("")
+        if entry.get("by_difficulty"):
+            lines += [
+                "By difficulty (test examples in quartiles of their CE averaged over both arms; "
+                "token-weighted mean difference +SpectrumKD − baseline, negative favours "
+                "+SpectrumKD):",
+                "",
+                "| quartile | examples | mean CE | Δ CE | Δ KL(teacher ‖ student) "
+                "| Δ KL(student ‖ teacher) | +SpectrumKD worse on CE |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for row in entry["by_difficulty"]:
+                lines.append(
+                    f"| {row['quartile']} | {row['examples']} | {row['mean_ce']:.2f} "
+                    f"| {row['diff_ce']:+.4f} | {row['diff_kl_forward']:+.4f} "
+                    f"| {row['diff_kl_reverse']:+.4f} "
+                    f"| {row['spectrumkd_worse_ce']} of {row['examples']} |"
+                )
+            lines.append("")
         curves = entry.get("validation") or {}
         if all(curves.get(arm) for arm in ARMS):
             lines.append(

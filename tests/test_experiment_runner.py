@@ -276,10 +276,44 @@ def check_summary(summary: dict, markdown: str, cells: list[dict]) -> None:
                 assert f"{row['p_value']:.3g}" in markdown
             else:
                 assert row["p_value"] is None
+        check_by_difficulty(entry, group)
     listed = [c["cell"] for c in summary["cells"]]  # every result file, paired or not
     assert listed == sorted(listed) and {c["cell"] for c in cells} <= set(listed)
     for cell in cells:
         assert f"| {cell['cell']} | {cell['training']['epochs']} |" in markdown
+
+
+def check_by_difficulty(entry: dict, group: list[dict]) -> None:
+    """The quartile table, recomputed with numpy from the paired cells of one objective."""
+    import numpy as np
+
+    seeds = entry["seeds"]
+    arms = {
+        arm: [c for c in group if c["arm"] == arm and c["seed"] in seeds]
+        for arm in ("baseline", "spectrumkd")
+    }
+    ids = sorted(arms["baseline"][0]["per_example"]["ce"])
+    mean = {
+        (arm, metric): np.array(
+            [np.mean([c["per_example"][metric][i] for c in arms[arm]]) for i in ids]
+        )
+        for arm in arms
+        for metric in runner.QUALITY_METRICS
+    }
+    tokens = np.array([arms["baseline"][0]["per_example"]["tokens"][i] for i in ids], float)
+    difficulty = (mean["baseline", "ce"] + mean["spectrumkd", "ce"]) / 2
+    order = np.lexsort((np.array(ids), difficulty))
+    groups = [g for g in np.array_split(order, 4) if len(g)]
+    assert len(entry["by_difficulty"]) == len(groups)
+    for row, g in zip(entry["by_difficulty"], groups, strict=True):
+        assert row["examples"] == len(g)
+        assert row["mean_ce"] == pytest.approx(difficulty[g].mean(), rel=1e-9)
+        for metric in runner.QUALITY_METRICS:
+            diff = mean["spectrumkd", metric][g] - mean["baseline", metric][g]
+            expected = float((diff * tokens[g]).sum() / tokens[g].sum())
+            assert row[f"diff_{metric}"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        worse = int((mean["spectrumkd", "ce"][g] > mean["baseline", "ce"][g]).sum())
+        assert row["spectrumkd_worse_ce"] == worse
 
 
 def test_summary_averages_seeds_and_refuses_mixed_settings(tmp_path):
