@@ -1234,7 +1234,14 @@ def difficulty_quartiles(cells: Mapping[str, Sequence[Mapping[str, Any]]]) -> li
     An example's difficulty is its CE averaged over both arms (and the seeds), so that neither
     arm's noise decides the groups; groups are quartiles of that order (ties by id), the first
     ones one example larger when the count does not divide by four."""
-    values = {arm: {m: _seed_average(cells[arm], m) for m in QUALITY_METRICS} for arm in ARMS}
+    metrics = [
+        m
+        for m in QUALITY_METRICS
+        if all(cell["per_example"].get(m) for arm in ARMS for cell in cells[arm])
+    ]
+    if "ce" not in metrics:
+        return []
+    values = {arm: {m: _seed_average(cells[arm], m) for m in metrics} for arm in ARMS}
     tokens = cells["baseline"][0]["per_example"]["tokens"]
     ids = [i for i in values["baseline"]["ce"] if i in values["spectrumkd"]["ce"]]
     difficulty = {i: (values["baseline"]["ce"][i] + values["spectrumkd"]["ce"][i]) / 2 for i in ids}
@@ -1258,7 +1265,7 @@ def difficulty_quartiles(cells: Mapping[str, Sequence[Mapping[str, Any]]]) -> li
                 values["spectrumkd"]["ce"][i] > values["baseline"]["ce"][i] for i in group
             ),
         }
-        for metric in QUALITY_METRICS:
+        for metric in metrics:
             row[f"diff_{metric}"] = (
                 sum(
                     (values["spectrumkd"][metric][i] - values["baseline"][metric][i])
@@ -1308,6 +1315,10 @@ def _number(value: float | None, metric: str) -> str:
     if value is None:
         return "–"
     return f"{value:.2f}" if metric in ROUGE_METRICS else f"{value:.4f}"
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.4f}"
 
 
 def _p(value: float | None) -> str:
@@ -1418,8 +1429,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             for row in entry["by_difficulty"]:
                 lines.append(
                     f"| {row['quartile']} | {row['examples']} | {row['mean_ce']:.2f} "
-                    f"| {row['diff_ce']:+.4f} | {row['diff_kl_forward']:+.4f} "
-                    f"| {row['diff_kl_reverse']:+.4f} "
+                    f"| {_signed(row.get('diff_ce'))} | {_signed(row.get('diff_kl_forward'))} "
+                    f"| {_signed(row.get('diff_kl_reverse'))} "
                     f"| {row['spectrumkd_worse_ce']} of {row['examples']} |"
                 )
             lines.append("")
