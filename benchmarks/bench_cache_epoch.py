@@ -28,28 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import run_worker, status_mib
 
 from spectrumkd.data import load_examples, tokenize_examples
 from spectrumkd.data.tokenize import TokenizedExample
 from spectrumkd.models import DEFAULT_TEACHER, load_model, load_tokenizer, shrink_model
-
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        match = re.search(rf"^{field}:\s+(\d+) kB", handle.read(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field}")
-    return int(match.group(1)) / 1024
 
 
 def _keep_layers(total: int, keep: int) -> list[int]:
@@ -100,7 +90,7 @@ def _build(args: argparse.Namespace, work: Path) -> dict:
         "bytes": size,
         "tokens": sum(e.num_response_tokens for e in examples),
         "real_tokens": sum(len(e.input_ids) for e in examples),
-        "peak_mib": _status_mib("VmHWM"),
+        "peak_mib": status_mib("VmHWM"),
     }
 
 
@@ -161,18 +151,13 @@ def _epoch(engine: str, args: argparse.Namespace, work: Path, run: int) -> dict:
         "steps": len(metrics),
         "first_ce": metrics[0]["ce"],
         "kd_per_token": [m["kd"] for m in metrics],
-        "peak_mib": _status_mib("VmHWM"),
+        "peak_mib": status_mib("VmHWM"),
     }
 
 
 def _run(stage: str, args: argparse.Namespace, work: Path, run: int = 0) -> dict:
-    command = [sys.executable, __file__, "--worker", stage, "--work", str(work), "--run", str(run)]
-    for name in ("rows", "layers", "k", "batch_size", "max_length", "threads"):
-        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{stage} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    names = ("rows", "layers", "k", "batch_size", "max_length", "threads")
+    return run_worker(__file__, [stage, "--work", str(work), "--run", str(run)], args, names)
 
 
 def main() -> None:

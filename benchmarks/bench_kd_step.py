@@ -41,15 +41,13 @@ import argparse
 import contextlib
 import json
 import platform
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
 
 import torch
+from _common import reset_peak, run_worker, status_mib
 from transformers import PreTrainedModel
 
 from spectrumkd.data import DataCollator, load_examples, tokenize_examples
@@ -68,20 +66,6 @@ LABELS = {
 
 class _Done(Exception):
     """Raised from inside a trainer once the timed steps are over."""
-
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        match = re.search(rf"^{field}:\s+(\d+) kB", handle.read(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field}")
-    return int(match.group(1)) / 1024
-
-
-def _reset_peak() -> None:
-    # Writing 5 resets VmHWM (Linux >= 4.0): the peak then covers training, not model loading.
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-        handle.write("5")
 
 
 def _keep_layers(total: int, keep: int) -> list[int]:
@@ -105,7 +89,7 @@ class _Recorder:
     def step_begins(self, batch: dict) -> None:
         self.starts.append(time.perf_counter())
         self.cpu.append(time.process_time())
-        self.peaks.append(_status_mib("VmHWM"))
+        self.peaks.append(status_mib("VmHWM"))
         if len(self.starts) > self.stop_at:
             raise _Done
         response = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
@@ -260,8 +244,8 @@ def worker(engine: str, args: argparse.Namespace) -> None:
     examples = data.examples[:needed]
     recorder = _Recorder(stop_at=args.warmup + args.steps)
 
-    base = _status_mib("VmRSS")
-    _reset_peak()
+    base = status_mib("VmRSS")
+    reset_peak()
     if engine in ENGINES[:2]:
         loss_impl = "full" if engine == "spectrumkd" else "chunked"
         _run_ours(student, teacher, examples, tokenizer.pad_token_id, args, recorder, loss_impl)
@@ -292,13 +276,8 @@ def worker(engine: str, args: argparse.Namespace) -> None:
 
 
 def _run(engine: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", engine]
-    for name in ("layers", "batch_size", "warmup", "steps", "max_length", "threads"):
-        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{engine} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    names = ("layers", "batch_size", "warmup", "steps", "max_length", "threads")
+    return run_worker(__file__, [engine], args, names)
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _common import reset_peak, status_mib
 
 from spectrumkd.distillation.chunked import chunked_kd_loss
 from spectrumkd.distillation.objectives import IGNORE_INDEX, combine, kd_loss
@@ -47,25 +47,11 @@ HIDDEN = {49152: (576, 960), 152064: (896, 1536)}
 ALPHA, TEMPERATURE = 0.3, 1.0  # the trainer's default alpha; tau 1
 
 
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        match = re.search(rf"^{field}:\s+(\d+) kB", handle.read(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field}")
-    return int(match.group(1)) / 1024
-
-
-def _reset_peak() -> None:
-    # Writing 5 resets VmHWM (Linux >= 4.0) so the peak covers the loss only, not the set-up.
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-        handle.write("5")
-
-
 def _peak(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() / 2**20
-    return _status_mib("VmHWM")
+    return status_mib("VmHWM")
 
 
 def _inputs(vocab: int, length: int, prompt_share: float, device: torch.device) -> dict[str, Any]:
@@ -125,8 +111,8 @@ def worker(engine: str, vocab: int, length: int, chunk_size: int, prompt_share: 
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
     else:
-        _reset_peak()
-        base = _status_mib("VmRSS")
+        reset_peak()
+        base = status_mib("VmRSS")
     start = time.process_time()  # CPU time: far less sensitive to other jobs than wall time
     loss, kd_sum, ce_sum = _loss(engine, chunk_size, x)
     forward_peak = _peak(device)  # the high-water mark is monotonic: forward part, then the total
