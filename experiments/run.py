@@ -43,13 +43,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spectrumkd import jobs
 from spectrumkd.curation.config import SpectrumKDConfig
 from spectrumkd.data.config import DataConfig
 from spectrumkd.data.loading import FieldMap
-from spectrumkd.distillation.run_config import RunConfig, apply_override, load_yaml
+from spectrumkd.distillation.run_config import RunConfig, apply_override, read_yaml_mapping
 from spectrumkd.distillation.trainer import TrainConfig
 from spectrumkd.io import write_json, write_jsonl
 
@@ -217,15 +215,7 @@ def load_experiment(
     path: str | Path = DEFAULT_CONFIG, profile: str = "cpu", overrides: Sequence[str] = ()
 ) -> Experiment:
     """Read the config, merge ``profiles.<profile>`` over the shared settings, apply ``--set``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a mapping of settings at the top level")
+    raw = read_yaml_mapping(path)
     profiles = raw.pop("profiles", None) or {}
     if profile not in profiles:
         raise ValueError(

@@ -51,6 +51,21 @@ class CurationConfig:
     spectrumkd: SpectrumKDConfig = field(default_factory=SpectrumKDConfig)
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML config file's top-level mapping, with one-line errors for a missing file, invalid
+    YAML or a top level that is not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        values = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of settings at the top level")
+    return values
+
+
 @dataclass(frozen=True)
 class RunConfig:
     teacher: str
@@ -87,15 +102,7 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> RunConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            values = load_yaml(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of settings at the top level")
+        values = read_yaml_mapping(path)
         for override in overrides:
             apply_override(values, override)
         return cls.from_dict(values)
