@@ -57,7 +57,12 @@ PROFILES = ("cpu", "gpu")
 ARMS = ("baseline", "spectrumkd")
 ARM_LABELS = {"baseline": "baseline", "spectrumkd": "+SpectrumKD"}
 SETUP = "setup"
-CELL_NAME = re.compile(r"^(?P<key>[a-z0-9_]+)-(?P<arm>baseline|spectrumkd)-seed(?P<seed>\d+)$")
+# The arm is baseline, spectrumkd or the name of an ablation (neither part has a hyphen).
+CELL_NAME = re.compile(r"^(?P<key>[a-z0-9_]+)-(?P<arm>[a-z0-9_]+)-seed(?P<seed>\d+)$")
+ABLATION_NAME = re.compile(r"^[a-z0-9_]+$")
+# What an ablation of the +SpectrumKD arm may change: the settings that leave its window, and so
+# the step-parity epochs of the setup, as they are (the window follows lambda_a and lambda_b).
+ABLATION_KEYS = {"tau_start", "tau_end", "step_mode", "direction"}
 SUITE = "dolly"  # the test rows are read as the DollyEval suite (MiniLLM format, Figure 5 template)
 
 # Per-example metrics of a cell. Quality metrics are means per reference token, summarised per
@@ -93,6 +98,7 @@ TOP_LEVEL = {
     "baseline_epochs",
     "train",
     "test",
+    "ablations",
 }
 # Settings that change where things are written or how fast, not what is computed.
 NOT_RESULT_SETTINGS = ("results_dir", "runs_dir", "threads", "prune_finished")
@@ -141,8 +147,9 @@ class Cell:
     name: str
     key: str  # the objective's key in the config (fkl, rkl, jsd, ...)
     objective: dict[str, Any]  # {objective, objective_params}
-    arm: str
+    arm: str  # baseline, spectrumkd or an ablation's name
     seed: int
+    changes: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # an ablation's
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,7 @@ class Experiment:
     seeds: tuple[int, ...]
     spectrumkd: dict[str, Any]
     test: TestSettings
+    ablations: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def setup_dir(self) -> Path:
@@ -176,13 +184,20 @@ class Experiment:
 
     def cells(self) -> list[Cell]:
         """Objective by objective, seed by seed, the two arms of a pair side by side (so an
-        interrupted matrix leaves complete pairs behind)."""
-        return [
+        interrupted matrix leaves complete pairs behind); the ablations after the whole matrix."""
+        matrix = [
             Cell(f"{key}-{arm}-seed{seed}", key, spec, arm, seed)
             for key, spec in self.objectives.items()
             for seed in self.seeds
             for arm in ARMS
         ]
+        ablations = [
+            Cell(f"{key}-{name}-seed{seed}", key, spec, name, seed, changes)
+            for key, spec in self.objectives.items()
+            for seed in self.seeds
+            for name, changes in self.ablations.items()
+        ]
+        return matrix + ablations
 
 
 def rooted(path: str | Path) -> Path:
@@ -266,7 +281,9 @@ def data_config(values: Mapping[str, Any], where: str) -> DataConfig:
 def experiment_from_settings(settings: dict[str, Any], profile: str) -> Experiment:
     settings = _mapping(settings, "experiment", TOP_LEVEL)
     missing = sorted(
-        k for k in TOP_LEVEL - {"heal", "threads", "prune_finished"} if settings.get(k) is None
+        k
+        for k in TOP_LEVEL - {"heal", "threads", "prune_finished", "ablations"}
+        if settings.get(k) is None
     )
     if missing:
         raise ValueError(f"the experiment config (profile {profile}) needs {', '.join(missing)}")
@@ -336,6 +353,20 @@ def experiment_from_settings(settings: dict[str, Any], profile: str) -> Experime
     if not test.get("source"):
         raise ValueError("test.source (the test rows, e.g. DollyEval's valid.jsonl) is missing")
     test["source"] = source_spec(str(test["source"]))
+    ablations = {}
+    for name, changes in _mapping(settings.get("ablations") or {}, "ablations").items():
+        if not ABLATION_NAME.match(str(name)) or name in ARMS:
+            raise ValueError(
+                f"ablation name {name!r} must be lower-case letters, digits and _, and not "
+                f"{' or '.join(ARMS)}"
+            )
+        changes = _mapping(changes, f"ablations.{name}", ABLATION_KEYS)
+        if not changes:
+            raise ValueError(
+                f"ablations.{name} changes nothing; set one of {', '.join(sorted(ABLATION_KEYS))}"
+            )
+        SpectrumKDConfig(**{**curation_settings, **changes}, epochs=2, warmup_epochs=1)
+        ablations[name] = changes
     threads = settings.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads={threads!r} must be an integer >= 1 or null")
@@ -360,6 +391,7 @@ def experiment_from_settings(settings: dict[str, Any], profile: str) -> Experime
         seeds=tuple(seeds),
         spectrumkd={"warmup_fraction": fraction, **curation_settings},
         test=TestSettings(**test),
+        ablations=ablations,
     )
 
 
@@ -382,14 +414,16 @@ def setup_settings(exp: Experiment) -> dict[str, Any]:
 
 
 def cell_settings(exp: Experiment, cell: Cell) -> dict[str, Any]:
-    """What a cell's results depend on: every setting but paths, speed, the list of objectives
-    and seeds (its own objective is included; its seed and arm are in its name)."""
+    """What a cell's results depend on: every setting but paths, speed, the lists of objectives,
+    seeds and ablations (its own objective and its ablation's changes are included; its seed and
+    arm are in its name). Adding an ablation to the config leaves the finished cells current."""
     kept = {
         k: v
         for k, v in exp.settings.items()
-        if k not in (*NOT_RESULT_SETTINGS, "objectives", "seeds")
+        if k not in (*NOT_RESULT_SETTINGS, "objectives", "seeds", "ablations")
     }
-    return _plain({**kept, "objective": cell.objective})
+    ablation = {"ablation": dict(cell.changes)} if cell.changes else {}
+    return _plain({**kept, "objective": cell.objective, **ablation})
 
 
 def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
@@ -874,14 +908,16 @@ def setup_ready(exp: Experiment) -> dict[str, Any] | None:
 
 
 def cell_run_config(exp: Experiment, cell: Cell, setup: Mapping[str, Any]) -> RunConfig:
-    """The distillation of one cell; the two arms differ only in ``curation``."""
+    """The distillation of one cell; the arms differ only in ``curation`` (an ablation is the
+    +SpectrumKD arm with its changes)."""
     train = {**exp.train, **cell.objective, "seed": cell.seed, "epochs": exp.baseline_epochs}
     curation = None
-    if cell.arm == "spectrumkd":
+    if cell.arm != "baseline":
         parity = setup["spectrumkd"]
+        settings = {**exp.spectrumkd, **cell.changes}
         curation = {
             "difficulties": str(difficulties_file(exp)),
-            **{k: v for k, v in exp.spectrumkd.items() if k != "warmup_fraction"},
+            **{k: v for k, v in settings.items() if k != "warmup_fraction"},
             "epochs": parity["epochs"],
             "warmup_epochs": parity["warmup_epochs"],
         }
@@ -1110,14 +1146,16 @@ def summarize(results_dir: Path) -> dict[str, Any]:
     """Per objective and metric: baseline and +SpectrumKD mean ± std over the seeds both arms
     finished, the relative gain of the means, and a two-sided Wilcoxon signed-rank test on the
     per-example values averaged over those seeds (``compare.compare_metric``)."""
-    from spectrumkd.evaluation.compare import Paired, compare_metric, relative_gain
-
     results = read_cell_results(results_dir)
     if not results:
         raise ValueError(f"no cell result files in {results_dir}; run some cells first")
-    reference = {k: v for k, v in results[0]["settings"].items() if k != "objective"}
+
+    def shared(settings: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in settings.items() if k not in ("objective", "ablation")}
+
+    reference = shared(results[0]["settings"])
     for result in results[1:]:
-        settings = {k: v for k, v in result["settings"].items() if k != "objective"}
+        settings = shared(result["settings"])
         changed = changed_settings(reference, settings)
         if changed:
             raise ValueError(
@@ -1149,60 +1187,28 @@ def summarize(results_dir: Path) -> dict[str, Any]:
             cells = {arm: [by_arm[arm][s] for s in seeds] for arm in ARMS}
             if any(c["means"].get(metric) is None for arm in ARMS for c in cells[arm]):
                 continue
-            stats = {}
-            for arm in ARMS:
-                values = [c["means"][metric] for c in cells[arm]]
-                stats[arm] = {
-                    "mean": statistics.fmean(values),
-                    "std": statistics.stdev(values) if len(values) > 1 else None,
-                    "per_seed": values,
-                }
-            weights = None
-            if metric in QUALITY_METRICS:
-                weights = {
-                    i: float(n) for i, n in cells["baseline"][0]["per_example"]["tokens"].items()
-                }
-            paired = {
-                arm: Paired(_seed_average(cells[arm], metric), weights=weights) for arm in ARMS
-            }
-            test = compare_metric(
-                "test",
-                metric if metric in QUALITY_METRICS else "rougeL",
-                paired["baseline"],
-                paired["spectrumkd"],
-            )
-            base, new = stats["baseline"]["mean"], stats["spectrumkd"]["mean"]
-            lower = metric in LOWER_IS_BETTER
-            # Same-seed pairs where +SpectrumKD is better: the consistency across training
-            # seeds, which the per-example test (on seed averages) does not see.
-            seed_wins = sum(
-                (n < b) == lower and n != b
-                for b, n in zip(
-                    stats["baseline"]["per_seed"], stats["spectrumkd"]["per_seed"], strict=True
-                )
-            )
-            better = (
-                "tie" if new == base else ("spectrumkd" if (new < base) == lower else "baseline")
+            stats = {arm: _arm_stats(cells[arm], metric) for arm in ARMS}
+            versus = _compare_arms(metric, cells["baseline"], cells["spectrumkd"])
+            better = {"candidate": "spectrumkd", "reference": "baseline"}.get(
+                versus["better"], versus["better"]
             )
             entry["rows"].append(
                 {
                     "metric": metric,
-                    "direction": "lower" if lower else "higher",
-                    "baseline": stats["baseline"],
-                    "spectrumkd": stats["spectrumkd"],
-                    "gain_pct": relative_gain(base, new),
+                    "direction": "lower" if metric in LOWER_IS_BETTER else "higher",
+                    **stats,
+                    **versus,
                     "better": better,
-                    "seed_wins": seed_wins,
-                    "p_value": test["p_value"],
-                    "n_pairs": test["n_pairs"],
-                    "n_nonzero": test["n_nonzero"],
-                    "note": test.get("note", ""),
                 }
             )
         if seeds:
             entry["by_difficulty"] = difficulty_quartiles(
                 {arm: [by_arm[arm][s] for s in seeds] for arm in ARMS}
             )
+        entry["ablations"] = [
+            _ablation_entry(name, [r for r in group if r["arm"] == name], by_arm)
+            for name in dict.fromkeys(r["arm"] for r in group if r["arm"] not in ARMS)
+        ]
         objectives.append(entry)
     return {
         "results_dir": _shown(results_dir),
@@ -1214,6 +1220,87 @@ def summarize(results_dir: Path) -> dict[str, Any]:
         "setup": setup,
         "objectives": objectives,
         "cells": [_cell_cost(result) for result in results],
+    }
+
+
+def _arm_stats(cells: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:
+    values = [c["means"][metric] for c in cells]
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "per_seed": values,
+    }
+
+
+def _compare_arms(
+    metric: str, reference: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """``candidate`` against ``reference`` (the same seeds, in order) on one metric: the relative
+    gain of the seed means, the seeds on which the candidate is better, and a two-sided Wilcoxon
+    signed-rank test on the per-example values averaged over the seeds."""
+    from spectrumkd.evaluation.compare import Paired, compare_metric, relative_gain
+
+    lower = metric in LOWER_IS_BETTER
+    weights = None
+    if metric in QUALITY_METRICS:  # token-weighted, as the quality summary is
+        weights = {i: float(n) for i, n in reference[0]["per_example"]["tokens"].items()}
+    test = compare_metric(
+        "test",
+        metric if metric in QUALITY_METRICS else "rougeL",
+        Paired(_seed_average(reference, metric), weights=weights),
+        Paired(_seed_average(candidate, metric), weights=weights),
+    )
+    ref_seeds = [c["means"][metric] for c in reference]
+    new_seeds = [c["means"][metric] for c in candidate]
+    base, new = statistics.fmean(ref_seeds), statistics.fmean(new_seeds)
+    # Same-seed pairs where the candidate is better: the consistency across training seeds,
+    # which the per-example test (on seed averages) does not see.
+    seed_wins = sum((n < b) == lower and n != b for b, n in zip(ref_seeds, new_seeds, strict=True))
+    return {
+        "gain_pct": relative_gain(base, new),
+        "better": "tie" if new == base else ("candidate" if (new < base) == lower else "reference"),
+        "seed_wins": seed_wins,
+        "p_value": test["p_value"],
+        "n_pairs": test["n_pairs"],
+        "n_nonzero": test["n_nonzero"],
+        "note": test.get("note", ""),
+    }
+
+
+def _ablation_entry(
+    name: str,
+    results: Sequence[Mapping[str, Any]],
+    by_arm: Mapping[str, Mapping[int, Mapping[str, Any]]],
+) -> dict[str, Any]:
+    """One ablation against both arms of its objective, on the seeds all three finished."""
+    mine = {r["seed"]: r for r in results}
+    seeds = sorted(set(mine) & set(by_arm["baseline"]) & set(by_arm["spectrumkd"]))
+    cells = {
+        "baseline": [by_arm["baseline"][s] for s in seeds],
+        "spectrumkd": [by_arm["spectrumkd"][s] for s in seeds],
+        "ablation": [mine[s] for s in seeds],
+    }
+    rows = []
+    for metric in METRICS if seeds else ():
+        if any(c["means"].get(metric) is None for group in cells.values() for c in group):
+            continue
+        rows.append(
+            {
+                "metric": metric,
+                "direction": "lower" if metric in LOWER_IS_BETTER else "higher",
+                **{arm: _arm_stats(group, metric) for arm, group in cells.items()},
+                "vs_baseline": _compare_arms(metric, cells["baseline"], cells["ablation"]),
+                "vs_spectrumkd": _compare_arms(metric, cells["spectrumkd"], cells["ablation"]),
+            }
+        )
+    return {
+        "name": name,
+        "changes": results[0]["settings"].get("ablation", {}),
+        "seeds": seeds,
+        "unpaired": sorted(f"seed{s}" for s in mine if s not in seeds),
+        "steps": [c["training"]["steps"] for c in cells["ablation"]],
+        "validation": _mean_curve(cells["ablation"]) if seeds else None,
+        "rows": rows,
     }
 
 
@@ -1313,6 +1400,52 @@ def _signed(value: float | None) -> str:
 
 def _p(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}"
+
+
+def _curve_text(curve: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(
+        f"{row['epoch']}: {row['val_ce']:.4f} (tau {row['temperature']:g})"
+        if row["temperature"] is not None
+        else f"{row['epoch']}: {row['val_ce']:.4f}"
+        for row in curve
+    )
+
+
+def _versus(comparison: Mapping[str, Any]) -> str:
+    gain = "–" if comparison["gain_pct"] is None else f"{comparison['gain_pct']:+.2f}"
+    return f"{gain} (p {_p(comparison['p_value'])})"
+
+
+def _ablation_markdown(ablation: Mapping[str, Any]) -> list[str]:
+    changes = ", ".join(f"{k} {v}" for k, v in ablation["changes"].items())
+    seeds = ", ".join(map(str, ablation["seeds"])) or "none"
+    lines = [
+        f"### Ablation `{ablation['name']}`: +SpectrumKD with {changes}",
+        "",
+        f"Seeds {seeds} (those all three arms finished); optimiser steps {ablation['steps']}."
+        + (f" Unpaired: {', '.join(ablation['unpaired'])}." if ablation["unpaired"] else ""),
+        "",
+    ]
+    if ablation["rows"]:
+        lines += [
+            "| metric | baseline | +SpectrumKD | ablation | gain % vs baseline (p) "
+            "| gain % vs +SpectrumKD (p) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in ablation["rows"]:
+            metric = row["metric"]
+            arrow = "↓" if row["direction"] == "lower" else "↑"
+            means = " | ".join(
+                _number(row[arm]["mean"], metric) for arm in ("baseline", "spectrumkd", "ablation")
+            )
+            lines.append(
+                f"| {METRIC_LABELS[metric]} {arrow} | {means} | {_versus(row['vs_baseline'])} "
+                f"| {_versus(row['vs_spectrumkd'])} |"
+            )
+        lines.append("")
+    if ablation.get("validation"):
+        lines += [f"Validation CE by epoch: {_curve_text(ablation['validation'])}.", ""]
+    return lines
 
 
 def summary_markdown(summary: Mapping[str, Any]) -> str:
@@ -1432,14 +1565,10 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             )
             lines.append("")
             for arm in ARMS:
-                points = ", ".join(
-                    f"{row['epoch']}: {row['val_ce']:.4f} (tau {row['temperature']:g})"
-                    if row["temperature"] is not None
-                    else f"{row['epoch']}: {row['val_ce']:.4f}"
-                    for row in curves[arm]
-                )
-                lines.append(f"- {ARM_LABELS[arm]}: {points}")
+                lines.append(f"- {ARM_LABELS[arm]}: {_curve_text(curves[arm])}")
             lines.append("")
+        for ablation in entry.get("ablations") or ():
+            lines += _ablation_markdown(ablation)
     if claims:
         lines += [
             "## The claim, on the primary metrics",

@@ -86,6 +86,7 @@ def world(tmp_path, tiny_tokenizer):
         "test.rouge_rows": 3,
         "test.sample_seeds": [10, 20],
         "test.max_new_tokens": 4,
+        "ablations": {},  # added in the middle of a test, as after a finished matrix
     }
     args = ["--config", str(CONFIG), "--quiet"]
     for key, value in overrides.items():
@@ -212,6 +213,38 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
     check_summary(summary, markdown, [resumed, curated])
     assert f"{setup['spearman']['rho']:.3f}" in markdown
 
+    # An ablation added after the matrix ran: the finished cells stay current, and the ablation
+    # is the +SpectrumKD cell with its change and nothing else.
+    ablated = [*args, "--set", 'ablations={"spectrumkd_fixed_tau": {"tau_end": 1.0}}']
+    capsys.readouterr()
+    assert runner.main([*ablated, "cells"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count(" done ") == 3
+    assert "fkl-spectrumkd_fixed_tau-seed1  pending" in listing
+    calls = DistillCalls()
+    monkeypatch.setattr(runner.jobs, "distill", calls)
+    assert runner.main([*ablated, "run"]) == 0
+    assert calls.folders == ["fkl-spectrumkd_fixed_tau-seed1"]
+    monkeypatch.undo()
+    ablation = json.loads((results / "fkl-spectrumkd_fixed_tau-seed1.json").read_text())
+    assert ablation["arm"] == "spectrumkd_fixed_tau"
+    assert ablation["settings"] == {**curated["settings"], "ablation": {"tau_end": 1.0}}
+
+    def without_output(run_config: dict) -> dict:
+        return {k: v for k, v in run_config.items() if k != "output_dir"}
+
+    assert without_output(ablation["run_config"]) == {
+        **without_output(curated["run_config"]),
+        "curation": {**curated["run_config"]["curation"], "tau_end": 1.0},
+    }
+    assert ablation["training"]["epochs"] == curated["training"]["epochs"]
+    assert [row["temperature"] for row in ablation["training"]["validation"]] == [1.0] * epochs
+    assert runner.main([*ablated, "summarize"]) == 0
+    summary = json.loads((results / "summary.json").read_text())
+    markdown = (results / "summary.md").read_text()
+    check_summary(summary, markdown, [resumed, curated])
+    check_ablations(summary, markdown, [resumed, curated, ablation])
+
 
 def check_summary(summary: dict, markdown: str, cells: list[dict]) -> None:
     """Every row of the summary against a direct computation from the cell results."""
@@ -281,6 +314,56 @@ def check_summary(summary: dict, markdown: str, cells: list[dict]) -> None:
     assert listed == sorted(listed) and {c["cell"] for c in cells} <= set(listed)
     for cell in cells:
         assert f"| {cell['cell']} | {cell['training']['epochs']} |" in markdown
+
+
+def check_ablations(summary: dict, markdown: str, cells: list[dict]) -> None:
+    """Each ablation against both arms, recomputed from the cell results (seeds all three have)."""
+    for entry in summary["objectives"]:
+        group = [c for c in cells if c["objective_key"] == entry["key"]]
+        names = sorted({c["arm"] for c in group} - {"baseline", "spectrumkd"})
+        assert sorted(a["name"] for a in entry["ablations"]) == names
+        for ablation in entry["ablations"]:
+            arms = {
+                arm: {c["seed"]: c for c in group if c["arm"] == arm}
+                for arm in ("baseline", "spectrumkd", ablation["name"])
+            }
+            seeds = sorted(set.intersection(*(set(by_seed) for by_seed in arms.values())))
+            assert ablation["seeds"] == seeds
+            assert ablation["changes"] == arms[ablation["name"]][seeds[0]]["settings"]["ablation"]
+            assert f"### Ablation `{ablation['name']}`" in markdown
+            assert [row["metric"] for row in ablation["rows"]] == list(runner.METRICS)
+            for row in ablation["rows"]:
+                metric = row["metric"]
+                means = {
+                    arm: statistics.fmean(by_seed[s]["means"][metric] for s in seeds)
+                    for arm, by_seed in arms.items()
+                }
+                new = means[ablation["name"]]
+                assert row["ablation"]["mean"] == pytest.approx(new, rel=1e-12)
+                for reference in ("baseline", "spectrumkd"):
+                    versus = row[f"vs_{reference}"]
+                    base = means[reference]
+                    assert row[reference]["mean"] == pytest.approx(base, rel=1e-12)
+                    if base == 0:
+                        assert versus["gain_pct"] is None
+                    else:
+                        assert versus["gain_pct"] == pytest.approx((new - base) / base * 100)
+                        assert f"{versus['gain_pct']:+.2f} (p " in markdown
+                    ids = sorted(arms[reference][seeds[0]]["per_example"][metric])
+                    pairs = [
+                        [
+                            statistics.fmean(arms[arm][s]["per_example"][metric][i] for s in seeds)
+                            for i in ids
+                        ]
+                        for arm in (reference, ablation["name"])
+                    ]
+                    differing = sum(b != n for b, n in zip(*pairs, strict=True))
+                    assert versus["n_nonzero"] == differing
+                    if differing >= 6:
+                        expected = wilcoxon(pairs[1], pairs[0]).pvalue
+                        assert versus["p_value"] == pytest.approx(float(expected), rel=1e-9)
+                    else:
+                        assert versus["p_value"] is None
 
 
 def check_by_difficulty(entry: dict, group: list[dict]) -> None:
@@ -363,6 +446,25 @@ def test_summary_averages_seeds_and_refuses_mixed_settings(tmp_path):
     check_summary(summary, markdown, cells)
     assert "## The claim, on the primary metrics" in markdown
 
+    # An ablation (settings differ by its changes only) on one of the two seeds.
+    ablation = {
+        **cells[1],
+        "cell": "jsd-spectrumkd_fixed_tau-seed2",
+        "arm": "spectrumkd_fixed_tau",
+        "seed": 2,
+        "settings": {**cells[1]["settings"], "ablation": {"tau_end": 1.0}},
+        "per_example": {
+            **cells[1]["per_example"],
+            "ce": {i: v + rng.normal(0, 0.3) for i, v in cells[1]["per_example"]["ce"].items()},
+        },
+    }
+    (tmp_path / f"{ablation['cell']}.json").write_text(json.dumps(ablation))
+    summary = runner.summarize(tmp_path)
+    markdown = runner.summary_markdown(summary)
+    check_summary(summary, markdown, cells)
+    check_ablations(summary, markdown, [*cells, ablation])
+    assert summary["objectives"][0]["ablations"][0]["seeds"] == [2]
+
     other = {**cells[0], "cell": "jsd-baseline-seed4", "seed": 4}
     other["settings"] = {"train": {"learning_rate": 1e-4}, "objective": {"o": "jsd"}}
     (tmp_path / "jsd-baseline-seed4.json").write_text(json.dumps(other))
@@ -381,6 +483,13 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     )
     assert "unknown test setting(s) rows" in error("--set", "test.rows=3", "cells")
     assert "no cell matches 'fkl-seed9'" in error("run", "--cell", "fkl-seed9")
+    assert "ablation name 'baseline' must be" in error(
+        "--set", 'ablations={"baseline": {"tau_end": 1.0}}', "cells"
+    )
+    assert "unknown ablations.wide setting(s) lambda_b" in error(
+        "--set", 'ablations={"wide": {"lambda_b": 0.0}}', "cells"
+    )
+    assert "ablations.none changes nothing" in error("--set", 'ablations={"none": {}}', "cells")
     # A finished result computed with other settings is refused, not silently kept.
     results = tmp_path / "results"
     results.mkdir()
