@@ -60,9 +60,11 @@ SETUP = "setup"
 # The arm is baseline, spectrumkd or the name of an ablation (neither part has a hyphen).
 CELL_NAME = re.compile(r"^(?P<key>[a-z0-9_]+)-(?P<arm>[a-z0-9_]+)-seed(?P<seed>\d+)$")
 ABLATION_NAME = re.compile(r"^[a-z0-9_]+$")
-# What an ablation of the +SpectrumKD arm may change: the settings that leave its window, and so
-# the step-parity epochs of the setup, as they are (the window follows lambda_a and lambda_b).
-ABLATION_KEYS = {"tau_start", "tau_end", "step_mode", "direction"}
+# What an ablation of the +SpectrumKD arm may change: the curation settings that leave its
+# window, and so the step-parity epochs of the setup, as they are (the window follows lambda_a
+# and lambda_b), and the teacher signal (teacher_cache_k; 0: the live teacher).
+ABLATION_CURATION_KEYS = {"tau_start", "tau_end", "step_mode", "direction"}
+ABLATION_KEYS = {*ABLATION_CURATION_KEYS, "teacher_cache_k"}
 SUITE = "dolly"  # the test rows are read as the DollyEval suite (MiniLLM format, Figure 5 template)
 
 # Per-example metrics of a cell. Quality metrics are means per reference token, summarised per
@@ -365,7 +367,13 @@ def experiment_from_settings(settings: dict[str, Any], profile: str) -> Experime
             raise ValueError(
                 f"ablations.{name} changes nothing; set one of {', '.join(sorted(ABLATION_KEYS))}"
             )
-        SpectrumKDConfig(**{**curation_settings, **changes}, epochs=2, warmup_epochs=1)
+        curation_changes = {k: v for k, v in changes.items() if k in ABLATION_CURATION_KEYS}
+        SpectrumKDConfig(**{**curation_settings, **curation_changes}, epochs=2, warmup_epochs=1)
+        k = changes.get("teacher_cache_k", 0)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ValueError(
+                f"ablations.{name}.teacher_cache_k={k!r} must be an integer >= 0 (0: live teacher)"
+            )
         ablations[name] = changes
     threads = settings.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -914,7 +922,10 @@ def cell_run_config(exp: Experiment, cell: Cell, setup: Mapping[str, Any]) -> Ru
     curation = None
     if cell.arm != "baseline":
         parity = setup["spectrumkd"]
-        settings = {**exp.spectrumkd, **cell.changes}
+        settings = {
+            **exp.spectrumkd,
+            **{k: v for k, v in cell.changes.items() if k in ABLATION_CURATION_KEYS},
+        }
         curation = {
             "difficulties": str(difficulties_file(exp)),
             **{k: v for k, v in settings.items() if k != "warmup_fraction"},
@@ -931,7 +942,7 @@ def cell_run_config(exp: Experiment, cell: Cell, setup: Mapping[str, Any]) -> Ru
             "curation": curation,
             "dtype": exp.dtype,
             "device": exp.device,
-            "teacher_cache_k": exp.teacher_cache_k,
+            "teacher_cache_k": cell.changes.get("teacher_cache_k", exp.teacher_cache_k),
             # One cache for every cell: it is keyed by teacher and data, which all cells share.
             "teacher_cache_root": str(exp.runs_dir / "teacher-cache"),
         }

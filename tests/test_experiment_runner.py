@@ -490,6 +490,10 @@ def test_config_errors_are_one_line(tmp_path, capsys):
         "--set", 'ablations={"wide": {"lambda_b": 0.0}}', "cells"
     )
     assert "ablations.none changes nothing" in error("--set", 'ablations={"none": {}}', "cells")
+    assert "ablations.live.teacher_cache_k=-1 must be an integer >= 0" in error(
+        "--set", 'ablations={"live": {"teacher_cache_k": -1}}', "cells"
+    )
+
     # A finished result computed with other settings is refused, not silently kept.
     results = tmp_path / "results"
     results.mkdir()
@@ -499,3 +503,26 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     assert "\n" not in message
     assert runner.main(["--config", str(CONFIG), "--profile", "gpu", "--list"]) == 0
     assert "jsd-spectrumkd-seed3" in capsys.readouterr().out
+
+
+def test_an_ablation_changes_only_its_settings_in_the_run_config():
+    """The live-teacher ablation: the +SpectrumKD cell's RunConfig with no cache, nothing else."""
+    ablations = '{"live": {"teacher_cache_k": 0}, "flat": {"tau_end": 1.0, "step_mode": "linear"}}'
+    exp = runner.load_experiment(CONFIG, "cpu", [f"ablations={ablations}"])
+    cells = {cell.name: cell for cell in exp.cells()}
+    setup = {"spectrumkd": {"epochs": 5, "warmup_epochs": 1}}
+    configs = {
+        name: runner.cell_run_config(exp, cells[f"fkl-{name}-seed1"], setup).to_dict()
+        for name in ("baseline", "spectrumkd", "live", "flat")
+    }
+    for config in configs.values():
+        config.pop("output_dir")
+    assert configs["spectrumkd"]["teacher_cache_k"] == 4096
+    assert configs["live"] == {**configs["spectrumkd"], "teacher_cache_k": 0}
+    curation = {**configs["spectrumkd"]["curation"], "tau_end": 1.0, "step_mode": "linear"}
+    assert configs["flat"] == {**configs["spectrumkd"], "curation": curation}
+    assert configs["baseline"] == {**configs["spectrumkd"], "curation": None}
+    assert runner.cell_settings(exp, cells["fkl-live-seed1"]) == {
+        **runner.cell_settings(exp, cells["fkl-spectrumkd-seed1"]),
+        "ablation": {"teacher_cache_k": 0},
+    }
