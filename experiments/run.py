@@ -1156,7 +1156,8 @@ def _seed_average(cells: Iterable[Mapping[str, Any]], metric: str) -> dict[str, 
 def summarize(results_dir: Path) -> dict[str, Any]:
     """Per objective and metric: baseline and +SpectrumKD mean ± std over the seeds both arms
     finished, the relative gain of the means, and a two-sided Wilcoxon signed-rank test on the
-    per-example values averaged over those seeds (``compare.compare_metric``)."""
+    per-example values averaged over those seeds (``compare.compare_metric``); each ablation
+    the same way against both arms, on the seeds all three finished."""
     results = read_cell_results(results_dir)
     if not results:
         raise ValueError(f"no cell result files in {results_dir}; run some cells first")
@@ -1422,9 +1423,9 @@ def _curve_text(curve: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def _versus(comparison: Mapping[str, Any]) -> str:
+def _versus(comparison: Mapping[str, Any], seeds: int) -> str:
     gain = "–" if comparison["gain_pct"] is None else f"{comparison['gain_pct']:+.2f}"
-    return f"{gain} (p {_p(comparison['p_value'])})"
+    return f"{gain} (p {_p(comparison['p_value'])}; better on {comparison['seed_wins']}/{seeds})"
 
 
 def _ablation_markdown(ablation: Mapping[str, Any]) -> list[str]:
@@ -1439,8 +1440,8 @@ def _ablation_markdown(ablation: Mapping[str, Any]) -> list[str]:
     ]
     if ablation["rows"]:
         lines += [
-            "| metric | baseline | +SpectrumKD | ablation | gain % vs baseline (p) "
-            "| gain % vs +SpectrumKD (p) |",
+            "| metric | baseline | +SpectrumKD | ablation | gain % vs baseline (p; seeds "
+            "ablation better) | gain % vs +SpectrumKD (p; seeds ablation better) |",
             "|---|---|---|---|---|---|",
         ]
         for row in ablation["rows"]:
@@ -1449,9 +1450,10 @@ def _ablation_markdown(ablation: Mapping[str, Any]) -> list[str]:
             means = " | ".join(
                 _number(row[arm]["mean"], metric) for arm in ("baseline", "spectrumkd", "ablation")
             )
+            n = len(ablation["seeds"])
             lines.append(
-                f"| {METRIC_LABELS[metric]} {arrow} | {means} | {_versus(row['vs_baseline'])} "
-                f"| {_versus(row['vs_spectrumkd'])} |"
+                f"| {METRIC_LABELS[metric]} {arrow} | {means} | {_versus(row['vs_baseline'], n)} "
+                f"| {_versus(row['vs_spectrumkd'], n)} |"
             )
         lines.append("")
     if ablation.get("validation"):

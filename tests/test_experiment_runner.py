@@ -349,6 +349,12 @@ def check_ablations(summary: dict, markdown: str, cells: list[dict]) -> None:
                     else:
                         assert versus["gain_pct"] == pytest.approx((new - base) / base * 100)
                         assert f"{versus['gain_pct']:+.2f} (p " in markdown
+                    by_seed = {arm: [arms[arm][s]["means"][metric] for s in seeds] for arm in arms}
+                    lower = metric in runner.LOWER_IS_BETTER
+                    assert versus["seed_wins"] == sum(
+                        (n < b) == lower and n != b
+                        for b, n in zip(by_seed[reference], by_seed[ablation["name"]], strict=True)
+                    )
                     ids = sorted(arms[reference][seeds[0]]["per_example"][metric])
                     pairs = [
                         [
