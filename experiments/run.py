@@ -18,6 +18,8 @@ checkpoint (the trainer resumes from ``<run folder>/checkpoint``).
   student, plain KD (``baseline``) or with SpectrumKD (``spectrumkd``), then its evaluation on the
   test rows: CE of the reference and KL to the teacher per example (primary), ROUGE-L of greedy
   and sampled answers per example (secondary).
+- ``<objective>-<ablation>-seed<k>``: the +SpectrumKD cell with an ablation's changes (config
+  ``ablations:``), after the whole matrix; summarised against both arms.
 
 Training and evaluation are the package's own (``jobs.distill``, ``distillation_quality``,
 ``evaluate_instruction_following``, ``compare.compare_metric``); this file only arranges them.
@@ -59,7 +61,6 @@ ARM_LABELS = {"baseline": "baseline", "spectrumkd": "+SpectrumKD"}
 SETUP = "setup"
 # The arm is baseline, spectrumkd or the name of an ablation (neither part has a hyphen).
 CELL_NAME = re.compile(r"^(?P<key>[a-z0-9_]+)-(?P<arm>[a-z0-9_]+)-seed(?P<seed>\d+)$")
-ABLATION_NAME = re.compile(r"^[a-z0-9_]+$")
 # What an ablation of the +SpectrumKD arm may change: the curation settings that leave its
 # window, and so the step-parity epochs of the setup, as they are (the window follows lambda_a
 # and lambda_b), and the teacher signal (teacher_cache_k; 0: the live teacher).
@@ -155,6 +156,15 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class Ablation:
+    """The +SpectrumKD arm with ``changes``, run for these objectives and seeds."""
+
+    changes: dict[str, Any]
+    objectives: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Experiment:
     """The merged, validated settings of one profile."""
 
@@ -178,7 +188,7 @@ class Experiment:
     seeds: tuple[int, ...]
     spectrumkd: dict[str, Any]
     test: TestSettings
-    ablations: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    ablations: dict[str, Ablation] = dataclasses.field(default_factory=dict)
 
     @property
     def setup_dir(self) -> Path:
@@ -194,10 +204,11 @@ class Experiment:
             for arm in ARMS
         ]
         ablations = [
-            Cell(f"{key}-{name}-seed{seed}", key, spec, name, seed, changes)
+            Cell(f"{key}-{name}-seed{seed}", key, spec, name, seed, ablation.changes)
             for key, spec in self.objectives.items()
             for seed in self.seeds
-            for name, changes in self.ablations.items()
+            for name, ablation in self.ablations.items()
+            if key in ablation.objectives and seed in ablation.seeds
         ]
         return matrix + ablations
 
@@ -356,25 +367,46 @@ def experiment_from_settings(settings: dict[str, Any], profile: str) -> Experime
         raise ValueError("test.source (the test rows, e.g. DollyEval's valid.jsonl) is missing")
     test["source"] = source_spec(str(test["source"]))
     ablations = {}
-    for name, changes in _mapping(settings.get("ablations") or {}, "ablations").items():
-        if not ABLATION_NAME.match(str(name)) or name in ARMS:
+    arm_values = {**curation_settings, "teacher_cache_k": cache_k}
+    for name, values in _mapping(settings.get("ablations") or {}, "ablations").items():
+        where = f"ablations.{name}"
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]+", name) or name in ARMS:
             raise ValueError(
                 f"ablation name {name!r} must be lower-case letters, digits and _, and not "
                 f"{' or '.join(ARMS)}"
             )
-        changes = _mapping(changes, f"ablations.{name}", ABLATION_KEYS)
-        if not changes:
+        values = _mapping(values, where, {"change", "objectives", "seeds"})
+        changes = _mapping(values.get("change") or {}, f"{where}.change", ABLATION_KEYS)
+        if all(arm_values.get(k) == v for k, v in changes.items()):
             raise ValueError(
-                f"ablations.{name} changes nothing; set one of {', '.join(sorted(ABLATION_KEYS))}"
+                f"{where}.change changes nothing the +SpectrumKD arm does not already do; set "
+                f"one of {', '.join(sorted(ABLATION_KEYS))} to another value"
             )
         curation_changes = {k: v for k, v in changes.items() if k in ABLATION_CURATION_KEYS}
         SpectrumKDConfig(**{**curation_settings, **curation_changes}, epochs=2, warmup_epochs=1)
         k = changes.get("teacher_cache_k", 0)
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise ValueError(
-                f"ablations.{name}.teacher_cache_k={k!r} must be an integer >= 0 (0: live teacher)"
+                f"{where}.change.teacher_cache_k={k!r} must be an integer >= 0 (0: live teacher)"
             )
-        ablations[name] = changes
+        scope_keys = values.get("objectives", list(objectives))
+        if (
+            not isinstance(scope_keys, list)
+            or not scope_keys
+            or not set(scope_keys) <= set(objectives)
+        ):
+            raise ValueError(
+                f"{where}.objectives={scope_keys!r} must list keys of objectives: "
+                f"{', '.join(objectives)}"
+            )
+        scope_seeds = values.get("seeds", list(seeds))
+        if (
+            not isinstance(scope_seeds, list)
+            or not scope_seeds
+            or not set(scope_seeds) <= set(seeds)
+        ):
+            raise ValueError(f"{where}.seeds={scope_seeds!r} must list some of seeds: {seeds}")
+        ablations[name] = Ablation(changes, tuple(scope_keys), tuple(scope_seeds))
     threads = settings.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads={threads!r} must be an integer >= 1 or null")
@@ -1227,7 +1259,7 @@ def summarize(results_dir: Path) -> dict[str, Any]:
         "files": len(results),
         "test": (
             "two-sided Wilcoxon signed-rank (scipy.stats.wilcoxon, zero differences dropped) on "
-            "per-example values averaged over the seeds both arms finished"
+            "per-example values averaged over the seeds both compared arms finished"
         ),
         "setup": setup,
         "objectives": objectives,
@@ -1285,6 +1317,13 @@ def _ablation_entry(
     by_arm: Mapping[str, Mapping[int, Mapping[str, Any]]],
 ) -> dict[str, Any]:
     """One ablation against both arms of its objective, on the seeds all three finished."""
+    changes = results[0]["settings"].get("ablation", {})
+    for result in results[1:]:
+        if result["settings"].get("ablation", {}) != changes:
+            raise ValueError(
+                f"{result['cell']} and {results[0]['cell']} are ablation {name} with different "
+                "changes; one table cannot mix them (delete the outdated result files)"
+            )
     mine = {r["seed"]: r for r in results}
     seeds = sorted(set(mine) & set(by_arm["baseline"]) & set(by_arm["spectrumkd"]))
     cells = {
@@ -1307,7 +1346,7 @@ def _ablation_entry(
         )
     return {
         "name": name,
-        "changes": results[0]["settings"].get("ablation", {}),
+        "changes": changes,
         "seeds": seeds,
         "unpaired": sorted(f"seed{s}" for s in mine if s not in seeds),
         "steps": [c["training"]["steps"] for c in cells["ablation"]],
@@ -1434,7 +1473,8 @@ def _ablation_markdown(ablation: Mapping[str, Any]) -> list[str]:
     lines = [
         f"### Ablation `{ablation['name']}`: +SpectrumKD with {changes}",
         "",
-        f"Seeds {seeds} (those all three arms finished); optimiser steps {ablation['steps']}."
+        f"Seeds {seeds}, those all three arms finished (the baseline and +SpectrumKD columns "
+        f"are over these seeds only); optimiser steps {ablation['steps']}."
         + (f" Unpaired: {', '.join(ablation['unpaired'])}." if ablation["unpaired"] else ""),
         "",
     ]
@@ -1448,7 +1488,9 @@ def _ablation_markdown(ablation: Mapping[str, Any]) -> list[str]:
             metric = row["metric"]
             arrow = "↓" if row["direction"] == "lower" else "↑"
             means = " | ".join(
-                _number(row[arm]["mean"], metric) for arm in ("baseline", "spectrumkd", "ablation")
+                _number(row[arm]["mean"], metric)
+                + ("" if row[arm]["std"] is None else f" ± {_number(row[arm]['std'], metric)}")
+                for arm in ("baseline", "spectrumkd", "ablation")
             )
             n = len(ablation["seeds"])
             lines.append(
@@ -1655,7 +1697,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="PATTERN",
-        help="only cells matching this name or glob (repeatable), e.g. 'fkl-*-seed1' or setup",
+        help="only cells matching this name or glob (repeatable), e.g. 'fkl-*-seed1' (the "
+        "pair and any ablation of seed 1) or setup",
     )
     commands.add_parser("summarize", help="write results/summary.md from the result files")
     return parser

@@ -215,7 +215,7 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
 
     # An ablation added after the matrix ran: the finished cells stay current, and the ablation
     # is the +SpectrumKD cell with its change and nothing else.
-    ablated = [*args, "--set", 'ablations={"spectrumkd_fixed_tau": {"tau_end": 1.0}}']
+    ablated = [*args, "--set", 'ablations={"spectrumkd_fixed_tau": {"change": {"tau_end": 1.0}}}']
     capsys.readouterr()
     assert runner.main([*ablated, "cells"]) == 0
     listing = capsys.readouterr().out
@@ -470,6 +470,17 @@ def test_summary_averages_seeds_and_refuses_mixed_settings(tmp_path):
     check_summary(summary, markdown, cells)
     check_ablations(summary, markdown, [*cells, ablation])
     assert summary["objectives"][0]["ablations"][0]["seeds"] == [2]
+    # The same ablation with other changes on another seed: refused, not averaged in.
+    changed = {
+        **ablation,
+        "cell": "jsd-spectrumkd_fixed_tau-seed1",
+        "seed": 1,
+        "settings": {**cells[1]["settings"], "ablation": {"tau_end": 1.5}},
+    }
+    (tmp_path / f"{changed['cell']}.json").write_text(json.dumps(changed))
+    with pytest.raises(ValueError, match="ablation spectrumkd_fixed_tau with different changes"):
+        runner.summarize(tmp_path)
+    (tmp_path / f"{changed['cell']}.json").unlink()
 
     other = {**cells[0], "cell": "jsd-baseline-seed4", "seed": 4}
     other["settings"] = {"train": {"learning_rate": 1e-4}, "objective": {"o": "jsd"}}
@@ -489,15 +500,28 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     )
     assert "unknown test setting(s) rows" in error("--set", "test.rows=3", "cells")
     assert "no cell matches 'fkl-seed9'" in error("run", "--cell", "fkl-seed9")
-    assert "ablation name 'baseline' must be" in error(
-        "--set", 'ablations={"baseline": {"tau_end": 1.0}}', "cells"
+
+    def ablation_error(ablations: str) -> str:
+        return error("--set", f"ablations={ablations}", "cells")
+
+    assert "ablation name 'baseline' must be" in ablation_error(
+        '{"baseline": {"change": {"tau_end": 1.0}}}'
     )
-    assert "unknown ablations.wide setting(s) lambda_b" in error(
-        "--set", 'ablations={"wide": {"lambda_b": 0.0}}', "cells"
+    assert "unknown ablations.wide.change setting(s) lambda_b" in ablation_error(
+        '{"wide": {"change": {"lambda_b": 0.0}}}'
     )
-    assert "ablations.none changes nothing" in error("--set", 'ablations={"none": {}}', "cells")
-    assert "ablations.live.teacher_cache_k=-1 must be an integer >= 0" in error(
-        "--set", 'ablations={"live": {"teacher_cache_k": -1}}', "cells"
+    for nothing in ("{}", '{"tau_end": 2.0}', '{"tau_end": 2.0, "teacher_cache_k": 4096}'):
+        assert "ablations.same.change changes nothing" in ablation_error(
+            f'{{"same": {{"change": {nothing}}}}}'
+        )
+    assert "ablations.live.change.teacher_cache_k=-1 must be an integer >= 0" in ablation_error(
+        '{"live": {"change": {"teacher_cache_k": -1}}}'
+    )
+    assert "ablations.x.objectives=['kl'] must list keys of objectives" in ablation_error(
+        '{"x": {"change": {"tau_end": 1.0}, "objectives": ["kl"]}}'
+    )
+    assert "ablations.x.seeds=[7] must list some of seeds" in ablation_error(
+        '{"x": {"change": {"tau_end": 1.0}, "seeds": [7]}}'
     )
 
     # A finished result computed with other settings is refused, not silently kept.
@@ -512,10 +536,29 @@ def test_config_errors_are_one_line(tmp_path, capsys):
 
 
 def test_an_ablation_changes_only_its_settings_in_the_run_config():
-    """The live-teacher ablation: the +SpectrumKD cell's RunConfig with no cache, nothing else."""
-    ablations = '{"live": {"teacher_cache_k": 0}, "flat": {"tau_end": 1.0, "step_mode": "linear"}}'
+    """Ablations run in their scope, and each one's RunConfig is the +SpectrumKD cell's with its
+    changes only (the live teacher: no cache)."""
+    ablations = json.dumps(
+        {
+            "live": {"change": {"teacher_cache_k": 0}, "objectives": ["fkl", "jsd"]},
+            "flat": {"change": {"tau_end": 1.0, "step_mode": "linear"}, "seeds": [1]},
+        }
+    )
     exp = runner.load_experiment(CONFIG, "cpu", [f"ablations={ablations}"])
     cells = {cell.name: cell for cell in exp.cells()}
+    names = list(cells)
+    assert {name.split("-")[1] for name in names[:18]} == {"baseline", "spectrumkd"}
+    assert names[18:] == [  # after the matrix, each in its scope
+        "fkl-live-seed1",
+        "fkl-flat-seed1",
+        "fkl-live-seed2",
+        "fkl-live-seed3",
+        "rkl-flat-seed1",
+        "jsd-live-seed1",
+        "jsd-flat-seed1",
+        "jsd-live-seed2",
+        "jsd-live-seed3",
+    ]
     setup = {"spectrumkd": {"epochs": 5, "warmup_epochs": 1}}
     configs = {
         name: runner.cell_run_config(exp, cells[f"fkl-{name}-seed1"], setup).to_dict()
