@@ -267,6 +267,22 @@ def _mapping(value: Any, where: str, known: set[str] | None = None) -> dict[str,
     return dict(value)
 
 
+def _cache_k(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{where}={value!r} must be an integer >= 0 (0: live teacher)")
+    return value
+
+
+def _scope(values: Mapping[str, Any], key: str, allowed: list[Any], where: str) -> tuple:
+    """An ablation's ``objectives`` or ``seeds``: a non-empty part of the matrix's (default all)."""
+    chosen = values.get(key, allowed)
+    if not isinstance(chosen, list) or not chosen or not set(chosen) <= set(allowed):
+        raise ValueError(
+            f"{where}.{key}={chosen!r} must list some of {key}: {', '.join(map(str, allowed))}"
+        )
+    return tuple(chosen)
+
+
 def _data_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(DataConfig)}
 
@@ -359,9 +375,7 @@ def experiment_from_settings(settings: dict[str, Any], profile: str) -> Experime
     baseline_epochs = settings["baseline_epochs"]
     if not isinstance(baseline_epochs, int) or baseline_epochs < 1:
         raise ValueError(f"baseline_epochs={baseline_epochs!r} must be an integer >= 1")
-    cache_k = settings["teacher_cache_k"]
-    if not isinstance(cache_k, int) or cache_k < 0:
-        raise ValueError(f"teacher_cache_k={cache_k!r} must be an integer >= 0 (0: live teacher)")
+    cache_k = _cache_k(settings["teacher_cache_k"], "teacher_cache_k")
     test = _mapping(settings["test"], "test", {f.name for f in dataclasses.fields(TestSettings)})
     if not test.get("source"):
         raise ValueError("test.source (the test rows, e.g. DollyEval's valid.jsonl) is missing")
@@ -384,29 +398,13 @@ def experiment_from_settings(settings: dict[str, Any], profile: str) -> Experime
             )
         curation_changes = {k: v for k, v in changes.items() if k in ABLATION_CURATION_KEYS}
         SpectrumKDConfig(**{**curation_settings, **curation_changes}, epochs=2, warmup_epochs=1)
-        k = changes.get("teacher_cache_k", 0)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise ValueError(
-                f"{where}.change.teacher_cache_k={k!r} must be an integer >= 0 (0: live teacher)"
-            )
-        scope_keys = values.get("objectives", list(objectives))
-        if (
-            not isinstance(scope_keys, list)
-            or not scope_keys
-            or not set(scope_keys) <= set(objectives)
-        ):
-            raise ValueError(
-                f"{where}.objectives={scope_keys!r} must list keys of objectives: "
-                f"{', '.join(objectives)}"
-            )
-        scope_seeds = values.get("seeds", list(seeds))
-        if (
-            not isinstance(scope_seeds, list)
-            or not scope_seeds
-            or not set(scope_seeds) <= set(seeds)
-        ):
-            raise ValueError(f"{where}.seeds={scope_seeds!r} must list some of seeds: {seeds}")
-        ablations[name] = Ablation(changes, tuple(scope_keys), tuple(scope_seeds))
+        if "teacher_cache_k" in changes:
+            _cache_k(changes["teacher_cache_k"], f"{where}.change.teacher_cache_k")
+        ablations[name] = Ablation(
+            changes,
+            _scope(values, "objectives", list(objectives), where),
+            _scope(values, "seeds", seeds, where),
+        )
     threads = settings.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads={threads!r} must be an integer >= 1 or null")

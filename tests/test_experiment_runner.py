@@ -517,10 +517,11 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     assert "ablations.live.change.teacher_cache_k=-1 must be an integer >= 0" in ablation_error(
         '{"live": {"change": {"teacher_cache_k": -1}}}'
     )
-    assert "ablations.x.objectives=['kl'] must list keys of objectives" in ablation_error(
-        '{"x": {"change": {"tau_end": 1.0}, "objectives": ["kl"]}}'
+    assert (
+        "ablations.x.objectives=['kl'] must list some of objectives: fkl, rkl, jsd"
+        in ablation_error('{"x": {"change": {"tau_end": 1.0}, "objectives": ["kl"]}}')
     )
-    assert "ablations.x.seeds=[7] must list some of seeds" in ablation_error(
+    assert "ablations.x.seeds=[7] must list some of seeds: 1, 2, 3" in ablation_error(
         '{"x": {"change": {"tau_end": 1.0}, "seeds": [7]}}'
     )
 
