@@ -20,6 +20,16 @@ Conventions, the same for every objective:
   an exact zero gradient (no 0 * inf = NaN in backward).
 - Forward KL is the true KL, sum p (log p - log q). DistiLLM computes -sum p log q = KL + H(p):
   the same gradient in the student, but not 0 at p = q.
+- A truncated teacher (the offline cache keeps only its top k logits) is not a teacher with
+  zeros outside the top k: its leftover mass is known (``teacher_tail``) and is carried as ONE
+  TAIL BUCKET that the student's leftover mass is compared with. Every objective is then computed
+  on the two (k + 1)-outcome distributions (top-k entries, tail). Why a bucket and not a
+  renormalisation: renormalising the teacher over its top k makes the student move all its mass
+  into the top k (about 23 % of SmolLM2's mass lies outside the top 4,096 at tau 2), and leaving
+  the student's outside mass out of reverse KL (the left-out rule above) makes it negative and
+  pushes the student's mass OUT of the top k. On buckets every objective is a true divergence
+  (>= 0, 0 only when the bucket masses agree), it equals the live value when k = V (an empty
+  tail), and for these f-divergences it never exceeds the live value (data processing).
 """
 
 from __future__ import annotations
@@ -59,6 +69,35 @@ def _log_mix(log_x: Tensor, log_y: Tensor, w: float) -> Tensor:
     empty = torch.isneginf(both).all(0)
     both = torch.where(empty, 0.0, both)  # logsumexp of (-inf, -inf) has a NaN gradient
     return torch.where(empty, -math.inf, torch.logsumexp(both, 0))
+
+
+def _safe_logsumexp(log_x: Tensor) -> Tensor:
+    """logsumexp over the last axis; -inf with a zero (not NaN) gradient where all are -inf."""
+    empty = torch.isneginf(log_x).all(-1, keepdim=True)
+    total = torch.logsumexp(torch.where(empty, 0.0, log_x), -1)
+    return torch.where(empty.squeeze(-1), -math.inf, total)
+
+
+def tail_buckets(
+    student_logp: Tensor, teacher_scaled_logits: Tensor, teacher_tail: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(student, teacher) log-probabilities over the teacher's finite entries plus one tail bucket.
+
+    ``teacher_scaled_logits`` [K, V] are the truncated teacher's logits divided by tau (-inf
+    outside its top k), ``teacher_tail`` [K] is log sum_{v outside} exp(z_v / tau), the mass the
+    truncation left out, in the same units. ``student_logp`` [K, V] is the student's full
+    log-softmax. Both results are [K, V + 1] and sum to 1 over the last axis: entry V is the tail
+    (the teacher's leftover mass, and the student's mass on the same entries); the student's
+    outside entries are -inf, so the objectives count them only through the bucket.
+    """
+    log_norm = torch.logaddexp(_safe_logsumexp(teacher_scaled_logits), teacher_tail)
+    teacher = torch.cat(
+        [teacher_scaled_logits - log_norm[:, None], (teacher_tail - log_norm)[:, None]], -1
+    )
+    inside = torch.isfinite(teacher_scaled_logits)
+    student_tail = _safe_logsumexp(torch.where(inside, -math.inf, student_logp))
+    student = torch.cat([torch.where(inside, student_logp, -math.inf), student_tail[:, None]], -1)
+    return student, teacher
 
 
 def scaled_log_probs(logits: Tensor, temperature: float) -> Tensor:
@@ -176,6 +215,7 @@ def kd_loss(
     labels: Tensor,
     objective: Objective | str,
     temperature: float = 1.0,
+    teacher_tail: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(sum of per-token divergences over unmasked positions, number of unmasked positions).
 
@@ -184,6 +224,11 @@ def kd_loss(
     The labels must already be aligned to the logits (label t is the token predicted at
     position t: the caller has shifted them). No tau^2 and no division here: see :func:`combine`.
     Only unmasked rows are computed, so masked positions never influence value or gradient.
+
+    ``teacher_tail`` [...] marks a truncated teacher (top-k logits, -inf elsewhere): at each
+    position, log sum_{v outside the top k} exp(z_v / tau), the teacher's leftover mass at this
+    temperature (see :func:`tail_buckets`; -inf for an empty tail). Without it, -inf teacher
+    logits are exact zeros of the teacher's distribution.
     """
     objective = as_objective(objective)
     check_vocab(student_logits.shape[-1], teacher_logits.shape[-1])
@@ -193,9 +238,18 @@ def kd_loss(
             f"logits {tuple(student_logits.shape)} (student), {tuple(teacher_logits.shape)} "
             f"(teacher) do not match labels {tuple(labels.shape)} + (V,)"
         )
+    if teacher_tail is not None and teacher_tail.shape != labels.shape:
+        raise ValueError(
+            f"teacher_tail {tuple(teacher_tail.shape)} does not match labels {tuple(labels.shape)}"
+        )
     mask = labels != IGNORE_INDEX
     student_logp = scaled_log_probs(student_logits[mask], temperature)
-    teacher_logp = scaled_log_probs(teacher_logits[mask], temperature)
+    if teacher_tail is None:
+        teacher_logp = scaled_log_probs(teacher_logits[mask], temperature)
+    else:
+        scaled = teacher_logits[mask].float() / temperature
+        tail = teacher_tail[mask].to(scaled.device, torch.float32)
+        student_logp, teacher_logp = tail_buckets(student_logp, scaled, tail)
     return objective(student_logp, teacher_logp).sum(), mask.sum()
 
 

@@ -89,3 +89,35 @@ def reference_ce(student_logits: Tensor, labels: Tensor) -> Tensor:
         ignore_index=-100,
         reduction="sum",
     )
+
+
+def reference_truncated_kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    teacher_tail: Tensor,
+    labels: Tensor,
+    name: str,
+    temperature: float = 1.0,
+    **params: float,
+) -> tuple[Tensor, Tensor]:
+    """The objective on the (top-k, tail bucket) distributions of a truncated teacher.
+
+    ``teacher_logits`` hold the teacher's top-k logits and -inf elsewhere, ``teacher_tail`` the
+    log of sum_{v outside} exp(z_v / tau). In probabilities and float64, from the definition:
+    p_v = exp(z_v / tau) / (sum_top exp(z / tau) + exp(tail)) on the top k and
+    p_tail = exp(tail) / (same), q the student's full softmax, q_tail = the sum of q outside the
+    top k (an explicit masked sum, not 1 - sum inside). Returns (sum over unmasked positions of
+    D(p, q) on the k + 1 outcomes, number of unmasked positions).
+    """
+    q = torch.softmax(student_logits.double() / temperature, dim=-1)
+    inside = torch.isfinite(teacher_logits)
+    top = torch.where(inside, torch.exp(teacher_logits.double() / temperature), 0.0)
+    tail = torch.exp(teacher_tail.double())
+    norm = top.sum(-1) + tail
+    p = torch.cat([top / norm[..., None], (tail / norm)[..., None]], -1)
+    q_buckets = torch.cat(
+        [torch.where(inside, q, 0.0), torch.where(inside, 0.0, q).sum(-1, keepdim=True)], -1
+    )
+    per_position = REFERENCES[name](q_buckets, p, **params)
+    mask = labels != -100
+    return torch.where(mask, per_position, 0.0).sum(), mask.sum()

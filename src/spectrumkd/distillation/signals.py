@@ -3,8 +3,10 @@
 The objectives take dense teacher logits; a source returns them for a batch, aligned with the
 student's logits (``[B, T, V]``, position t predicting token t+1). A live teacher runs its
 forward pass; an offline cache returns stored top-k logits scattered into a tensor of ``-inf``
-(softmax at any temperature then renormalises over the top k exactly, and the objectives count
-zero-probability entries as zero). The objectives never know which source they were given.
+and, from ``tail_logsumexp(batch, temperature)``, the teacher's leftover mass outside them, which
+the objectives compare with the student's as one tail bucket
+(:func:`~spectrumkd.distillation.objectives.tail_buckets`). A source without that method gives
+the whole distribution (``-inf`` is then an exact zero). The objectives are the same for both.
 """
 
 from __future__ import annotations

@@ -3,10 +3,16 @@
 :func:`build_teacher_cache` runs the teacher once over the examples a schedule will use and
 keeps, at every position that predicts a response token (position t where ``labels[t + 1]`` is
 not -100, the positions the scorer reads), the k largest RAW logits (temperature 1) and their
-vocabulary indices, plus the full log-partition ``logsumexp`` of that position (4 bytes, so the
-top-k mass at temperature 1 is known without the teacher). Softmax of the top-k logits divided by
-any tau renormalises over the top k exactly, so one cache serves every temperature a curriculum
-asks for.
+vocabulary indices, the full log-partition ``logsumexp`` of that position, and the TAIL's
+log-partition ``log sum_{v outside the top k} exp(beta z_v)`` on a grid of inverse temperatures
+beta = 4/16 .. 32/16 (tau from 0.5 to 4; 116 bytes a position). The tail is what the objectives
+compare the student's leftover mass with (one tail bucket, see
+:func:`spectrumkd.distillation.objectives.tail_buckets`): without it a truncated teacher is a
+teacher with zeros outside its top k, and reverse KL from it is not a divergence. At a
+temperature between two grid points the tail is interpolated linearly in beta; the tail's
+log-partition is convex in beta, so the chord over-estimates it, by at most h^2 / 8 times the
+variance of the tail logits (h = 1/16); at tau = 1, 2, 4/3, 0.8, ... (beta on the grid) it is
+exact. One cache serves every temperature a curriculum asks for within that range.
 
 The cache lives in ``cache_root / f"{teacher fingerprint}-{data fingerprint}-k{k}"``: every run
 on the same teacher and data (other seeds, objectives, strategies) finds it. Like the scorer it
@@ -15,8 +21,9 @@ batches atomically, reuses finished shards after a kill, and writes ``index.json
 shard, row offset, number of positions) last: a folder with an index is a finished cache.
 
 :class:`CachedTeacher` is the :class:`~spectrumkd.distillation.signals.TeacherSignalSource` that
-reads it back: ``-inf`` everywhere except the cached top-k, so the objectives (which count
-zero-probability entries as zero) never know the teacher is not in memory.
+reads it back: ``-inf`` everywhere except the cached top-k, plus the tail's log-partition at the
+step's temperature (:meth:`CachedTeacher.tail_logsumexp`), which the trainer hands to the
+objectives as the teacher's leftover mass.
 """
 
 from __future__ import annotations
@@ -49,10 +56,13 @@ from spectrumkd.scoring.scorer import (
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: with the tail's log-partition (format 1 had none; its reverse KL was wrong)
 INDEX = "index.json"
 MANIFEST = "manifest.json"
 TOPK_SLICE = 1024  # positions per float32 top-k call: 1,024 x 152k vocabulary is 620 MB
+TAIL_GRID_STEP = 16  # the grid of inverse temperatures is n / 16 for n in TAIL_GRID
+TAIL_GRID = tuple(range(4, 33))  # beta from 0.25 to 2: tau from 0.5 to 4
+TAIL_SLICE = 16  # positions per tail pass: 16 x 49k float32 stays in a core's cache
 
 
 class MissingFromCacheError(KeyError):
@@ -71,8 +81,15 @@ def teacher_cache_dir(
     )
 
 
-def _folder_name(model: str, data: str, k: int) -> str:
-    return f"{model}-{data}-k{k}"
+def _folder_name(model: str, data: str, k: int, vocab: int | None = None) -> str:
+    return f"{model}-{data}-k{k}" + (f"-v{vocab}" if vocab is not None else "")
+
+
+def _index_format(path: Path) -> object:
+    try:
+        return json.loads(path.read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -91,16 +108,26 @@ def build_teacher_cache(
     settings: ScoringSettings | None = None,
     pad_token_id: int = 0,
     progress: bool = True,
+    vocab_size: int | None = None,
 ) -> Path:
     """Cache the teacher's top-k raw logits at every response-predicting position; the folder.
 
     Pass only the examples a schedule will use. A finished cache for the same teacher, data and
     k is returned as is; a killed build resumes from its finished shards. Under torch.distributed
     every process must call this: each computes every world-th shard and rank 0 writes the index.
+    ``vocab_size``: the vocabulary shared with the student when the teacher's head is padded
+    beyond it (``VocabAlignment.vocab_size``); the rows past it are left out of the top k, the
+    tail and the log-partition, as the live teacher's are trimmed.
     """
     if not examples:
         raise ValueError("no examples to cache; check the data source and the length limit")
-    vocab = _vocab_size(teacher)
+    teacher_vocab = _vocab_size(teacher)
+    vocab = teacher_vocab if vocab_size is None else int(vocab_size)
+    if not 1 <= vocab <= teacher_vocab:
+        raise ValueError(
+            f"vocab_size={vocab_size} must be between 1 and the teacher's vocabulary size "
+            f"({teacher_vocab})"
+        )
     if not 1 <= k <= vocab:
         raise ValueError(f"k={k} must be between 1 and the teacher's vocabulary size ({vocab})")
     ids = [example.id for example in examples]
@@ -109,9 +136,14 @@ def build_teacher_cache(
         raise ValueError(f"example id {duplicate!r} occurs twice; the cache is keyed by id")
     check_fits_model(teacher, examples)
     fingerprints = {"model": model_fingerprint(teacher), "data": data_fingerprint(examples)}
-    folder = Path(cache_root) / _folder_name(fingerprints["model"], fingerprints["data"], k)
+    folder = Path(cache_root) / _folder_name(
+        fingerprints["model"], fingerprints["data"], k, None if vocab == teacher_vocab else vocab
+    )
     if (folder / INDEX).exists():
-        return folder
+        if _index_format(folder / INDEX) == FORMAT:
+            return folder
+        logger.warning("%s: a teacher cache of an older format; rebuilding it", folder)
+        (folder / INDEX).unlink()
 
     device = next(teacher.parameters()).device
     settings = (settings or ScoringSettings()).resolved(device)
@@ -126,6 +158,7 @@ def build_teacher_cache(
         "format": FORMAT,
         "k": k,
         "vocab_size": vocab,
+        "tail_inverse_temperatures": [n / TAIL_GRID_STEP for n in TAIL_GRID],
         "settings": asdict(settings),
         "num_examples": len(examples),
         "num_shards": len(shards),
@@ -150,7 +183,9 @@ def build_teacher_cache(
             path = folder / _shard_name(shard_index)
             if not path.exists():
                 parts = [
-                    _batch_topk(teacher, [examples[i] for i in batch], k, pad_token_id, device)
+                    _batch_topk(
+                        teacher, [examples[i] for i in batch], k, pad_token_id, device, vocab
+                    )
                     for batch in shards[shard_index]
                 ]
                 tensors = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
@@ -208,11 +243,83 @@ def _prepare(folder: Path, manifest: dict) -> None:
         write_json(path, manifest)
 
 
+def tail_log_partitions(logits: torch.Tensor, top_indices: torch.Tensor) -> torch.Tensor:
+    """``log sum_{v not in top_indices} exp(beta * logits_v)`` for every beta = n / 16 of
+    TAIL_GRID: [P, len(TAIL_GRID)] float32 from logits [P, V] (float32) and indices [P, k];
+    -inf where the tail is empty (k = V).
+
+    Written by hand because 29 logsumexp calls over the vocabulary would cost more than the
+    teacher's forward pass on a CPU: here each entry takes ONE exp, e = exp((z - max) / 16),
+    and the grid's powers e^n follow by multiplication, over slices of positions small enough
+    to stay in a core's cache. Denormals are flushed meanwhile (powers of tiny terms would
+    otherwise crawl through the CPU's slow path); terms that small are far below float32's
+    resolution of a sum whose largest term is 1.
+    """
+    positions, width = logits.shape
+    out = torch.full((positions, len(TAIL_GRID)), -math.inf, dtype=torch.float32)
+    if top_indices.shape[-1] >= width:
+        return out
+    first, last = TAIL_GRID[0], TAIL_GRID[-1]
+    betas = torch.tensor(TAIL_GRID, dtype=torch.float32, device=logits.device) / TAIL_GRID_STEP
+    flushed = _denormals_flushed()
+    torch.set_flush_denormal(True)
+    try:
+        for start in range(0, positions, TAIL_SLICE):
+            part = logits[start : start + TAIL_SLICE].float()
+            tail = part.scatter(-1, top_indices[start : start + TAIL_SLICE].long(), -math.inf)
+            top = tail.max(-1, keepdim=True).values
+            top = torch.where(torch.isneginf(top), 0.0, top)  # a tail of -inf logits only
+            step = tail.sub_(top).div_(TAIL_GRID_STEP).exp_()  # exp(-inf) = 0 drops the top k
+            power = step.pow(first)
+            sums = []
+            for n in range(first, last + 1):
+                sums.append(power.sum(-1))
+                if n < last:
+                    power.mul_(step)
+            grid = torch.stack(sums, -1).log_()
+            out[start : start + TAIL_SLICE] = (grid + betas * top).cpu()
+    finally:
+        torch.set_flush_denormal(flushed)
+    return out
+
+
+def _denormals_flushed() -> bool:
+    """Whether the CPU flushes denormals now (torch has a setter but no getter)."""
+    return float(torch.tensor([1e-40]) * 1.0) == 0.0
+
+
+def interpolate_tail(grid: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The tail's log-partition at ``temperature`` from its values on the grid [..., G]:
+    exact on a grid point, linear in beta = 1 / tau between two (a chord of a convex function,
+    so an over-estimate; see the module doc)."""
+    betas = [n / TAIL_GRID_STEP for n in TAIL_GRID]
+    beta = 1.0 / temperature
+    if not betas[0] - 1e-9 <= beta <= betas[-1] + 1e-9:
+        raise ValueError(
+            f"temperature {temperature:g} is outside the teacher cache's range "
+            f"[{1 / betas[-1]:g}, {1 / betas[0]:g}]; use the live teacher (teacher_cache_k: 0)"
+        )
+    position = min(max((beta - betas[0]) * TAIL_GRID_STEP, 0.0), len(betas) - 1.0)
+    low = min(int(math.floor(position + 1e-9)), len(betas) - 1)
+    weight = position - low
+    if weight <= 1e-9:
+        return grid[..., low]
+    high = grid[..., low + 1]
+    mixed = (1.0 - weight) * grid[..., low] + weight * high
+    return torch.where(torch.isneginf(high), -math.inf, mixed)  # an empty tail stays empty
+
+
 def _batch_topk(
-    teacher: torch.nn.Module, batch: list, k: int, pad_token_id: int, device: torch.device
+    teacher: torch.nn.Module,
+    batch: list,
+    k: int,
+    pad_token_id: int,
+    device: torch.device,
+    vocab: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Top-k raw logits (float32), their indices (int32) and the log-partition at every
-    response-predicting position of ``batch``, row by row and position by position."""
+    """Top-k raw logits (float32), their indices (int32), the log-partition and the tail's
+    log-partitions on the grid at every response-predicting position of ``batch``, row by row
+    and position by position (over the first ``vocab`` rows of the head)."""
     inputs = {key: value.to(device) for key, value in collate(batch, pad_token_id).items()}
     predicts = predicting_positions(inputs["labels"])
     num = int(predicts.sum())
@@ -225,23 +332,28 @@ def _batch_topk(
             logits = logits[0]
         else:  # no output embedding to hook: take the full logits at the wanted positions
             logits = logits[predicts.to(logits.device)]
-        values, indices, lse = [], [], []
+        if vocab is not None:
+            logits = logits[..., :vocab]
+        values, indices, lse, tails = [], [], [], []
         for start in range(0, num, TOPK_SLICE):
             part = logits[start : start + TOPK_SLICE].float()
             top = part.topk(k, dim=-1)  # sorted, largest first
             values.append(top.values.cpu())
             indices.append(top.indices.to(torch.int32).cpu())
             lse.append(torch.logsumexp(part, dim=-1).cpu())
+            tails.append(tail_log_partitions(part, top.indices))
     if num == 0:
         return {
             "values": torch.zeros(0, k),
             "indices": torch.zeros(0, k, dtype=torch.int32),
             "logsumexp": torch.zeros(0),
+            "tail_logsumexp": torch.zeros(0, len(TAIL_GRID)),
         }
     result = {
         "values": torch.cat(values),
         "indices": torch.cat(indices),
         "logsumexp": torch.cat(lse),
+        "tail_logsumexp": torch.cat(tails),
     }
     if not torch.isfinite(result["values"]).all() or not torch.isfinite(result["logsumexp"]).all():
         raise FloatingPointError(
@@ -280,7 +392,8 @@ class CachedTeacher:
         index = json.loads(index_path.read_text())
         if index.get("format") != FORMAT:
             raise ValueError(
-                f"{index_path}: cache format {index.get('format')!r}, expected {FORMAT}"
+                f"{index_path}: teacher cache format {index.get('format')!r}, this version reads "
+                f"{FORMAT}; delete {self.cache_dir} or call build_teacher_cache to rebuild it"
             )
         self.index = index
         self.k = int(index["k"])
@@ -309,8 +422,11 @@ class CachedTeacher:
                 self._shards.popitem(last=False)
         return self._shards[number]
 
-    def entry(self, example_id: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(values [n, k] float32, indices [n, k] int64, logsumexp [n]) of one example."""
+    def entry(
+        self, example_id: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values [n, k] float32, indices [n, k] int64, logsumexp [n], tail [n, G]) of one
+        example; tail holds the tail's log-partition on the grid of inverse temperatures."""
         if example_id not in self._entries:
             raise MissingFromCacheError(
                 f"example {example_id!r} is not in the teacher cache {self.cache_dir}; "
@@ -319,7 +435,12 @@ class CachedTeacher:
         number, offset, count = self._entries[example_id]
         shard = self._shard(number)
         rows = slice(offset, offset + count)
-        return shard["values"][rows], shard["indices"][rows].long(), shard["logsumexp"][rows]
+        return (
+            shard["values"][rows],
+            shard["indices"][rows].long(),
+            shard["logsumexp"][rows],
+            shard["tail_logsumexp"][rows],
+        )
 
     def logits(self, batch: dict) -> torch.Tensor:
         """``[B, T, vocab_size]`` float32: ``-inf`` except each cached position's top-k logits."""
@@ -333,7 +454,7 @@ class CachedTeacher:
         out = torch.full((*labels.shape, width), -math.inf, dtype=torch.float32)
         predicts = predicting_positions(labels)
         for row, example_id in enumerate(ids):
-            values, indices, _ = self.entry(str(example_id))
+            values, indices, _, _ = self.entry(str(example_id))
             positions = predicts[row].nonzero()[:, 0]
             if positions.numel() != values.shape[0]:
                 raise ValueError(
@@ -344,6 +465,18 @@ class CachedTeacher:
             out[row, positions] = out[row, positions].scatter(-1, indices, values)
         if width != self.vocab_size:
             out = out[..., : self.vocab_size].contiguous()
+        return out.to(self.device)
+
+    def tail_logsumexp(self, batch: dict, temperature: float) -> torch.Tensor:
+        """``[B, T]`` float32: at each cached position, log sum_{v outside the top k}
+        exp(z_v / tau), the teacher's leftover mass that :meth:`logits` leaves out (-inf
+        elsewhere). The objectives compare it with the student's leftover mass."""
+        labels = batch["labels"].cpu()
+        out = torch.full(labels.shape, -math.inf, dtype=torch.float32)
+        predicts = predicting_positions(labels)
+        for row, example_id in enumerate(batch["ids"]):
+            tail = self.entry(str(example_id))[3]
+            out[row, predicts[row]] = interpolate_tail(tail, temperature)
         return out.to(self.device)
 
 
