@@ -257,6 +257,56 @@ def test_steps_logged_again_after_a_resume_keep_the_later_rows(tmp_path):
     assert [r["val_ce"] for r in run.epochs] == [2.7]
 
 
+def _tau_rows(with_train_tau: bool) -> list[dict]:
+    """Two epochs as the trainer logs them: epoch 2 trains at tau 2, where val_kd stays at
+    tau 1 and the training-temperature value (when logged) has its own key."""
+    rows = [
+        {"epoch": 1, "step": 1, "ce": 3.0, "kd": 1.2, "temperature": 1.0, "alpha": 0.3},
+        {"epoch": 1, "step": 1, "val_ce": 2.9, "val_kd": 1.10, "val_tokens": 40},
+        {"epoch": 2, "step": 2, "ce": 2.8, "kd": 0.5, "temperature": 2.0, "alpha": 0.3},
+        {"epoch": 2, "step": 2, "val_ce": 2.8, "val_kd": 1.05, "val_tokens": 40},
+    ]
+    if with_train_tau:
+        rows[3]["val_kd_train_tau"] = 0.45
+    return rows
+
+
+def test_validation_kd_is_labelled_at_tau_1_and_the_training_tau_value_apart(tmp_path):
+    from spectrumkd.report import figures
+
+    write_jsonl(tmp_path / "metrics.jsonl", _tau_rows(with_train_tau=True))
+    write_json(
+        tmp_path / "checkpoint" / "trainer_state.json",
+        {
+            "epoch": 2,
+            "step": 2,
+            "strategy": "baseline",
+            "config": {"epochs": 2, "objective": "forward_kl", "alpha": 0.3},
+            "best": {"epoch": 2, "metric": "val_kd", "value": 1.05},
+        },
+    )
+    run = read_run(tmp_path)
+    page = write_report(tmp_path).read_text()
+    assert "val KL(teacher||student) at tau 1 (val_kd)" in page
+    assert "val KL(teacher||student) at training tau (val_kd_train_tau)" in page
+    assert "lowest validation KL(teacher||student) at tau 1 (val_kd)" in page
+    assert "0.45" in page
+
+    def legend(epochs: list[dict]) -> list[str]:
+        figure = figures.training_figure(
+            run.steps, epochs, alpha=0.3, best=run.trainer_state["best"], kd_name="KL(t||s)"
+        )
+        return [text.get_text() for text in figure.axes[1].get_legend().get_texts()]
+
+    labels = legend(run.epochs)
+    assert "val KL(t||s) at tau 1" in labels
+    assert "val KL(t||s) at the epoch's training tau" in labels
+    assert "kept: epoch 2 (lowest val KL(t||s) at tau 1)" in labels
+    # Without the key (tau 1 epochs, or an older trainer) there is no second KD series.
+    old = [r for r in _tau_rows(with_train_tau=False) if "val_kd" in r]
+    assert not any("training tau" in label for label in legend(old))
+
+
 def test_evaluation_folders_are_read_per_set(tmp_path):
     add_evaluation(tmp_path)
     run = read_run(tmp_path)

@@ -31,6 +31,7 @@ from spectrumkd.io import read_jsonl, write_json
 from spectrumkd.jobs import ScoreResult, calibration_batches, score_dataset
 from spectrumkd.models import DEFAULT_TEACHER, check_pair, load_model, load_tokenizer, shrink
 from spectrumkd.report import write_report
+from spectrumkd.report.figures import EVAL_TEMPERATURE, divergence_name
 
 CALIBRATION_ROWS = 32
 # Sized for a few minutes per distillation on 2 CPU cores (about 180 KD tokens/s with the
@@ -175,17 +176,26 @@ def run_demo(
     return DemoResult(out_dir=out, plan=plan, score=score, seconds=seconds, distilled=distilled)
 
 
+# Checkpoints are kept by validation KL at tau 1 (the trainer measures val_kd at the evaluation
+# temperature whatever the epoch trained at), so epochs at different temperatures compare.
+SELECT_METRIC = "val_kd"
+
+
 @dataclass(frozen=True)
 class DistillResult:
+    """One distilled student of the demo, at its kept (best validation) epoch."""
+
     run: str
     epochs: int
     steps: int
     example_passes: int
-    best_epoch: int
-    val_ce: float
-    val_kd: float
+    best_epoch: int  # the kept epoch, whose student is in folder/best
+    val_ce: float  # validation CE of the references, nats per response token
+    val_kd: float  # validation KL(teacher || student) at tau 1, nats per response token
     seconds: float
     folder: str
+    train_temperature: float = 1.0  # the temperature the kept epoch trained at
+    select_metric: str = SELECT_METRIC
 
 
 def distill_stage(
@@ -226,7 +236,7 @@ def distill_stage(
         batch_size=8,
         learning_rate=5e-5,
         log_every=1,
-        select_metric="val_kd",
+        select_metric=SELECT_METRIC,
     )
     teacher = LiveTeacher(load_model(DEFAULT_TEACHER))
     results = []
@@ -263,33 +273,48 @@ def distill_stage(
                 val_kd=round(best_row["val_kd"], 4),
                 seconds=round(time.perf_counter() - began, 1),
                 folder=str(folder),
+                train_temperature=run_plan.epoch(best["epoch"]).temperature
+                if run_plan
+                else config.temperature,
             )
         )
     return results
 
 
+# The demo distils with forward KL, whose KD term is KL(teacher || student).
+KL_COLUMN = f"val {divergence_name('forward_kl')} at tau {EVAL_TEMPERATURE}"
+
+
 def results_table(results: list[DistillResult]) -> Table:
+    """The distilled students side by side, each column saying what it measures."""
     table = Table(
-        title="Validation of the distilled students (best epoch; nats per response token, lower is better)"
+        title="Validation of the distilled students at their kept epoch\n"
+        "(nats per response token of the held-out rows; lower is better)",
+        caption=(
+            "kept: the epoch with the lowest validation "
+            f"{divergence_name('forward_kl')} at tau {EVAL_TEMPERATURE} "
+            f"(select_metric={SELECT_METRIC}), saved in <run>/best/, and the tau it trained at. "
+            f"KL is measured at tau {EVAL_TEMPERATURE} whatever tau an epoch trained at (at a "
+            "higher tau it is smaller by construction), so the two runs compare."
+        ),
     )
-    for column in (
-        "run",
-        "epochs",
-        "steps",
-        "example passes",
-        "best epoch",
-        "CE",
-        "KL to teacher",
-        "time",
-    ):
-        table.add_column(column, justify="left" if column == "run" else "right")
+    # "kept epoch" reads "3 of 4": the run's epoch count, without a column of its own, so the
+    # table fits an 80-column terminal.
+    columns = ("run", "steps", "kept epoch", "val CE", KL_COLUMN, "time")
+    for column in columns:
+        # The KL header must stay whole (its direction and tau are the point): it wraps at the
+        # spaces, never inside "KL(teacher||student)"; run names fold instead of vanishing.
+        table.add_column(
+            column,
+            justify="left" if column == "run" else "right",
+            min_width=len(divergence_name("forward_kl")) if column == KL_COLUMN else None,
+            overflow="fold",
+        )
     for r in results:
         table.add_row(
             r.run,
-            str(r.epochs),
             str(r.steps),
-            str(r.example_passes),
-            str(r.best_epoch),
+            f"{r.best_epoch} of {r.epochs} (tau {r.train_temperature:g})",
             f"{r.val_ce:.4f}",
             f"{r.val_kd:.4f}",
             f"{r.seconds:.0f} s",

@@ -28,6 +28,25 @@ ZONE_COLOURS = {
 ZONE_LABELS = {"early": "Early", "continuous": "Continuous", "late": "Late", "excluded": "Excluded"}
 LOSS_UNIT = "nats per response token"
 MAX_LINE_POINTS = 4000  # a million-point line draws as a solid band anyway; thin it first
+# What each objective's KD term measures, in the direction the trainer computes it
+# (spectrumkd.distillation.objectives: forward_kl is KL(teacher || student)).
+DIVERGENCE_NAMES = {
+    "forward_kl": "KL(teacher||student)",
+    "reverse_kl": "KL(student||teacher)",
+    "jsd": "JSD(teacher, student)",
+    "tvd": "TVD(teacher, student)",
+    "skew_kl": "skew KL(teacher||student)",
+    "skew_reverse_kl": "skew KL(student||teacher)",
+}
+# Validation KD is measured at this temperature whatever an epoch trained at, so epochs (and
+# runs with different schedules) compare; the trainer may log the training-temperature value
+# beside it as ``val_kd_train_tau``.
+EVAL_TEMPERATURE = 1
+
+
+def divergence_name(objective: str | None) -> str:
+    """A reader's name for the KD term of ``objective`` ("KD" when unknown)."""
+    return DIVERGENCE_NAMES.get(objective or "", objective or "KD")
 
 
 def png_bytes(figure: Figure, dpi: int = 110) -> bytes:
@@ -199,10 +218,13 @@ def training_figure(
     *,
     alpha: float | None,
     best: Mapping[str, Any] | None,
+    kd_name: str = "KD",
 ) -> Figure:
-    """Left: CE, KD and the total loss per logged optimiser step (epoch ends dotted). Right:
-    validation CE and KD per epoch with the chosen (best) epoch marked. Either side may be
-    empty while a run is young; it then says so instead of drawing nothing."""
+    """Left: CE, KD (at each step's temperature) and the total loss per logged optimiser step
+    (epoch ends dotted). Right: validation CE and KD at tau 1 per epoch, the KD at the epoch's
+    training temperature as its own series where logged (``val_kd_train_tau``), and the chosen
+    (best) epoch marked. Either side may be empty while a run is young; it then says so
+    instead of drawing nothing. ``kd_name`` names the KD term (:func:`divergence_name`)."""
     figure = Figure(figsize=(10, 4.2), layout="constrained")
     left, right = figure.subplots(1, 2, width_ratios=(3, 2))
     if steps:
@@ -211,7 +233,14 @@ def training_figure(
         kd = [float(r["kd"]) for r in steps]
         marker = "o" if len(x) < 30 else None
         left.plot(x, ce, color="#2980b9", marker=marker, markersize=3, label="CE (ground truth)")
-        left.plot(x, kd, color="#27ae60", marker=marker, markersize=3, label="KD (to teacher)")
+        left.plot(
+            x,
+            kd,
+            color="#27ae60",
+            marker=marker,
+            markersize=3,
+            label=f"{kd_name} at the step's tau",
+        )
         # The trainer logs each step's alpha (a plan may set per-epoch KD weights); older
         # metrics files do not, and then the run's configured alpha stands for every step.
         alphas = [as_number(r.get("alpha")) for r in steps]
@@ -248,7 +277,7 @@ def training_figure(
         handles = right.plot(
             x, [float(r["val_ce"]) for r in epochs], marker="o", color="#2980b9", label="val CE"
         )
-        right.set_ylabel(f"validation CE ({LOSS_UNIT})", color="#2980b9")
+        right.set_ylabel(f"validation CE\n({LOSS_UNIT})", color="#2980b9")
         second = right.twinx()
         handles += second.plot(
             x,
@@ -256,23 +285,45 @@ def training_figure(
             marker="s",
             color="#27ae60",
             linestyle="--",
-            label="val KD",
+            label=f"val {kd_name} at tau {EVAL_TEMPERATURE}",
         )
-        second.set_ylabel(f"validation KD ({LOSS_UNIT})", color="#27ae60")
+        trained = [
+            (e, as_number(r.get("val_kd_train_tau"))) for e, r in zip(x, epochs, strict=True)
+        ]
+        trained = [(e, v) for e, v in trained if v is not None]
+        if trained:
+            # Smaller by construction at a higher tau: a separate series, never the tau-1 line.
+            handles += second.plot(
+                [e for e, _ in trained],
+                [v for _, v in trained],
+                marker="^",
+                color="#e67e22",
+                linestyle=":",
+                label=f"val {kd_name} at the epoch's training tau",
+            )
+        second.set_ylabel(f"validation {kd_name}\n({LOSS_UNIT})", color="#27ae60")
         if best and isinstance(best.get("epoch"), int):
             metric = str(best.get("metric", "val_kd"))
             chosen = next((r for r in epochs if int(r["epoch"]) == best["epoch"]), None)
             right.axvline(best["epoch"], color="#8e44ad", linewidth=1.5, alpha=0.6)
-            if chosen is not None and as_number(chosen.get(metric)) is not None:
-                target = second if metric == "val_kd" else right
-                handles += target.plot(
+            # Only the two drawn metrics get a star; another (val_rouge) has no axis here.
+            axis = {"val_kd": second, "val_ce": right}.get(metric)
+            if (
+                chosen is not None
+                and axis is not None
+                and as_number(chosen.get(metric)) is not None
+            ):
+                shown = (
+                    f"val {kd_name} at tau {EVAL_TEMPERATURE}" if metric == "val_kd" else "val CE"
+                )
+                handles += axis.plot(
                     [best["epoch"]],
                     [float(chosen[metric])],
                     marker="*",
                     markersize=16,
                     color="#8e44ad",
                     linestyle="none",
-                    label=f"chosen: epoch {best['epoch']} (lowest {metric})",
+                    label=f"kept: epoch {best['epoch']} (lowest {shown})",
                 )
         # Below the axes: the two y scales share the plot area, so no inside spot is free.
         right.legend(

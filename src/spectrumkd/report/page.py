@@ -291,9 +291,18 @@ def _training_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
                 status.append('<span class="ok">complete</span>')
         if best:
             where = "in best/" if run.has_best else "best/ missing"
+            metric = best.get("metric")
+            named = {
+                "val_kd": f"{figures.divergence_name(run.objective)} at tau "
+                f"{figures.EVAL_TEMPERATURE}",
+                "val_ce": "CE",
+                "val_rouge": "ROUGE-L",
+            }.get(str(metric))
+            order = "highest" if metric == "val_rouge" else "lowest"
             status.append(
                 _e(
-                    f"best epoch {best.get('epoch')} by {best.get('metric')} = "
+                    f"kept epoch {best.get('epoch')}: {order} validation "
+                    f"{named + f' ({metric})' if named else metric} = "
                     f"{_fmt(best.get('value'))} ({where})"
                 )
             )
@@ -320,8 +329,12 @@ def _training_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
                 "the drawn total uses the run's alpha"
             )
         last_step = run.steps[-1] if run.steps else None
+        kd_name = figures.divergence_name(run.objective)
+        at_eval = f"at tau {figures.EVAL_TEMPERATURE}"
+        has_train_tau = any(as_number(r.get("val_kd_train_tau")) is not None for r in run.epochs)
         caption = (
-            f"Per-token CE and KD (at the epoch's temperature) for {len(run.steps)} logged steps"
+            f"Per-token CE and {kd_name} (at each step's temperature) for {len(run.steps)} "
+            "logged steps"
             + (
                 ", total with each step's logged alpha"
                 if logged_alpha
@@ -329,33 +342,62 @@ def _training_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
                 if run.alpha is not None
                 else ""
             )
-            + f"; validation CE and KD for {len(run.epochs)} epoch(s)"
-            + (f", chosen epoch {best['epoch']} starred" if best else "")
+            + f"; validation CE and {kd_name} {at_eval} for {len(run.epochs)} epoch(s)"
+            + (
+                f" ({kd_name} at the epoch's training temperature drawn as its own series)"
+                if has_train_tau
+                else ""
+            )
+            + (f", kept epoch {best['epoch']} starred" if best else "")
             + (f"; last logged step {last_step['step']}" if last_step else "")
             + "."
         )
         rendered.append(
             _render(
                 "training.png",
-                figures.training_figure(run.steps, run.epochs, alpha=run.alpha, best=best),
+                figures.training_figure(
+                    run.steps, run.epochs, alpha=run.alpha, best=best, kd_name=kd_name
+                ),
                 "training loss curves and validation metrics",
                 caption,
             )
         )
         if run.epochs:
+            tau = _training_temperatures(run)
+            kd_column = f"val {kd_name} {at_eval} (val_kd)"
+            train_column = f"val {kd_name} at training tau (val_kd_train_tau)"
             rows = [
                 {
                     "epoch": r.get("epoch"),
                     "step": r.get("step"),
-                    "val_ce": r.get("val_ce"),
-                    "val_kd": r.get("val_kd"),
-                    "val_tokens": r.get("val_tokens"),
-                    "best": "*" if best and r.get("epoch") == best.get("epoch") else "",
+                    "training tau": tau.get(r.get("epoch")),
+                    "val CE (val_ce)": r.get("val_ce"),
+                    kd_column: r.get("val_kd"),
+                    **({train_column: r.get("val_kd_train_tau")} if has_train_tau else {}),
+                    "val tokens": r.get("val_tokens"),
+                    "kept": "*" if best and r.get("epoch") == best.get("epoch") else "",
                 }
                 for r in run.epochs
             ]
-            parts.append(f"<details><summary>Validation table</summary>{_table(rows)}</details>")
+            parts.append(
+                "<details><summary>Validation table (per response token, nats; "
+                f"{_e(kd_name)} {at_eval} whatever the epoch trained at)</summary>"
+                f"{_table(rows)}</details>"
+            )
     return _section("Training", parts, rendered, notes), rendered
+
+
+def _training_temperatures(run: RunData) -> dict[Any, float]:
+    """Each epoch's training temperature, from its logged steps or else the plan."""
+    tau: dict[Any, float] = {}
+    if run.schedule:
+        for entry in run.schedule["epochs"]:
+            if isinstance(entry, dict) and as_number(entry.get("temperature")) is not None:
+                tau[entry.get("epoch")] = float(entry["temperature"])
+    for row in run.steps:  # what the trainer actually used wins over the plan
+        if as_number(row.get("temperature")) is not None:
+            tau[row.get("epoch")] = float(row["temperature"])
+    return tau
 
 
 def _safe_name(text: str) -> str:

@@ -144,6 +144,13 @@ class RunData:
         self.notes.setdefault(section, []).append(message)
 
     @property
+    def objective(self) -> str | None:
+        """The KD objective the run trained with (``forward_kl``, ``jsd``, ...), if recorded."""
+        config = (self.trainer_state or {}).get("config")
+        objective = config.get("objective") if isinstance(config, dict) else None
+        return objective if isinstance(objective, str) else self.facts.get("objective")
+
+    @property
     def planned_epochs(self) -> int | None:
         if self.schedule and isinstance(self.schedule.get("epochs"), list):
             return len(self.schedule["epochs"])
