@@ -254,3 +254,54 @@ def test_a_model_reloaded_from_disk_keeps_its_fingerprint(tiny_model, tmp_path):
     assert model_fingerprint(reloaded) == model_fingerprint(tiny_model)
     reloaded.model.norm.weight.data[0] += 1e-3
     assert model_fingerprint(reloaded) != model_fingerprint(tiny_model)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda lines: lines[1:], id="lost-a-line"),
+        pytest.param(lambda lines: [], id="zero-bytes"),
+        pytest.param(
+            lambda lines: [*lines[:-1], lines[-1][: len(lines[-1]) // 2]], id="cut-mid-line"
+        ),
+        pytest.param(lambda lines: [*lines, lines[0]], id="duplicated-line"),
+        pytest.param(
+            lambda lines: [lines[0].replace(b'"tokens": ', b'"tokens": 1'), *lines[1:]],
+            id="wrong-token-count",
+        ),
+        pytest.param(lambda lines: [b"\xff\xfe not text", *lines[1:]], id="not-utf8"),
+    ],
+)
+def test_a_short_empty_or_corrupt_shard_is_rescored_with_a_warning(
+    tiny_model, tmp_path, caplog, damage
+):
+    examples = random_examples(12, tiny_model.config.vocab_size, seed=5)
+    settings = ScoringSettings(max_batch_size=2, shard_batches=1)
+    score_examples(tiny_model, examples, settings=settings, out_dir=tmp_path, progress=False)
+    expected = (tmp_path / "difficulties.jsonl").read_bytes()
+    shards = sorted((tmp_path / "shards").glob("shard-*.jsonl"))
+    assert len(shards) == 6
+    damaged, intact = shards[2], shards[3]
+    good = damaged.read_bytes()
+    damaged.write_bytes(b"".join(line + b"\n" for line in damage(good.splitlines())))
+    untouched = intact.stat().st_mtime_ns
+
+    with caplog.at_level("WARNING", logger="spectrumkd.scoring.scorer"):
+        table = score_examples(
+            tiny_model, examples, settings=settings, out_dir=tmp_path, progress=False
+        )
+    assert table.ids == tuple(e.id for e in examples)  # every example once, none lost
+    assert (tmp_path / "difficulties.jsonl").read_bytes() == expected
+    assert damaged.read_bytes() == good  # rescored into the same rows
+    assert intact.stat().st_mtime_ns == untouched  # the sound shards are reused
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and damaged.name in warnings[0] and "rescoring" in warnings[0]
+
+
+def test_an_unreadable_shard_manifest_is_one_line_naming_it(tiny_model, tmp_path):
+    examples = random_examples(4, tiny_model.config.vocab_size)
+    score_examples(tiny_model, examples, out_dir=tmp_path, progress=False)
+    (tmp_path / "shards" / "manifest.json").write_text('{"model": ')
+    with pytest.raises(ValueError, match=r"manifest\.json.*delete") as error:
+        score_examples(tiny_model, examples, out_dir=tmp_path, progress=False)
+    assert "\n" not in str(error.value)

@@ -57,13 +57,23 @@ def write_json(path: str | Path, obj: Any) -> None:
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield the rows of a JSONL file; a malformed line raises with its file and line number."""
     path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    # Bytes, decoded line by line: a text-mode handle decodes in blocks, so its UnicodeDecodeError
+    # could not say which line holds the bad byte.
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{path}:{number}: not valid UTF-8 (byte {raw[error.start]:#04x} at column "
+                    f"{error.start + 1}); save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(
-                    f"{path}:{number}: not valid JSON ({error.msg}); fix or remove that line"
+                    f"{path}:{number}:{error.colno}: not valid JSON ({error.msg}); "
+                    "fix or remove that line"
                 ) from None

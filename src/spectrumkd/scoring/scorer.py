@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -27,6 +29,8 @@ from spectrumkd.io import read_jsonl, write_json, write_jsonl
 from spectrumkd.scoring.difficulty import DifficultyTable, table_from_rows
 
 CE_SLICE = 4096  # positions per cross-entropy call
+
+logger = logging.getLogger(__name__)
 
 
 class ScorableExample(Protocol):
@@ -242,8 +246,12 @@ def score_examples(
             shard, shard_path = shards[shard_index], None
             if shard_dir is not None:
                 shard_path = shard_dir / f"shard-{shard_index:05d}.jsonl"
+            shard_rows = None
             if shard_path is not None and shard_path.exists():
-                shard_rows = list(read_jsonl(shard_path))
+                shard_rows, problem = _read_shard(shard_path, shard, examples)
+                if problem is not None:
+                    logger.warning("%s; rescoring that shard", problem)
+            if shard_rows is not None:
                 bar.update(sum(len(examples[i].input_ids) for batch in shard for i in batch))
             else:
                 shard_rows = []
@@ -297,6 +305,37 @@ def _score_batch(model, examples, batch: list[int], pad_token_id: int, device) -
     ]
 
 
+def _read_shard(
+    path: Path, shard: list[list[int]], examples: Sequence[ScorableExample]
+) -> tuple[list[dict] | None, str | None]:
+    """The rows of a finished shard, or (None, what is wrong) when it is not exactly the rows
+    its batches produce. Shards are written atomically, so a short, empty or garbled one was
+    damaged afterwards (a full disk, a hand edit); rescoring it is deterministic, so the resume
+    neither loses nor double-counts an example."""
+    try:
+        rows = list(read_jsonl(path))
+    except ValueError as error:  # a line of bad JSON or bad UTF-8, named by read_jsonl
+        return None, str(error).split("; ")[0]
+    expected = [i for batch in shard for i in batch]
+    if len(rows) != len(expected):
+        return None, f"{path} holds {len(rows)} rows where its batches hold {len(expected)}"
+    indices = [row.get("index") if isinstance(row, dict) else None for row in rows]
+    if not all(type(i) is int for i in indices) or sorted(indices) != sorted(expected):
+        return None, f"{path} holds rows of other examples than its batches'"
+    for row in rows:
+        example = examples[row["index"]]
+        loss, tokens = row.get("loss_sum"), row.get("tokens")
+        if (
+            row.get("id") != example.id
+            or isinstance(loss, bool)
+            or not isinstance(loss, (int, float))
+            or not math.isfinite(loss)
+            or tokens != sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
+        ):
+            return None, f"{path}: the row of example {example.id!r} does not match the data"
+    return rows, None
+
+
 def _prepare_shard_dir(
     model, examples, settings: ScoringSettings, out_dir, num_shards: int, rank: int, world: int
 ) -> Path | None:
@@ -315,7 +354,13 @@ def _prepare_shard_dir(
         write_json(manifest_path, manifest)
     if world > 1:
         torch.distributed.barrier()  # the manifest exists before any process compares it
-    previous = json.loads(manifest_path.read_text())
+    try:
+        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:  # JSON and UTF-8 errors are ValueErrors
+        raise ValueError(
+            f"{manifest_path} is unreadable ({str(error).splitlines()[0]}), so its shards cannot "
+            f"be matched to this run; delete {shard_dir} to score from scratch"
+        ) from None
     if previous != manifest:
         changed = ", ".join(k for k in manifest if previous.get(k) != manifest[k])
         raise ValueError(
