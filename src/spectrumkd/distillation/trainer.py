@@ -12,8 +12,9 @@ DDP, FSDP and DeepSpeed come from its configs. The teacher is any
 :class:`~spectrumkd.distillation.signals.TeacherSignalSource` (a live model or the offline cache).
 Checkpoints (``accelerator.save_state``: model weights in safetensors, optimiser, scheduler and
 RNG states) are written at every epoch end (and every ``save_every_steps`` optimiser steps) into
-``output_dir/checkpoint``, atomically, and a rerun resumes where the last one was written,
-mid-epoch included. On-policy GKD (``on_policy_fraction``), LoRA (``lora_rank``) and the
+``output_dir/checkpoint`` through a staging folder (a kill at any instant of the swap leaves a
+checkpoint the next start finds or completes), and a rerun resumes where the last one was
+written, mid-epoch included, dropping the metric rows logged after it. On-policy GKD (``on_policy_fraction``), LoRA (``lora_rank``) and the
 memory-bounded loss (``loss_impl: chunked``) are settings of the same loop.
 """
 
@@ -43,10 +44,11 @@ from spectrumkd.distillation.objectives import get_objective, kd_loss
 from spectrumkd.distillation.on_policy import with_student_responses
 from spectrumkd.distillation.signals import TeacherSignalSource, head_inputs
 from spectrumkd.integrations.sampler import CurriculumSampler
-from spectrumkd.io import write_json
+from spectrumkd.io import write_json, write_jsonl
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
 LOSS_IMPLS = ("full", "chunked")
 MAXIMISED = {"val_rouge"}  # validation metrics where higher is better
 TRACKERS = ("none", "tensorboard", "wandb", "all")
@@ -241,7 +243,10 @@ def step_losses(
     ce_sum = torch.nn.functional.cross_entropy(
         logits.float().transpose(1, 2), ce_labels, ignore_index=IGNORE_INDEX, reduction="sum"
     )
-    kd_sum, _ = kd_loss(logits, teacher_logits, labels, objective, temperature)
+    teacher_tail = None
+    if hasattr(teacher, "tail_logsumexp"):  # a truncated (cached) teacher: its leftover mass
+        teacher_tail = teacher.tail_logsumexp(batch, temperature)[:, :-1].to(logits.device)
+    kd_sum, _ = kd_loss(logits, teacher_logits, labels, objective, temperature, teacher_tail)
     return ce_sum, kd_sum
 
 
@@ -391,7 +396,8 @@ def train(
     """Distil ``teacher`` into ``student`` on ``examples`` following ``plan`` (or the baseline).
 
     Returns the final trainer state and writes the trained student to ``output_dir/final``
-    (safetensors; LoRA merged). Metrics go to ``output_dir/metrics.jsonl``. With ``validation``
+    (safetensors; LoRA merged). Metrics go to ``output_dir/metrics.jsonl``, each step once (a
+    resumed run drops the rows logged after its checkpoint). With ``validation``
     examples, every epoch ends with their CE and KD per token, and the epoch with the lowest
     ``config.select_metric`` is kept in ``output_dir/best`` (the paper selects checkpoints on
     validation). ``eos_token_id`` (default: the student's) ends on-policy samples.
@@ -461,6 +467,11 @@ def train(
         "config": asdict(config),
         "strategy": plan.strategy,
     }
+    if accelerator.is_main_process:
+        _recover_folder(output / CHECKPOINT, marker=STATE_FILE)
+        for saved_model in ("best", "final"):
+            _recover_folder(output / saved_model)
+    accelerator.wait_for_everyone()
     if (output / CHECKPOINT / STATE_FILE).exists():
         saved = json.loads((output / CHECKPOINT / STATE_FILE).read_text())
         changed = [k for k in state["config"] if saved["config"].get(k) != state["config"][k]]
@@ -475,6 +486,8 @@ def train(
             f"resuming after epoch {state['epoch']}, step {state['step']} "
             f"({state['step_in_epoch']} steps into epoch {state['epoch'] + 1})"
         )
+    if accelerator.is_main_process:
+        _drop_rows_past(output / METRICS_FILE, state["epoch"], state["step"])
     if config.report_to != "none":
         accelerator.init_trackers("spectrumkd", config=_flat(asdict(config)))
 
@@ -631,7 +644,8 @@ def evaluate(
 
 
 def _save_model(accelerator: Accelerator, student, folder: Path) -> None:
-    """The student as an ordinary safetensors model folder (``from_pretrained``), atomically."""
+    """The student as an ordinary safetensors model folder (``from_pretrained``), swapped in
+    whole (:func:`_swap_in`)."""
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(student)
     # Full-state gathering (FSDP, DeepSpeed ZeRO-3) is collective: every process takes part.
@@ -643,9 +657,7 @@ def _save_model(accelerator: Accelerator, student, folder: Path) -> None:
         if state_dict is not None and exported is not model:
             state_dict = None  # a merged LoRA copy has its own (plain) state
         exported.save_pretrained(staging, state_dict=state_dict)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
+        _swap_in(staging, folder)
     accelerator.wait_for_everyone()
 
 
@@ -656,18 +668,81 @@ def _log(accelerator: Accelerator, output: Path, row: dict, config: TrainConfig)
     if not accelerator.is_main_process:
         return
     output.mkdir(parents=True, exist_ok=True)
-    with (output / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+    with (output / METRICS_FILE).open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
 
 
+def _drop_rows_past(path: Path, epoch: int, step: int) -> None:
+    """Keep only the metric rows logged before the checkpoint being resumed (``epoch`` and
+    ``step`` 0: none), since the steps after it are trained and logged again.
+
+    An epoch's validation row shares its last step, but it belongs to the checkpoint only once
+    the epoch is complete in it (a mid-epoch checkpoint at that step comes before it).
+    """
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    whole = [line for line in lines if line.endswith("\n")]  # not an append torn by the kill
+    kept = [
+        row
+        for row in map(json.loads, filter(str.strip, whole))
+        if row["step"] <= step
+        and (row["epoch"] <= epoch or not any(key.startswith("val_") for key in row))
+    ]
+    if len(kept) < len(lines):
+        write_jsonl(path, kept)
+
+
 def _checkpoint(accelerator: Accelerator, output: Path, state: dict) -> None:
-    """Save into a staging folder, then swap it in: a kill leaves the previous checkpoint."""
-    staging, final = output / f".{CHECKPOINT}.tmp", output / CHECKPOINT
+    """Stage the checkpoint, then swap it in; a kill at any instant leaves either a checkpoint
+    or a complete staged one that :func:`_recover_folder` adopts (the state file, written last
+    into the staging folder, marks it complete)."""
+    folder = output / CHECKPOINT
+    staging = _staging(folder)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging), safe_serialization=True)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(staging / STATE_FILE, state)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        _swap_in(staging, folder)
     accelerator.wait_for_everyone()
+
+
+def _staging(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.tmp")
+
+
+def _aside(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.old")
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Replace ``folder`` by ``staging``. The old folder is moved aside, not deleted, until the
+    new one is in place, so that :func:`_recover_folder` can finish or undo a killed swap."""
+    old = _aside(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_folder(folder: Path, marker: str | None = None) -> None:
+    """Finish or undo a swap (:func:`_swap_in`) that a kill interrupted.
+
+    A staging folder holding ``marker`` (a file written into it last) is complete and newer than
+    ``folder``, so it replaces it; any other staging folder is discarded. A folder moved aside
+    whose successor never arrived comes back.
+    """
+    staging, old = _staging(folder), _aside(folder)
+    if marker is not None and (staging / marker).exists():
+        if folder.exists():
+            shutil.rmtree(folder)  # a kill in here leaves the staged one complete: adopted again
+        staging.rename(folder)
+    elif not folder.exists() and old.exists():
+        old.rename(folder)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,203 @@
+"""Kill-and-resume of the trainer: the checkpoint swap, its recovery and the metrics log."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from conftest import build_tiny_llama
+from test_trainer import VOCAB, KilledTeacher, make_examples
+
+import spectrumkd.distillation.trainer as trainer_module
+from spectrumkd.distillation.signals import LiveTeacher
+from spectrumkd.distillation.trainer import TrainConfig, train
+
+
+@functools.cache
+def teacher_model() -> torch.nn.Module:
+    return build_tiny_llama(VOCAB, num_layers=2, seed=1)
+
+
+class CountingTeacher(LiveTeacher):
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.calls = 0
+
+    def logits(self, batch):
+        self.calls += 1
+        return super().logits(batch)
+
+
+def run(folder: Path, config: TrainConfig, teacher=None, **options) -> tuple[dict, torch.nn.Module]:
+    student = build_tiny_llama(VOCAB, num_layers=1, seed=2)  # each run starts as a fresh process
+    state = train(
+        student,
+        teacher or LiveTeacher(teacher_model()),
+        make_examples(12),
+        config,
+        folder,
+        accelerator=Accelerator(cpu=True),
+        **options,
+    )
+    return state, student
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def metric_rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+CONFIG = TrainConfig(epochs=3, batch_size=4, learning_rate=1e-3, warmup_ratio=0.2, seed=5)
+
+
+class StagedSwapKill:
+    """Raises at the instant the staged checkpoint is about to be renamed into place for the
+    ``nth`` time: the previous checkpoint is already gone and the new one only staged."""
+
+    def __init__(self, monkeypatch, nth: int) -> None:
+        self.nth, self.seen, self.old_checkpoint_present = nth, 0, None
+        real = Path.rename
+
+        def rename(path: Path, target):
+            if path.name == f".{trainer_module.CHECKPOINT}.tmp":
+                self.seen += 1
+                if self.seen == self.nth:
+                    self.old_checkpoint_present = Path(target).exists()
+                    raise KeyboardInterrupt("killed during the checkpoint swap")
+            return real(path, target)
+
+        monkeypatch.setattr(Path, "rename", rename)
+
+
+def test_a_kill_between_removing_the_checkpoint_and_renaming_the_new_one_resumes_from_it(
+    tmp_path, monkeypatch
+):
+    _, clean = run(tmp_path / "clean", CONFIG)
+
+    with monkeypatch.context() as patch:
+        kill = StagedSwapKill(patch, nth=2)  # the end-of-epoch-2 checkpoint (step 6)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "killed", CONFIG)
+    assert kill.old_checkpoint_present is False  # killed between the removal and the rename
+    assert not (tmp_path / "killed" / "checkpoint").exists()
+
+    teacher = CountingTeacher(teacher_model())
+    state, resumed = run(tmp_path / "killed", CONFIG, teacher)
+    assert (state["epoch"], state["step"]) == (3, 9)
+    assert teacher.calls == 3  # epoch 3 only: the staged epoch-2 checkpoint was adopted
+    assert_same_weights(clean, resumed)
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_incomplete_staged_checkpoint_is_discarded(tmp_path, monkeypatch):
+    """A kill inside save_state leaves a staging folder without the state file: the previous
+    checkpoint is the one to resume from."""
+    _, clean = run(tmp_path / "clean", CONFIG)
+    real = Accelerator.save_state
+    calls = []
+
+    def dies_after_writing(self, output_dir=None, **options):
+        calls.append(output_dir)
+        result = real(self, output_dir, **options)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed after save_state, before the state file")
+        return result
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Accelerator, "save_state", dies_after_writing)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "killed", CONFIG)
+    staging = tmp_path / "killed" / f".{trainer_module.CHECKPOINT}.tmp"
+    assert (staging / "model.safetensors").exists()  # everything but the state file was written
+    assert not (staging / trainer_module.STATE_FILE).exists()
+
+    teacher = CountingTeacher(teacher_model())
+    state, resumed = run(tmp_path / "killed", CONFIG, teacher)
+    assert (state["epoch"], state["step"]) == (3, 9)
+    assert teacher.calls == 6  # epochs 2 and 3: resumed from the epoch-1 checkpoint
+    assert_same_weights(clean, resumed)
+    assert not staging.exists()
+
+
+def test_a_half_swapped_model_folder_is_restored(tmp_path):
+    """A kill between moving best/ aside and renaming its successor in leaves the old one."""
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "model.safetensors").write_text("old")
+    staging = tmp_path / ".best.tmp"
+    staging.mkdir()
+    (staging / "model.safetensors").write_text("half-written")
+    best.rename(tmp_path / ".best.old")  # the first step of the swap, then the kill
+
+    trainer_module._recover_folder(best)
+    assert (best / "model.safetensors").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+@pytest.mark.parametrize(
+    ("kill", "save_every_steps"),
+    [
+        ("teacher call 7 (epoch 2's last step; step 5 logged, last checkpoint at step 4)", 2),
+        ("the epoch-2 checkpoint, after epoch 2's validation row (last checkpoint at step 6)", 3),
+    ],
+)
+def test_a_resumed_run_logs_every_step_once(tmp_path, monkeypatch, kill, save_every_steps):
+    config = TrainConfig(
+        epochs=3,
+        batch_size=4,
+        learning_rate=1e-3,
+        seed=5,
+        log_every=1,
+        save_every_steps=save_every_steps,
+    )
+    validation = make_examples(4, seed=9)
+    run(tmp_path / "clean", config, validation=validation)
+
+    with monkeypatch.context() as patch:
+        if kill.startswith("teacher"):
+            teacher = KilledTeacher(teacher_model(), die_at=3 + 1 + 3)  # + epoch 1's validation
+        else:
+            teacher = None
+            real, calls = trainer_module._checkpoint, []
+
+            def dies_at_the_fourth(*args):
+                calls.append(args)
+                if len(calls) == 4:  # steps 3, epoch 1, step 6, then epoch 2's end
+                    raise KeyboardInterrupt("killed before the epoch-2 checkpoint")
+                return real(*args)
+
+            patch.setattr(trainer_module, "_checkpoint", dies_at_the_fourth)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "killed", config, teacher, validation=validation)
+    run(tmp_path / "killed", config, validation=validation)
+
+    clean, resumed = metric_rows(tmp_path / "clean"), metric_rows(tmp_path / "killed")
+    assert [(r["epoch"], r["step"], sorted(r)) for r in resumed] == [
+        (r["epoch"], r["step"], sorted(r)) for r in clean
+    ]
+    for a, b in zip(clean, resumed, strict=True):
+        assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_a_restart_without_a_checkpoint_drops_the_rows_of_the_killed_attempt(tmp_path):
+    config = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3, seed=5, log_every=1)
+    with pytest.raises(KeyboardInterrupt):  # dies in step 3, before the first checkpoint
+        run(tmp_path, config, KilledTeacher(teacher_model(), die_at=3))
+    assert [row["step"] for row in metric_rows(tmp_path)] == [1, 2]
+    run(tmp_path, config)
+    assert [row["step"] for row in metric_rows(tmp_path)] == [1, 2, 3]
+
+
+def test_a_metric_row_torn_by_the_kill_is_dropped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "step": 1, "ce": 2.0}\n{"epoch": 1, "step": 2, "c')
+    trainer_module._drop_rows_past(path, epoch=0, step=1)
+    assert path.read_text() == '{"epoch": 1, "step": 1, "ce": 2.0}\n'
