@@ -71,6 +71,7 @@ def algorithm1_reference(
 
 
 @pytest.mark.filterwarnings("ignore:epochs=.*never slides")
+@pytest.mark.filterwarnings("ignore:lambda_a=0.*never slides")
 @settings(max_examples=300, deadline=None)
 @given(dyadic_losses, ratios, schedules)
 def test_zones_and_windows_hold_every_invariant(losses, lab, sched):
@@ -79,6 +80,10 @@ def test_zones_and_windows_hold_every_invariant(losses, lab, sched):
     N = len(losses)
     early, excluded = round_half_up(la * N), round_half_up(lb * N)
     assume(2 * early + excluded <= N and N - excluded - early >= 1)
+    if early == 0 and la > 0 and n > k + 1:  # too few rows for the zones: refused, not a plan
+        with pytest.raises(ValueError, match=f"{N} examples .* Early zone of 0"):
+            SpectrumKD(make_config(la, lb, n, k, mode, direction)).plan(ids_for(N), losses)
+        return
     plan = SpectrumKD(make_config(la, lb, n, k, mode, direction)).plan(ids_for(N), losses)
     zones = plan.metadata["zones"]
 
@@ -115,6 +120,7 @@ def test_zones_and_windows_hold_every_invariant(losses, lab, sched):
 
 
 @pytest.mark.filterwarnings("ignore:epochs=.*never slides")
+@pytest.mark.filterwarnings("ignore:lambda_a=0.*never slides")
 @settings(max_examples=300, deadline=None)
 @given(dyadic_losses, ratios, st.integers(1, 30), st.integers(0, 8))
 def test_adaptive_step_matches_algorithm1_line_by_line(losses, lab, n, k):
@@ -125,6 +131,7 @@ def test_adaptive_step_matches_algorithm1_line_by_line(losses, lab, n, k):
         sizes = zone_sizes(N, la, lb)
     except ValueError:
         assume(False)
+    assume(sizes.early > 0 or la == 0 or n <= k + 1)  # else refused (tested above)
     plan = SpectrumKD(make_config(la, lb, n, k)).plan(ids_for(N), losses)
     got = [e.info["window_start_rank"] - 1 for e in plan.epochs]
     kept = sorted(losses)[: sizes.n_kept]
@@ -140,6 +147,7 @@ def test_drift_free_and_linear_match_their_definitions(losses, n, k):
         sizes = zone_sizes(N, 0.2, 0.1)
     except ValueError:
         assume(False)
+    assume(sizes.early > 0)  # else refused (test_zones_and_windows_hold_every_invariant)
     kept = sorted(losses)[: sizes.n_kept]
     td = [sum(kept[w : w + sizes.window]) for w in range(sizes.early + 1)]
     delta_avg = (td[-1] - td[0]) / (n - k - 1)
@@ -347,3 +355,25 @@ def test_curate_cli_auto_lambda_b_records_its_choice(tmp_path):
     assert (
         schedule["zones"]["excluded"]["min_difficulty"] > schedule["analyzer"]["threshold"] * 0.999
     )
+
+
+def test_a_table_too_small_for_an_early_zone_is_refused_naming_the_sizes():
+    """Issue 12, defect 6: 4 examples at lambda_a = 0.1 give E = round(0.4) = 0 and the window
+    would stand still every epoch; that was accepted silently (rc 0, no warning)."""
+    config = SpectrumKDConfig(lambda_a=0.1, lambda_b=0.1, epochs=5, warmup_epochs=1)
+    with pytest.raises(ValueError) as error:
+        SpectrumKD(config).plan(["a", "b", "c", "d"], [0.1, 0.2, 0.3, 0.4])
+    message = str(error.value)
+    assert "\n" not in message
+    assert "4 examples" in message and "Early zone of 0" in message and "at least 5" in message
+    # the smallest table that slides: 5 examples give E = 1, and the window moves once
+    plan = SpectrumKD(config).plan(list("abcde"), [0.1, 0.2, 0.3, 0.4, 0.5])
+    starts = [e.info["window_start_rank"] for e in plan.epochs]
+    assert starts[0] == 1 and starts[-1] == 2
+
+
+def test_no_early_zone_by_choice_warns_that_nothing_slides():
+    config = SpectrumKDConfig(lambda_a=0.0, lambda_b=0.2, epochs=4, warmup_epochs=1)
+    with pytest.warns(UserWarning, match="lambda_a=0: .* never slides; .* 8 easiest of 10"):
+        plan = SpectrumKD(config).plan([str(i) for i in range(10)], list(range(10)))
+    assert {e.info["window_start_rank"] for e in plan.epochs} == {1}

@@ -5,6 +5,7 @@ Pure functions: the same losses and configuration give the same schedule, byte f
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -54,10 +55,26 @@ def forward_window_starts(
     ``kept`` is the ascending difficulty of ranks 1..N' (Early, Continuous, Late).
     """
     n, k, early = config.epochs, config.warmup_epochs, sizes.early
+    if early == 0 and config.lambda_a > 0 and n > k + 1:
+        # Refused, not warned: the "curriculum" would be one fixed window, which a user who
+        # asked for SpectrumKD on a handful of rows would otherwise only notice in the results.
+        needed = math.ceil(0.5 / config.lambda_a - 1e-12)
+        raise ValueError(
+            f"{sizes.n} examples with lambda_a={config.lambda_a:g} give an Early zone of 0 "
+            f"(round({config.lambda_a * sizes.n:g})), so the window never slides; "
+            f"use at least {needed} examples or a larger lambda_a"
+        )
     if n <= k + 1 or early == 0:
-        if early > 0:
+        if n <= k + 1:
             warnings.warn(
-                f"epochs={n} <= warmup_epochs+1={k + 1}: the window never slides; every epoch trains on the first window",
+                f"epochs={n} <= warmup_epochs+1={k + 1}: the window never slides; every epoch "
+                f"trains on the first window ({sizes.window} of {sizes.n} examples)",
+                stacklevel=3,
+            )
+        else:
+            warnings.warn(
+                "lambda_a=0: no Early or Late zone, so the window never slides; every epoch "
+                f"trains on the {sizes.window} easiest of {sizes.n} examples",
                 stacklevel=3,
             )
         return [0] * n
