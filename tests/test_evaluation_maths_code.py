@@ -32,14 +32,26 @@ from spectrumkd.evaluation.maths import (
     score_math_prediction,
     select_few_shot,
 )
-from spectrumkd.evaluation.sandbox import namespace_available, run_program
+from spectrumkd.evaluation.sandbox import (
+    landlock_abi,
+    landlock_available,
+    namespace_available,
+    run_program,
+)
 
 needs_namespace = pytest.mark.skipif(
     not namespace_available(), reason="unprivileged user namespaces are unavailable here"
 )
+needs_landlock = pytest.mark.skipif(
+    not landlock_available(), reason="the kernel does not offer Landlock"
+)
+needs_landlock_tcp = pytest.mark.skipif(
+    not landlock_available() or landlock_abi() < 4, reason="Landlock here cannot restrict TCP"
+)
 ISOLATIONS = [
     "rlimits",
     pytest.param("namespace", marks=needs_namespace),
+    pytest.param("landlock", marks=needs_landlock),
 ]
 
 # ---------------------------------------------------------------------------------- maths
@@ -207,16 +219,19 @@ def test_fork_bomb_without_guard_hits_the_process_limit():
 @needs_namespace
 def test_processes_left_behind_die_with_the_namespace(tmp_path):
     marker = f"spectrumkd-left-behind-{random.randrange(10**9)}"
+    # The children exec the interpreter (the sandbox's view has no /usr/bin) and say so first,
+    # so the test sees that they really ran before the deadline.
     source = (
-        "import os, time\n"
+        "import os, sys, time\n"
         "for _ in range(3):\n"
         "    if os.fork() == 0:\n"
         "        os.setsid()  # leaves the process group: only the PID namespace catches it\n"
-        f"        os.execvp('sleep', ['sleep', '300', '{marker}'])\n"
+        "        code = 'print(\\'started\\', flush=True); import time; time.sleep(300)'\n"
+        f"        os.execv(sys.executable, [sys.executable, '-c', code, '{marker}'])\n"
         "time.sleep(300)\n"
     )
-    result = run_program(source, isolation="namespace", guard=False, timeout_s=1.5)
-    assert result.timed_out
+    result = run_program(source, isolation="namespace", guard=False, timeout_s=6)
+    assert result.timed_out and result.stdout.count("started") == 3
     import time
 
     time.sleep(0.3)
@@ -257,11 +272,15 @@ def _canary(tmp_path: Path) -> tuple[Path, Path]:
         ("rlimits", True),
         ("namespace", True),
         pytest.param("namespace", False, marks=needs_namespace),
+        ("landlock", True),
+        pytest.param("landlock", False, marks=needs_landlock),
     ],
 )
 def test_files_outside_the_sandbox_survive(tmp_path, attack, isolation, guard):
     if isolation == "namespace" and not namespace_available():
         pytest.skip("unprivileged user namespaces are unavailable here")
+    if isolation == "landlock" and not landlock_available():
+        pytest.skip("the kernel does not offer Landlock")
     folder, canary = _canary(tmp_path)
     source = attack.format(canary=str(canary), folder=str(folder))
     result = run_program(source, isolation=isolation, guard=guard, timeout_s=20)
@@ -275,11 +294,16 @@ def test_files_outside_the_sandbox_survive(tmp_path, attack, isolation, guard):
         ("rlimits", True),
         ("namespace", True),
         pytest.param("namespace", False, marks=needs_namespace),
+        ("landlock", True),
+        # Landlock restricts TCP from ABI 4 on.
+        pytest.param("landlock", False, marks=needs_landlock_tcp),
     ],
 )
 def test_network_is_unreachable(isolation, guard):
     if isolation == "namespace" and not namespace_available():
         pytest.skip("unprivileged user namespaces are unavailable here")
+    if isolation == "landlock" and not landlock_available():
+        pytest.skip("the kernel does not offer Landlock")
     # A listening socket on the host's loopback: the kernel completes a connection into the
     # backlog even before accept(), so a non-blocking accept afterwards shows any that came.
     server = socket.create_server(("127.0.0.1", 0))

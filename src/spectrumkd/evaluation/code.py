@@ -48,12 +48,7 @@ from spectrumkd.evaluation.maths import (
     resolve_generate,
     run_greedy_suite,
 )
-from spectrumkd.evaluation.sandbox import (
-    ISOLATIONS,
-    SandboxResult,
-    namespace_available,
-    run_programs,
-)
+from spectrumkd.evaluation.sandbox import SandboxResult, resolve_isolation, run_programs
 from spectrumkd.io import read_jsonl, write_jsonl
 
 if TYPE_CHECKING:
@@ -304,16 +299,7 @@ def evaluate_code(
     }
     # Settle the isolation before generating: a sandbox that cannot start must fail in seconds,
     # not after hours of generation.
-    if isolation not in ISOLATIONS:
-        raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
-    if isolation == "namespace" and not namespace_available():
-        raise RuntimeError(
-            "sandbox: namespace isolation is unavailable here (needs util-linux `unshare` and "
-            "unprivileged user namespaces); use isolation 'rlimits' or 'auto'"
-        )
-    resolved_isolation = (
-        ("namespace" if namespace_available() else "rlimits") if isolation == "auto" else isolation
-    )
+    resolved_isolation = resolve_isolation(isolation)
     generate = resolve_generate(
         model,
         tokenizer,

