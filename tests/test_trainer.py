@@ -200,8 +200,11 @@ def test_invalid_training_settings_are_refused():
 
 
 TWO_PROCESS_SCRIPT = """
+import os
 import sys
+import time
 import torch
+import accelerate.accelerator
 from accelerate import Accelerator
 from safetensors.torch import save_file
 sys.path.insert(0, sys.argv[3])
@@ -211,6 +214,15 @@ from spectrumkd.distillation.signals import LiveTeacher
 from spectrumkd.distillation.trainer import TrainConfig, train
 
 out, batch_size = sys.argv[1], int(sys.argv[2])
+if os.environ.get("RANK") == os.environ.get("SLOW_RANK"):
+    # A loaded machine: this rank reaches save_state's writes (after it made the folder) late.
+    real_save = accelerate.accelerator.save_accelerator_state
+
+    def slow_save(*args, **kwargs):
+        time.sleep(2)
+        return real_save(*args, **kwargs)
+
+    accelerate.accelerator.save_accelerator_state = slow_save
 accelerator = Accelerator(cpu=True)
 student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
 teacher = LiveTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1))
@@ -223,6 +235,8 @@ if accelerator.is_main_process:
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    """Rank 1 is slowed before it writes its part of each checkpoint (its RNG state): the
+    checkpoint swap must wait for it."""
     import os
     import subprocess
     import sys
@@ -254,7 +268,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     ]
     subprocess.run(
         [*launch, "--num_processes", "2", str(script), str(tmp_path / "two"), "4", tests_dir],
-        env=env,
+        env={**env, "SLOW_RANK": "1"},
         check=True,
         timeout=300,
     )
@@ -264,6 +278,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         check=True,
         timeout=300,
     )
+    # The last checkpoint holds every rank's RNG state (a resume of rank 1 needs its own).
+    checkpoint = tmp_path / "two" / "checkpoint"
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}
     two, one = (
         load_file(tmp_path / "two" / "weights.safetensors"),
         load_file(tmp_path / "one" / "weights.safetensors"),

@@ -699,6 +699,10 @@ def _checkpoint(accelerator: Accelerator, output: Path, state: dict) -> None:
     into the staging folder, marks it complete)."""
     folder = output / CHECKPOINT
     staging = _staging(folder)
+    # save_state writes on every process: the main one the model, optimiser, scheduler and its
+    # RNG state, each other one its own RNG state (and its shards under FSDP or DeepSpeed). So
+    # every step of the swap is a barrier: no process writes into a staging folder that is
+    # still being cleared, or that was already renamed while it was writing.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
@@ -708,7 +712,7 @@ def _checkpoint(accelerator: Accelerator, output: Path, state: dict) -> None:
     if accelerator.is_main_process:
         write_json(staging / STATE_FILE, state)
         _swap_in(staging, folder)
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # nobody reads or stages a checkpoint during the swap
 
 
 def _staging(folder: Path) -> Path:
