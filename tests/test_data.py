@@ -257,7 +257,8 @@ def test_loading_errors_are_specific(tmp_path, monkeypatch):
     empty.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(
         ValueError,
-        match="row 17: column 'output' is empty; drop the row or map another column with fields=",
+        match=r"empty\.jsonl: row 17: column 'output' is empty; drop the row or map another column "
+        "with fields=",
     ):
         load_examples(empty)
     assert len(load_examples(empty, limit=17)) == 17
@@ -268,7 +269,7 @@ def test_loading_errors_are_specific(tmp_path, monkeypatch):
     dup.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="duplicate id 'q4'"):
         load_examples(dup, id_field="id")
-    with pytest.raises(ValueError, match="id_field 'uid' is not a column"):
+    with pytest.raises(ValueError, match=r"dup\.jsonl: no column 'uid' \(named by id_field=\)"):
         load_examples(dup, id_field="uid")
     assert [e.id for e in load_examples(dup, id_field="id", limit=3)] == ["q0", "q1", "q2"]
 
@@ -276,7 +277,9 @@ def test_loading_errors_are_specific(tmp_path, monkeypatch):
     unknown.write_text(json.dumps({"question": "a", "answer": "b"}) + "\n")
     with pytest.raises(ValueError, match=r"cannot tell which columns.*\['question', 'answer'\]"):
         load_examples(unknown)
-    with pytest.raises(ValueError, match="fields='alpaca' needs an 'instruction' column"):
+    with pytest.raises(
+        ValueError, match="preset 'alpaca' of fields= needs an 'instruction' column"
+    ):
         load_examples(unknown, fields="alpaca")
     with pytest.raises(ValueError, match=r"column\(s\) \['missing'\] not found"):
         load_examples(
@@ -447,3 +450,80 @@ def test_kept_examples_fit_and_nothing_is_lost(tiny_tokenizer, max_length, max_p
             max_prompt_length is None
             or len(kept.input_ids) - kept.num_response_tokens <= max_prompt_length
         )
+
+
+# --- malformed files ---------------------------------------------------------------------------
+
+GOOD_ROW = {"instruction": "Add 2 and 3.", "input": "", "output": "5"}
+BAD_FILES = {
+    "empty.jsonl": (b"", r"empty\.jsonl is empty"),
+    "blank.jsonl": (b"\n  \n\n", r"blank\.jsonl is empty"),
+    "empty.json": (b"", r"empty\.json is empty"),
+    "nothing.json": (b"[]\n", r"nothing\.json holds no rows"),
+    "empty.csv": (b"", r"empty\.csv is empty"),
+    "blank.csv": (b"\n\n", r"blank\.csv is empty"),
+    "header.csv": (b"instruction,output\n", r"header\.csv holds no rows"),
+    "empty.parquet": (b"", r"empty\.parquet is empty"),
+    "garbage.parquet": (b"not parquet at all", r"garbage\.parquet is not a Parquet file"),
+    "bad.jsonl": (
+        json.dumps(GOOD_ROW).encode() + b'\n{"instruction": "x", "output": oops}\n',
+        r"bad\.jsonl:2:\d+: not valid JSON",
+    ),
+    "bad.json": (
+        b"[\n" + json.dumps(GOOD_ROW).encode() + b',\n {"instruction": "x", "output": oops}\n]',
+        r"bad\.json:3:\d+: not valid JSON",
+    ),
+    "latin1.jsonl": (
+        json.dumps(GOOD_ROW).encode() + b'\n{"instruction": "caf\xe9", "output": "x"}\n',
+        r"latin1\.jsonl:2: not valid UTF-8",
+    ),
+    "latin1.json": (
+        b'[{"instruction": "caf\xe9", "output": "x"}]',
+        r"latin1\.json:1: not valid UTF-8",
+    ),
+    "latin1.csv": (b"instruction,output\nok,fine\ncaf\xe9,x\n", r"latin1\.csv:3: not valid UTF-8"),
+    "columns.jsonl": (
+        b'{"question": "a", "answer": "b"}\n',
+        r"columns\.jsonl: cannot tell which columns .*\['question', 'answer'\]",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_a_malformed_file_is_one_line_naming_it(tmp_path, capfd, name):
+    content, message = BAD_FILES[name]
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message) as error:
+        load_examples(tmp_path / name)
+    assert "\n" not in str(error.value)
+    assert "Failed to" not in capfd.readouterr().err  # datasets' own log line is not repeated
+
+
+def test_a_folder_names_its_malformed_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty holds no data files"):
+        load_examples(tmp_path / "empty")
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps(GOOD_ROW) + "\n")
+    (folder / "b.jsonl").write_bytes(b'{"instruction": "caf\xe9", "output": "x"}\n')
+    with pytest.raises(ValueError, match=r"parts/b\.jsonl:1: not valid UTF-8"):
+        load_examples(folder)
+    (folder / "a.jsonl").unlink()
+    (folder / "b.jsonl").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"parts/b\.jsonl is empty"):
+        load_examples(folder)
+
+
+def test_column_errors_name_the_option_for_each_interface(tmp_path):
+    from spectrumkd.data.loading import OptionError
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"question": "a", "answer": "b"}) + "\n")
+    with pytest.raises(OptionError) as error:
+        load_examples(path)
+    assert "Pass fields= one of dolly" in str(error.value)  # the Python argument
+    assert error.value.option == "fields"
+    assert "Pass --fields one of dolly" in error.value.spelled("--fields")  # a CLI flag
+    with pytest.raises(OptionError, match=r"no column 'uid' \(named by id_field=\)") as error:
+        load_examples(path, fields=FieldMap("question", None, "answer"), id_field="uid")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,6 +25,7 @@ from spectrumkd.data.templates import (
     render_instruction,
     render_math,
 )
+from spectrumkd.io import read_jsonl
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 PRESETS = ("dolly", "alpaca", "prompt_response", "query_response", "messages")
@@ -36,6 +39,26 @@ _FILE_LIKE_SUFFIXES = frozenset(
 )
 _RESPONSE_COLUMNS = ("response", "output", "completion")
 _SCALAR_TYPES = (str, int, float, bool)
+_FORMATS = {".jsonl": "JSON Lines", ".json": "JSON", ".parquet": "Parquet", ".csv": "CSV"}
+
+# Where a message names the option that fixes it; see OptionError.
+OPTION = "\0"
+
+
+class OptionError(ValueError):
+    """A data problem that an option of :func:`load_examples` fixes (``fields``, ``id_field``).
+
+    ``str()`` names the option as the Python argument (``fields=``); another interface names it
+    its own way with :meth:`spelled` (the CLI: ``--fields``, a run config: ``data.fields``).
+    """
+
+    def __init__(self, template: str, option: str, python_hint: str = "") -> None:
+        self.template, self.option = template, option
+        super().__init__(self.spelled(f"{option}=") + python_hint)
+
+    def spelled(self, name: str) -> str:
+        """The message with the option written as ``name``."""
+        return self.template.replace(OPTION, name)
 
 
 @dataclass(frozen=True)
@@ -98,8 +121,9 @@ def load_examples(
         raise ValueError(f"limit must be >= 0, got {limit}")
 
     dataset = _load_dataset(source, split)
+    where = str(source)
     columns = list(dataset.column_names)
-    fmap = _resolve_fields(fields, columns)
+    fmap = _resolve_fields(fields, columns, where)
     if fmap.messages is not None and tokenizer is None:
         raise ValueError(
             f"column {fmap.messages!r} holds chat messages, which are rendered with the tokenizer's "
@@ -110,7 +134,10 @@ def load_examples(
             "template='chat' renders prompts with the tokenizer's chat template; pass tokenizer="
         )
     if id_field is not None and id_field not in columns:
-        raise ValueError(f"id_field {id_field!r} is not a column; columns are {columns}")
+        raise OptionError(
+            f"{where}: no column {id_field!r} (named by {OPTION}); columns are {columns}",
+            "id_field",
+        )
 
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
@@ -129,7 +156,7 @@ def load_examples(
                 f"and {index}); ids must be unique"
             )
         seen_ids[example_id] = index
-        prompt, response = _render_row(row, index, fmap, template, tokenizer)
+        prompt, response = _render_row(row, f"{where}: row {index}", fmap, template, tokenizer)
         meta = {
             key: value
             for key, value in row.items()
@@ -152,10 +179,11 @@ def _load_dataset(source: str | Path, split: str) -> Any:
         return _load_file(embedded_dolly_path())
 
     path = Path(source).expanduser()
-    if path.is_file():
-        return _load_file(path)
-    if path.is_dir():
-        return _load_folder(path, split)
+    if path.is_file() or path.is_dir():
+        dataset = _load_file(path) if path.is_file() else _load_folder(path, split)
+        if len(dataset) == 0:
+            raise ValueError(f"{path} holds no rows; give data with at least one example")
+        return dataset
     text = str(source)
     if isinstance(source, Path) or _looks_like_path(text):
         raise FileNotFoundError(f"no such data file or folder: {text}")
@@ -186,15 +214,27 @@ def _load_file(path: Path) -> Any:
             f"unsupported file type {path.suffix or '(no suffix)'!r} for {path}; supported: "
             f"{', '.join(SUPPORTED_SUFFIXES)}"
         )
-    kwargs: dict[str, Any] = {}
-    if suffix == ".csv":
-        # CSV carries no types: pandas would turn a response "42" into an int and "NA" into
-        # None, so read every column as a string and keep empty cells as "".
-        with path.open(newline="", encoding="utf-8") as handle:
-            header = next(csv.reader(handle), [])
-        kwargs["features"] = datasets.Features({name: datasets.Value("string") for name in header})
-        kwargs["keep_default_na"] = False
-    return datasets.load_dataset(_BUILDERS[suffix], data_files=str(path), split="train", **kwargs)
+    if _is_blank(path):  # datasets would fail on it with a bare StopIteration
+        raise ValueError(_empty(path))
+    try:
+        with _datasets_errors_unlogged():
+            kwargs: dict[str, Any] = {}
+            if suffix == ".csv":
+                # CSV carries no types: pandas would turn a response "42" into an int and "NA"
+                # into None, so read every column as a string and keep empty cells as "".
+                with path.open(newline="", encoding="utf-8") as handle:
+                    header = next(csv.reader(handle), [])
+                kwargs["features"] = datasets.Features(
+                    {name: datasets.Value("string") for name in header}
+                )
+                kwargs["keep_default_na"] = False
+            dataset = datasets.load_dataset(
+                _BUILDERS[suffix], data_files=str(path), split="train", **kwargs
+            )
+            _check_text(dataset)
+    except Exception as error:  # datasets, pyarrow and pandas each raise their own types
+        raise ValueError(_what_is_wrong(path, error)) from error
+    return dataset
 
 
 def _load_folder(path: Path, split: str) -> Any:
@@ -209,25 +249,160 @@ def _load_folder(path: Path, split: str) -> Any:
                 )
             return loaded[split]
         return loaded
-    return datasets.load_dataset(str(path), split=split)
+    try:
+        with _datasets_errors_unlogged():
+            dataset = datasets.load_dataset(str(path), split=split)
+            _check_text(dataset)
+    except Exception as error:
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in _BUILDERS)
+        if not files:
+            raise ValueError(
+                f"{path} holds no data files ({', '.join(SUPPORTED_SUFFIXES)}) and is not a "
+                "saved dataset (save_to_disk); give a data file or a dataset folder"
+            ) from error
+        for file in files:  # the first malformed file, reported as it would be on its own
+            problem = _file_problem(file)
+            if problem is not None:
+                raise ValueError(problem) from error
+        raise ValueError(
+            f"{path}: datasets could not load this folder ({_root_cause(error)})"
+        ) from error
+    return dataset
 
 
-def _resolve_fields(fields: str | FieldMap | None, columns: list[str]) -> FieldMap:
+@contextmanager
+def _datasets_errors_unlogged() -> Iterator[None]:
+    # datasets logs a parse failure before raising it; the error is reported as one line, and
+    # the logged copy would only repeat it in other words on stderr.
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_text(dataset: Any) -> None:
+    # pyarrow's JSON reader stores bytes as they are: bad UTF-8 would surface only when a row is
+    # read, as a UnicodeDecodeError without a file name. A full validation finds it now.
+    dataset.data.validate(full=True)
+
+
+def _is_blank(path: Path) -> bool:
+    return _first_byte(path) == b""
+
+
+def _empty(path: Path) -> str:
+    return f"{path} is empty; give a {_FORMATS[path.suffix.lower()]} file with at least one row"
+
+
+def _what_is_wrong(path: Path, error: BaseException) -> str:
+    """One line saying why ``datasets`` could not load ``path``, found by reading it plainly."""
+    if path.suffix.lower() == ".parquet":
+        return (
+            f"{path} is not a Parquet file datasets can read ({_root_cause(error)}); "
+            "write it again or give another file"
+        )
+    problem = _file_problem(path)
+    if problem is not None:
+        return problem
+    return (
+        f"{path}: datasets could not read it as {_FORMATS[path.suffix.lower()]} "
+        f"({_root_cause(error)}); check the file"
+    )
+
+
+def _file_problem(path: Path) -> str | None:
+    """What makes ``path`` unreadable as data (empty, bad UTF-8, bad JSON, no rows), if found."""
+    if _is_blank(path):
+        return _empty(path)
+    problem = _malformed_text(path)
+    if problem is None and path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))[1:]
+        if not any(any(cell.strip() for cell in row) for row in rows):
+            return f"{path} holds no rows, only a header; give a CSV file with at least one row"
+    return problem
+
+
+def _malformed_text(path: Path) -> str | None:
+    """The first line of ``path`` that is not UTF-8 (any text format) or not JSON (JSON
+    formats), or a JSON document that holds no rows; None when none is found."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _jsonl_problem(path)
+    if suffix not in (".json", ".csv"):
+        return None
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return (
+                    f"{path}:{number}: not valid UTF-8 (byte {raw[error.start]:#04x} at column "
+                    f"{error.start + 1}); save the file as UTF-8"
+                )
+    if suffix != ".json":
+        return None
+    try:  # datasets reads a .json file as one document or as JSON Lines
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        if _first_byte(path) != b"[":
+            return _jsonl_problem(path)
+        return f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg}); fix the file"
+    if not document:
+        return f"{path} holds no rows; give a JSON list with at least one row"
+    return None
+
+
+def _jsonl_problem(path: Path) -> str | None:
+    try:
+        for _ in read_jsonl(path):  # names the line of bad UTF-8 or bad JSON
+            pass
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _first_byte(path: Path) -> bytes:
+    """The first byte of ``path`` that is not whitespace (b"" for a blank file)."""
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 16):
+            if chunk.strip():
+                return chunk.lstrip()[:1]
+    return b""
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost error (``DatasetGenerationError`` says only that one
+    happened)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _resolve_fields(fields: str | FieldMap | None, columns: list[str], where: str) -> FieldMap:
     if isinstance(fields, FieldMap):
         fmap = fields
     elif fields is None:
         preset = _detect_preset(columns)
         if preset is None:
-            raise ValueError(
-                f"cannot tell which columns hold the prompt and the response; columns are {columns}. "
-                f"Pass fields= one of {', '.join(PRESETS)} or a FieldMap"
+            raise OptionError(
+                f"{where}: cannot tell which columns hold the prompt and the response; columns "
+                f"are {columns}. Pass {OPTION} one of {', '.join(PRESETS)}",
+                "fields",
+                python_hint=" or a FieldMap",
             )
-        fmap = _preset(preset, columns)
+        fmap = _preset(preset, columns, where)
     elif fields in PRESETS:
-        fmap = _preset(fields, columns)
+        fmap = _preset(fields, columns, where)
     else:
-        raise ValueError(
-            f"unknown fields preset {fields!r}; choose one of {', '.join(PRESETS)} or pass a FieldMap"
+        raise OptionError(
+            f"unknown preset {fields!r} for {OPTION}; choose one of {', '.join(PRESETS)}",
+            "fields",
+            python_hint=" or pass a FieldMap",
         )
 
     if fmap.messages is None and fmap.instruction is None and fmap.prompt is None:
@@ -237,7 +412,7 @@ def _resolve_fields(fields: str | FieldMap | None, columns: list[str]) -> FieldM
     named = [fmap.instruction, fmap.input, fmap.response, fmap.prompt, fmap.messages]
     missing = [name for name in named if name is not None and name not in columns]
     if missing:
-        raise ValueError(f"column(s) {missing} not found; columns are {columns}")
+        raise ValueError(f"{where}: column(s) {missing} not found; columns are {columns}")
     return fmap
 
 
@@ -259,10 +434,13 @@ def _first(columns: list[str], candidates: tuple[str, ...]) -> str | None:
     return next((name for name in candidates if name in columns), None)
 
 
-def _preset(name: str, columns: list[str]) -> FieldMap:
+def _preset(name: str, columns: list[str], where: str) -> FieldMap:
     def need(column: str | None, what: str) -> str:
         if column is None:
-            raise ValueError(f"fields={name!r} needs {what}; columns are {columns}")
+            raise OptionError(
+                f"{where}: preset {name!r} of {OPTION} needs {what}; columns are {columns}",
+                "fields",
+            )
         return column
 
     if name == "dolly":
@@ -299,20 +477,20 @@ def _preset(name: str, columns: list[str]) -> FieldMap:
 
 
 def _render_row(
-    row: Mapping[str, Any], index: int, fmap: FieldMap, template: str, tokenizer: Any
+    row: Mapping[str, Any], at: str, fmap: FieldMap, template: str, tokenizer: Any
 ) -> tuple[str, str]:
     if fmap.messages is not None:
-        return _render_messages(row[fmap.messages], index, fmap.messages, tokenizer)
+        return _render_messages(row[fmap.messages], at, fmap.messages, tokenizer)
 
-    response = _required_text(row, index, fmap.response)
+    response = _required_text(row, at, fmap.response)
     if fmap.instruction is not None:
-        instruction = _required_text(row, index, fmap.instruction)
-        extra = _optional_text(row, index, fmap.input)
+        instruction = _required_text(row, at, fmap.instruction)
+        extra = _optional_text(row, at, fmap.input)
         if template == "instruction":
             return render_instruction(instruction, extra), response
         text = instruction + "\n\n" + extra if extra else instruction
     else:
-        text = _required_text(row, index, fmap.prompt)  # type: ignore[arg-type]
+        text = _required_text(row, at, fmap.prompt)  # type: ignore[arg-type]
         if template == "instruction":
             return render_instruction(text), response
 
@@ -325,57 +503,53 @@ def _render_row(
     return text, response
 
 
-def _required_text(row: Mapping[str, Any], index: int, column: str) -> str:
+def _required_text(row: Mapping[str, Any], at: str, column: str) -> str:
     value = row.get(column)
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise ValueError(
-            f"row {index}: column {column!r} is empty; drop the row or map another column with fields="
+        raise OptionError(
+            f"{at}: column {column!r} is empty; drop the row or map another column with {OPTION}",
+            "fields",
         )
     if not isinstance(value, str):
-        raise ValueError(
-            f"row {index}: column {column!r} holds {type(value).__name__}, not text; map another "
-            "column with fields="
+        raise OptionError(
+            f"{at}: column {column!r} holds {type(value).__name__}, not text; map another "
+            f"column with {OPTION}",
+            "fields",
         )
     return value
 
 
-def _optional_text(row: Mapping[str, Any], index: int, column: str | None) -> str:
+def _optional_text(row: Mapping[str, Any], at: str, column: str | None) -> str:
     if column is None:
         return ""
     value = row.get(column)
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise ValueError(f"row {index}: column {column!r} holds {type(value).__name__}, not text")
+        raise ValueError(f"{at}: column {column!r} holds {type(value).__name__}, not text")
     return value
 
 
-def _render_messages(messages: Any, index: int, column: str, tokenizer: Any) -> tuple[str, str]:
+def _render_messages(messages: Any, at: str, column: str, tokenizer: Any) -> tuple[str, str]:
     if isinstance(messages, str):
         # Some exports store the chat list as a JSON string column.
         try:
             messages = json.loads(messages)
         except json.JSONDecodeError:
-            raise ValueError(
-                f"row {index}: column {column!r} is text, not a list of messages"
-            ) from None
+            raise ValueError(f"{at}: column {column!r} is text, not a list of messages") from None
     if not isinstance(messages, list) or not all(
         isinstance(turn, Mapping) and "role" in turn and "content" in turn for turn in messages
     ):
-        raise ValueError(
-            f"row {index}: column {column!r} must be a list of {{role, content}} messages"
-        )
+        raise ValueError(f"{at}: column {column!r} must be a list of {{role, content}} messages")
     last = max((i for i, turn in enumerate(messages) if turn["role"] == "assistant"), default=None)
     if last is None:
-        raise ValueError(
-            f"row {index}: column {column!r} has no assistant turn to use as the response"
-        )
+        raise ValueError(f"{at}: column {column!r} has no assistant turn to use as the response")
     response = messages[last]["content"]
     if not isinstance(response, str) or not response.strip():
         raise ValueError(
-            f"row {index}: column {column!r} last assistant turn is empty; drop the row or fix the data"
+            f"{at}: column {column!r} last assistant turn is empty; drop the row or fix the data"
         )
     if last == 0:
-        raise ValueError(f"row {index}: column {column!r} has no turn before the assistant reply")
+        raise ValueError(f"{at}: column {column!r} has no turn before the assistant reply")
     history = [{"role": turn["role"], "content": turn["content"]} for turn in messages[:last]]
     return render_chat(tokenizer, history), response
