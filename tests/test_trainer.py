@@ -295,6 +295,13 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         torch.testing.assert_close(two[name], tensor, rtol=1e-3, atol=1e-4)
 
 
+def kd_per_token(model, teacher, examples, temperature: float) -> float:
+    batch = collate_with_ids(examples, 0)
+    with torch.no_grad():
+        _, kd = step_losses(model, teacher, batch, get_objective("forward_kl"), temperature)
+    return kd.item() / int((batch["labels"][:, 1:] != -100).sum())
+
+
 def test_validation_each_epoch_keeps_the_best_checkpoint(tmp_path):
     import json
 
@@ -322,11 +329,60 @@ def test_validation_each_epoch_keeps_the_best_checkpoint(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     best = min(rows, key=lambda r: r["val_kd"])
     assert state["best"] == {"epoch": best["epoch"], "metric": "val_kd", "value": best["val_kd"]}
-    # Independent check: the saved model reproduces the recorded validation KD.
+    # Independent check: the saved model reproduces the recorded validation KD, at the
+    # evaluation temperature 1, and beside it at the training temperature.
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "best")
-    batch = collate_with_ids(validation, 0)
-    with torch.no_grad():
-        _, kd = step_losses(saved, teacher, batch, get_objective("forward_kl"), 2.0)
-    assert kd.item() / int((batch["labels"][:, 1:] != -100).sum()) == pytest.approx(
-        best["val_kd"], rel=1e-5
+    assert kd_per_token(saved, teacher, validation, 1.0) == pytest.approx(best["val_kd"], rel=1e-5)
+    assert kd_per_token(saved, teacher, validation, 2.0) == pytest.approx(
+        best["val_kd_train_tau"], rel=1e-5
     )
+
+
+def test_validation_kd_is_at_temperature_1_whatever_the_epoch_temperature(tmp_path, monkeypatch):
+    """Selection on val_kd compares epochs of a rising temperature at one temperature."""
+    import json
+
+    import spectrumkd.distillation.trainer as trainer_module
+
+    examples, validation = make_examples(20), make_examples(6, seed=9)
+    plan = SpectrumKD(SpectrumKDConfig(lambda_a=0.2, lambda_b=0.1, epochs=3, warmup_epochs=1)).plan(
+        [e.id for e in examples], np.arange(20.0)
+    )
+    assert [e.temperature for e in plan.epochs] == [1.0, 1.5, 2.0]
+    teacher = LiveTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1))
+    saved_kd = {}  # each epoch's student, measured independently when it is validated
+    real_evaluate = trainer_module.evaluate
+
+    def measuring_evaluate(accelerator, student, *args, **options):
+        epoch = len(saved_kd) + 1
+        model = accelerator.unwrap_model(student)
+        saved_kd[epoch] = {
+            tau: kd_per_token(model, teacher, validation, tau) for tau in (1.0, 1.5, 2.0)
+        }
+        return real_evaluate(accelerator, student, *args, **options)
+
+    monkeypatch.setattr(trainer_module, "evaluate", measuring_evaluate)
+    state = train(
+        build_tiny_llama(VOCAB, num_layers=1, seed=2),
+        teacher,
+        examples,
+        TrainConfig(batch_size=4, learning_rate=3e-3),
+        tmp_path,
+        plan=plan,
+        validation=validation,
+        accelerator=Accelerator(cpu=True),
+    )
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if "val_kd" in line
+    ]
+    for row, epoch in zip(rows, plan.epochs, strict=True):
+        measured = saved_kd[epoch.epoch]
+        assert row["val_kd"] == pytest.approx(measured[1.0], rel=1e-5)
+        if epoch.temperature == 1.0:
+            assert "val_kd_train_tau" not in row
+        else:
+            assert row["val_kd_train_tau"] == pytest.approx(measured[epoch.temperature], rel=1e-5)
+    best = min(rows, key=lambda r: r["val_kd"])
+    assert state["best"]["epoch"] == best["epoch"] and state["best"]["value"] == best["val_kd"]

@@ -201,3 +201,23 @@ def test_a_metric_row_torn_by_the_kill_is_dropped(tmp_path):
     path.write_text('{"epoch": 1, "step": 1, "ce": 2.0}\n{"epoch": 1, "step": 2, "c')
     trainer_module._drop_rows_past(path, epoch=0, step=1)
     assert path.read_text() == '{"epoch": 1, "step": 1, "ce": 2.0}\n'
+
+
+def test_a_checkpoint_whose_best_val_kd_predates_temperature_1_does_not_compete(tmp_path):
+    """Checkpoints written when val_kd was measured at each epoch's temperature hold a best value
+    at another temperature: a resumed run must not compare its tau-1 values with it."""
+    config = TrainConfig(epochs=3, batch_size=4, learning_rate=1e-3, seed=5, temperature=2.0)
+    validation = make_examples(4, seed=9)
+    with pytest.raises(KeyboardInterrupt):  # dies in epoch 3, after epoch 2's checkpoint
+        run(
+            tmp_path, config, KilledTeacher(teacher_model(), 2 * (3 + 1) + 1), validation=validation
+        )
+    state_file = tmp_path / trainer_module.CHECKPOINT / trainer_module.STATE_FILE
+    saved = json.loads(state_file.read_text())
+    assert saved["best"]["metric"] == "val_kd"
+    saved.pop("val_kd_temperature", None)  # as an older trainer wrote it, with a tau-2 value
+    saved["best"]["value"] = 1e-9
+    state_file.write_text(json.dumps(saved))
+
+    state, _ = run(tmp_path, config, validation=validation)
+    assert state["best"]["epoch"] == 3 and state["best"]["value"] > 1e-9

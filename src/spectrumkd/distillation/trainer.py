@@ -51,6 +51,9 @@ STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 LOSS_IMPLS = ("full", "chunked")
 MAXIMISED = {"val_rouge"}  # validation metrics where higher is better
+# Validation KD is measured at this temperature whatever the epoch's: KD at a higher temperature
+# is smaller by construction, so values at different temperatures do not compare.
+EVAL_TEMPERATURE = 1.0
 TRACKERS = ("none", "tensorboard", "wandb", "all")
 
 
@@ -97,8 +100,9 @@ class TrainConfig:
     select_metric: str = field(
         default="val_kd",
         metadata={
-            "help": "validation metric that picks output_dir/best: val_kd or val_ce (lowest), "
-            "val_rouge (highest; needs val_rouge on)"
+            "help": "validation metric that picks output_dir/best: val_kd (KD to the teacher "
+            "at temperature 1, whatever the epoch's) or val_ce (lowest), val_rouge (highest; "
+            "needs val_rouge on)"
         },
     )
     val_rouge: str = field(
@@ -229,6 +233,15 @@ def step_losses(
     """
     if chunk_size is not None:
         return _chunked_step_losses(student, teacher, batch, objective, temperature, chunk_size)
+    ce_sum, (kd_sum,) = _full_step_losses(student, teacher, batch, objective, (temperature,))
+    return ce_sum, kd_sum
+
+
+def _full_step_losses(
+    student, teacher: TeacherSignalSource, batch: dict, objective, temperatures: Sequence[float]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The summed CE and the summed KD at each of ``temperatures``, from one forward pass of
+    both models."""
     logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]  # position t predicts token t+1
     logits = logits[:, :-1]
@@ -243,11 +256,14 @@ def step_losses(
     ce_sum = torch.nn.functional.cross_entropy(
         logits.float().transpose(1, 2), ce_labels, ignore_index=IGNORE_INDEX, reduction="sum"
     )
-    teacher_tail = None
-    if hasattr(teacher, "tail_logsumexp"):  # a truncated (cached) teacher: its leftover mass
-        teacher_tail = teacher.tail_logsumexp(batch, temperature)[:, :-1].to(logits.device)
-    kd_sum, _ = kd_loss(logits, teacher_logits, labels, objective, temperature, teacher_tail)
-    return ce_sum, kd_sum
+    kd_sums = []
+    for temperature in temperatures:
+        teacher_tail = None
+        if hasattr(teacher, "tail_logsumexp"):  # a truncated (cached) teacher: its leftover mass
+            teacher_tail = teacher.tail_logsumexp(batch, temperature)[:, :-1].to(logits.device)
+        kd_sum, _ = kd_loss(logits, teacher_logits, labels, objective, temperature, teacher_tail)
+        kd_sums.append(kd_sum)
+    return ce_sum, kd_sums
 
 
 def _chunked_step_losses(student, teacher, batch, objective, temperature, chunk_size):
@@ -398,7 +414,8 @@ def train(
     Returns the final trainer state and writes the trained student to ``output_dir/final``
     (safetensors; LoRA merged). Metrics go to ``output_dir/metrics.jsonl``, each step once (a
     resumed run drops the rows logged after its checkpoint). With ``validation``
-    examples, every epoch ends with their CE and KD per token, and the epoch with the lowest
+    examples, every epoch ends with their CE and KD per token (KD at temperature 1, and at the
+    epoch's temperature as ``val_kd_train_tau`` when that differs), and the epoch with the lowest
     ``config.select_metric`` is kept in ``output_dir/best`` (the paper selects checkpoints on
     validation). ``eos_token_id`` (default: the student's) ends on-policy samples.
     ``validators`` are extra per-epoch metrics of the unwrapped student (for example ROUGE-L of
@@ -466,6 +483,7 @@ def train(
         "step_in_epoch": 0,
         "config": asdict(config),
         "strategy": plan.strategy,
+        "val_kd_temperature": EVAL_TEMPERATURE,
     }
     if accelerator.is_main_process:
         _recover_folder(output / CHECKPOINT, marker=STATE_FILE)
@@ -482,6 +500,12 @@ def train(
             )
         accelerator.load_state(str(output / CHECKPOINT))
         state = {"step_in_epoch": 0, **saved}
+        best = state.get("best")
+        if best and best["metric"] == "val_kd" and "val_kd_temperature" not in saved:
+            # An older trainer's checkpoint: its val_kd was at the epoch's temperature, so the
+            # next epoch's value (at temperature 1) replaces it instead of competing with it.
+            del state["best"]
+        state["val_kd_temperature"] = EVAL_TEMPERATURE
         accelerator.print(
             f"resuming after epoch {state['epoch']}, step {state['step']} "
             f"({state['step_in_epoch']} steps into epoch {state['epoch'] + 1})"
@@ -614,10 +638,19 @@ def _flat(values: dict) -> dict:
 def evaluate(
     accelerator, student, teacher, examples, objective, temperature, config, pad_token_id
 ) -> dict[str, float]:
-    """Per-token CE of the references and KD to the teacher (at the epoch's temperature) on a
-    validation set: the low-noise metrics; generation-based ROUGE-L comes with the evaluation suite."""
+    """Per-token CE of the references and KD to the teacher on a validation set: the low-noise
+    metrics; generation-based ROUGE-L comes with the evaluation suite.
+
+    ``val_kd`` is at :data:`EVAL_TEMPERATURE` (1) whatever the epoch's ``temperature``, so that
+    epochs, and runs, compare on one scale; at another training temperature the KD at it is
+    reported beside, as ``val_kd_train_tau``.
+    """
+    temperatures = [EVAL_TEMPERATURE]
+    if temperature != EVAL_TEMPERATURE:
+        temperatures.append(temperature)
     student.eval()
-    ce_total = kd_total = tokens = 0.0
+    ce_total, tokens = 0.0, 0
+    kd_totals = [0.0] * len(temperatures)
     with torch.no_grad():
         for start in range(
             accelerator.process_index * config.batch_size,
@@ -628,19 +661,19 @@ def evaluate(
             batch = {
                 k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()
             }
-            ce_sum, kd_sum = step_losses(student, teacher, batch, objective, temperature)
+            ce_sum, kd_sums = _full_step_losses(student, teacher, batch, objective, temperatures)
             ce_total += ce_sum.item()
-            kd_total += kd_sum.item()
+            kd_totals = [total + kd.item() for total, kd in zip(kd_totals, kd_sums, strict=True)]
             tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     totals = accelerator.reduce(
-        torch.tensor([ce_total, kd_total, tokens], device=accelerator.device), "sum"
+        torch.tensor([ce_total, tokens, *kd_totals], device=accelerator.device), "sum"
     ).tolist()
     student.train()
-    return {
-        "val_ce": totals[0] / max(totals[2], 1),
-        "val_kd": totals[1] / max(totals[2], 1),
-        "val_tokens": int(totals[2]),
-    }
+    ce, tokens, kd = totals[0], max(totals[1], 1), totals[2:]
+    metrics = {"val_ce": ce / tokens, "val_kd": kd[0] / tokens}
+    if len(kd) > 1:
+        metrics["val_kd_train_tau"] = kd[1] / tokens
+    return {**metrics, "val_tokens": int(totals[1])}
 
 
 def _save_model(accelerator: Accelerator, student, folder: Path) -> None:
