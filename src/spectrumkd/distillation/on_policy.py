@@ -6,6 +6,10 @@ sampled tokens up to and including the first EOS, and everything after the first
 (TRL and the spec mask it). The teacher then scores the new sequence like any other, so every
 objective works on-policy unchanged. The rows keep their place, so example ids stay aligned.
 
+The student samples only ids of the pair's shared vocabulary (``vocab``, see
+:func:`sampling_vocabulary`): a student whose embedding is padded past the teacher's has rows
+the teacher lacks, and an id sampled from one of them would index past the teacher's embedding.
+
 Why the sampled rows are marked (``on_policy`` in the batch): the ground-truth cross-entropy
 has no meaning on the student's own tokens (it would reward the student for what it already
 says), so the trainer leaves those rows out of the CE term.
@@ -14,12 +18,15 @@ says), so the trainer leaves those rows out of the CE term.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from spectrumkd.curation.spectrum import round_half_up
 from spectrumkd.data.tokenize import IGNORE_INDEX
-from spectrumkd.evaluation.generation import left_pad
+from spectrumkd.evaluation.generation import KnownTokensOnly, left_pad
+from spectrumkd.models.pairing import VocabAlignment, vocab_rows
 
 
 def rows_to_sample(batch_size: int, fraction: float) -> int:
@@ -38,6 +45,21 @@ def prompt_lengths(labels: torch.Tensor, attention_mask: torch.Tensor) -> list[i
     return first.tolist()
 
 
+def sampling_vocabulary(student: torch.nn.Module, teacher: Any) -> VocabAlignment | None:
+    """What the student may sample for ``teacher`` to score: the pair's alignment when the
+    teacher carries one (``LiveTeacher(model, alignment)``, from
+    :func:`~spectrumkd.models.pairing.check_pair`), else the ids both models have rows for;
+    None for a teacher without a model (nothing to restrict by)."""
+    alignment = getattr(teacher, "alignment", None)
+    if alignment is not None:
+        return alignment
+    model = getattr(teacher, "model", None)
+    if model is None:
+        return None
+    teacher_rows, student_rows = vocab_rows(model), vocab_rows(student)
+    return VocabAlignment(min(teacher_rows, student_rows), teacher_rows, student_rows)
+
+
 def _cut_after_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     for index, token in enumerate(tokens):
         if token in eos_ids:
@@ -54,12 +76,14 @@ def sample_responses(
     eos_token_ids: Sequence[int],
     temperature: float,
     max_new_tokens: int,
+    vocab: VocabAlignment | None = None,
 ) -> list[list[int]]:
     """The student's sampled continuation of each prompt, cut after its first EOS.
 
     Prompts are left-padded into one batch (generation appends on the right). Sampling is plain
-    ancestral sampling at ``temperature`` (no top-k, no top-p), as GKD defines it; it draws from
-    the torch RNG, which the trainer's checkpoints save and restore.
+    ancestral sampling at ``temperature`` (no top-k, no top-p), as GKD defines it, over the ids
+    of ``vocab`` (below its ``vocab_size``, none of its ``missing_ids``; every row when None);
+    it draws from the torch RNG, which the trainer's checkpoints save and restore.
     """
     if not prompts:
         return []
@@ -79,6 +103,9 @@ def sample_responses(
             max_new_tokens=max_new_tokens,
             pad_token_id=pad_token_id,
             eos_token_id=list(eos_token_ids),
+            logits_processor=LogitsProcessorList(
+                [] if vocab is None else [KnownTokensOnly(vocab.vocab_size, vocab.missing_ids)]
+            ),
         )
     finally:
         model.train(was_training)
@@ -95,11 +122,13 @@ def with_student_responses(
     eos_token_ids: Sequence[int],
     temperature: float,
     max_new_tokens: int,
+    vocab: VocabAlignment | None = None,
 ) -> dict:
     """``batch`` with the responses of its first ``fraction`` of rows replaced by student samples.
 
-    The sampler already shuffles, so the first rows are a random choice. Returns a new
-    right-padded batch with the same keys plus ``on_policy``, a boolean row mask.
+    The sampler already shuffles, so the first rows are a random choice. ``vocab`` limits the
+    ids sampled (see :func:`sample_responses`). Returns a new right-padded batch with the same
+    keys plus ``on_policy``, a boolean row mask.
     """
     size = batch["input_ids"].shape[0]
     chosen = rows_to_sample(size, fraction)
@@ -117,6 +146,7 @@ def with_student_responses(
         eos_token_ids=eos_token_ids,
         temperature=temperature,
         max_new_tokens=max_new_tokens,
+        vocab=vocab,
     )
     rows: list[tuple[list[int], list[int]]] = []
     for row in range(size):

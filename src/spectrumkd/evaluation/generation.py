@@ -13,6 +13,11 @@ Why each choice:
   ``repetition_penalty=1.0``, ...): ``generate`` otherwise fills unset ones from the model's own
   ``generation_config`` (many checkpoints ship ``top_k=50`` or a repetition penalty), and the
   protocol is plain sampling at the given temperature.
+- Ids no token has are masked out (``KnownTokensOnly``): the rows a padded embedding adds past
+  ``len(tokenizer)`` (Qwen2.5 pads 151,665 tokens to 151,936 or 152,064 rows) and holes in the
+  tokenizer's id range. An untrained or distilled model can still rank such a row first; it
+  would decode to nothing and, when sampling for distillation, reach a teacher that has no row
+  for it.
 - Sampling draws from torch's global RNG (``generate`` takes no generator), so each batch is
   seeded from ``(seed, batch index)`` inside ``torch.random.fork_rng``: a run is reproducible
   for a given prompt list and batch size, and the caller's RNG state is left untouched.
@@ -25,6 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from spectrumkd.models.pairing import missing_token_ids
 
 
 def generate(
@@ -73,6 +81,9 @@ def generate(
         "max_new_tokens": max_new_tokens,
         "eos_token_id": eos_ids,
         "pad_token_id": pad_id,
+        "logits_processor": LogitsProcessorList(
+            [KnownTokensOnly(len(tokenizer), missing_token_ids(tokenizer))]
+        ),
     }
     if stop:
         decoding.update(stop_strings=list(stop), tokenizer=tokenizer)
@@ -111,6 +122,30 @@ def generate(
         if bar is not None:
             bar.close()
     return results
+
+
+class KnownTokensOnly(LogitsProcessor):
+    """A ``generate`` logits processor that rules out ids no token has: every id at or above
+    ``vocab_size`` (the rows a padded embedding adds) and the ``missing_ids`` below it."""
+
+    def __init__(self, vocab_size: int, missing_ids: Sequence[int] = ()) -> None:
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        self.vocab_size = vocab_size
+        self.missing_ids = tuple(missing_ids)
+        self._masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        width = scores.shape[-1]
+        if width <= self.vocab_size and not self.missing_ids:
+            return scores
+        key = (width, scores.device)
+        if key not in self._masks:  # the width is only known here: it is the model's rows
+            mask = torch.zeros(width, dtype=torch.bool)
+            mask[self.vocab_size :] = True
+            mask[[i for i in self.missing_ids if i < width]] = True
+            self._masks[key] = mask.to(scores.device)
+        return scores.masked_fill(self._masks[key], float("-inf"))
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -4,7 +4,9 @@ White-box KD compares the two models' next-token distributions position by posit
 must read the same token ids and predict over the same vocabulary. Models of one family often pad
 their embedding matrices to different sizes (Qwen2.5 ships 151,936 and 152,064 rows for one
 151,665-token tokenizer); the rows past the tokenizer's vocabulary are never produced by it, so
-both models' logits are trimmed to ``len(tokenizer)`` before they are compared.
+both models' logits are trimmed to ``len(tokenizer)`` before they are compared. For the same
+reason a model that generates for the pair (on-policy sampling) must never emit those ids: the
+other model has no row for them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class VocabAlignment:
     vocab_size: int
     teacher_vocab_size: int
     student_vocab_size: int
+    # Ids below ``vocab_size`` that no token of the tokenizer has (holes in its id range).
+    missing_ids: tuple[int, ...] = ()
 
     @property
     def needs_trim(self) -> bool:
@@ -50,14 +54,21 @@ class VocabAlignment:
         return logits[..., : self.vocab_size]
 
 
-def _vocab_size(config) -> int:
-    config = getattr(config, "config", config)  # a model is accepted in place of its config
+def vocab_rows(config) -> int:
+    """The rows of a model's embedding (its config's ``vocab_size``); a model is accepted too."""
+    config = getattr(config, "config", config)
     size = getattr(config, "vocab_size", None)
     if size is None and hasattr(config, "get_text_config"):
         size = getattr(config.get_text_config(), "vocab_size", None)
     if size is None:
         raise ValueError(f"{type(config).__name__} has no vocab_size")
     return int(size)
+
+
+def missing_token_ids(tokenizer) -> tuple[int, ...]:
+    """Ids below ``len(tokenizer)`` that no token has: a model may have rows for them, but they
+    decode to nothing and the tokenizer never produces them."""
+    return tuple(sorted(set(range(len(tokenizer))) - set(tokenizer.get_vocab().values())))
 
 
 def _special_ids(tokenizer) -> dict[str, int]:
@@ -109,7 +120,7 @@ def check_pair(
             f"the teacher's and the student's tokenizers share a vocabulary but not their special "
             f"tokens ({'; '.join(clashes)}); white-box KD needs a shared tokenizer"
         )
-    teacher_rows, student_rows = _vocab_size(teacher_config), _vocab_size(student_config)
+    teacher_rows, student_rows = vocab_rows(teacher_config), vocab_rows(student_config)
     if teacher_len > teacher_rows or teacher_len > student_rows:
         raise IncompatibleModelsError(
             f"the tokenizer has {teacher_len} tokens but the teacher's embedding has "
@@ -117,5 +128,8 @@ def check_pair(
             f"per token"
         )
     return VocabAlignment(
-        vocab_size=teacher_len, teacher_vocab_size=teacher_rows, student_vocab_size=student_rows
+        vocab_size=teacher_len,
+        teacher_vocab_size=teacher_rows,
+        student_vocab_size=student_rows,
+        missing_ids=missing_token_ids(teacher_tokenizer),
     )
