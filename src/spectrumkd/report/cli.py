@@ -1,9 +1,22 @@
-"""``spectrumkd report RUN_DIR``: the subcommand, registered by ``spectrumkd.cli``."""
+"""``spectrumkd report RUN_DIR [RUN_DIR ...]``: the subcommand, registered by ``spectrumkd.cli``.
+
+One folder: its own page. Several: one page comparing them, the first as the base
+(:mod:`spectrumkd.report.comparison`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+
+def _names(folders: list[Path]) -> list[str]:
+    """Each run's folder name, or its path when two runs share a name (a/run vs b/run)."""
+    names = [folder.resolve().name for folder in folders]
+    if len(set(names)) == len(names):
+        return names
+    return [str(folder) for folder in folders]
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -13,8 +26,17 @@ def cmd_report(args: argparse.Namespace) -> None:
     from spectrumkd.report.readers import read_run
 
     console = Console(quiet=args.quiet)
-    run = read_run(args.run_dir)  # a missing folder is a FileNotFoundError: one line, exit 1
-    page = write_report(args.run_dir, args.out, run=run)
+    folders: list[Path] = args.run_dir
+    if len(folders) > 1:
+        from spectrumkd.report.comparison import write_comparison_report
+
+        # Every folder is read before anything is written: a typo is one line, no page.
+        out = args.out or Path(os.path.commonpath([f.resolve() for f in folders])) / "comparison"
+        page = write_comparison_report(list(zip(_names(folders), folders, strict=True)), out)
+        console.print(f"wrote {page}", highlight=False)
+        return
+    run = read_run(folders[0])  # a missing folder is a FileNotFoundError: one line, exit 1
+    page = write_report(folders[0], args.out, run=run)
     for section, notes in run.notes.items():
         for note in notes:
             console.print(f"[yellow]{section}[/]: {note}", highlight=False)
@@ -24,16 +46,24 @@ def cmd_report(args: argparse.Namespace) -> None:
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``report`` to the CLI's subcommands."""
     report = commands.add_parser(
-        "report", help="run folder -> one HTML page with figures (works on partial runs)"
+        "report",
+        help="run folder -> one HTML page with figures (works on partial runs); several run "
+        "folders -> one page comparing them",
     )
     report.add_argument(
-        "run_dir", metavar="RUN_DIR", type=Path, help="a score, curate or distill folder"
+        "run_dir",
+        metavar="RUN_DIR",
+        type=Path,
+        nargs="+",
+        help="a score, curate or distill folder; with several, the first is the base of the "
+        "comparison",
     )
     report.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="folder for index.html and the PNGs (default RUN_DIR/report)",
+        help="folder for index.html and the PNGs (default RUN_DIR/report; for a comparison, "
+        "comparison/ in the runs' common parent folder)",
     )
     report.add_argument("--quiet", action="store_true", help="print nothing")
     report.set_defaults(run=cmd_report)

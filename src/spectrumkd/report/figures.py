@@ -393,3 +393,72 @@ def comparison_figure(
     axes.set_xlabel("evaluation set")
     axes.set_ylabel(f"gain ({gain_unit})")
     return figure
+
+
+RUN_COLOURS = ("#2c3e50", "#c0392b", "#2980b9", "#27ae60", "#8e44ad", "#e67e22")
+
+
+def validation_comparison_figure(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]],
+    kept: Mapping[str, int | None],
+    *,
+    kd_name: str = "KD",
+) -> Figure:
+    """Validation curves of several runs on shared axes: CE (left) and KD at tau 1 (right)
+    against the optimiser step at each epoch's end, so runs with different epoch counts at
+    the same steps line up; each point is labelled with its epoch and each run's kept epoch
+    is starred. ``curves`` maps a run's name to its validation rows (``epoch``, ``step``,
+    ``val_ce``, ``val_kd``)."""
+    figure = Figure(figsize=(10, 4.4), layout="constrained")
+    panels = figure.subplots(1, 2)
+    # Steps make runs comparable (step parity); without them in every row, epochs are the axis.
+    by_step = all(as_number(r.get("step")) is not None for rows in curves.values() for r in rows)
+    metrics = (("val_ce", "CE"), ("val_kd", f"{kd_name} at tau {EVAL_TEMPERATURE}"))
+    for axes, (key, label) in zip(panels, metrics, strict=True):
+        drawn = False
+        for index, (name, rows) in enumerate(curves.items()):
+            points = [
+                (int(r["epoch"]), float(r["step"] if by_step else r["epoch"]), float(r[key]))
+                for r in rows
+                if as_number(r.get(key)) is not None and as_number(r.get("epoch")) is not None
+            ]
+            if not points:
+                continue
+            drawn = True
+            colour = RUN_COLOURS[index % len(RUN_COLOURS)]
+            axes.plot(
+                [x for _, x, _ in points],
+                [y for _, _, y in points],
+                marker="o",
+                markersize=4,
+                color=colour,
+                label=name,
+            )
+            for epoch, x, y in points:
+                axes.annotate(
+                    str(epoch),
+                    xy=(x, y),
+                    xytext=(3, 4),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=colour,
+                )
+            chosen = next((p for p in points if p[0] == kept.get(name)), None)
+            if chosen is not None:
+                axes.plot(
+                    [chosen[1]],
+                    [chosen[2]],
+                    marker="*",
+                    markersize=15,
+                    color=colour,
+                    linestyle="none",
+                    label=f"{name}: kept epoch {chosen[0]}",
+                )
+        if drawn:
+            axes.legend(fontsize=8)
+        else:
+            axes.text(0.5, 0.5, "no validation epoch", ha="center", transform=axes.transAxes)
+        axes.set_title(f"Validation {label}")
+        axes.set_xlabel("optimiser step at the epoch's end (labels: epoch)" if by_step else "epoch")
+        axes.set_ylabel(f"validation {label}\n({LOSS_UNIT})")
+    return figure

@@ -283,12 +283,19 @@ def _training_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
         done = state.get("epoch")
         status: list[str] = []  # HTML fragments, each escaped where it is built
         if isinstance(done, int):
-            total = f" of {planned}" if planned else ""
+            # "epoch 4 of 3" would mean the total is not this run's: say so instead.
+            total = f" of {planned}" if planned and done <= planned else ""
             status.append(_e(f"epoch {done}{total} finished (step {state.get('step', '?')})"))
             if planned and done < planned:
                 status.append('<span class="warn">in progress or stopped</span>')
-            elif planned:
+            elif planned and done == planned:
                 status.append('<span class="ok">complete</span>')
+            elif planned:
+                status.append(
+                    '<span class="warn">'
+                    + _e(f"more than the {planned} epochs of {run.schedule_source or 'its config'}")
+                    + "</span>"
+                )
         if best:
             where = "in best/" if run.has_best else "best/ missing"
             metric = best.get("metric")

@@ -7,7 +7,9 @@ Each problem becomes one line in :attr:`RunData.notes` instead, and the page sho
 The layouts read (see ``spectrumkd.jobs``, ``spectrumkd.demo`` and the trainer):
 
 - scoring: ``difficulties.jsonl`` and ``spectrum.jsonl`` in the run folder or ``scores/``;
-- curation: ``schedule.json`` and ``spectrum.jsonl`` in the run folder or ``curation/``;
+- curation: ``schedule.json`` and ``spectrum.jsonl`` in the run folder or ``curation/``; a
+  curated training run holds the plan it trained on (``spectrumkd distill`` and the demo write
+  it there before training), and a run's epoch total is that plan's;
 - training: ``metrics.jsonl`` (step rows with ``ce``, epoch rows with ``val_ce``),
   ``checkpoint/trainer_state.json``, ``best/`` and ``final/`` model folders, ``run_config.yaml``;
 - evaluation: an ``eval/`` or ``evaluation/`` folder with ``summary.json`` and one folder per
@@ -151,12 +153,24 @@ class RunData:
         return objective if isinstance(objective, str) else self.facts.get("objective")
 
     @property
+    def strategy(self) -> str | None:
+        """The plan the trainer followed (``baseline``, ``spectrumkd``, ...), if recorded."""
+        strategy = (self.trainer_state or {}).get("strategy")
+        return strategy if isinstance(strategy, str) else None
+
+    @property
     def planned_epochs(self) -> int | None:
+        """The run's own epoch count: its plan's, or for a baseline run the configured epochs.
+        A curated run's configured ``epochs`` is the baseline's, not its plan's (the demo and
+        the step-parity runs train a curriculum for more epochs than that), so it never counts
+        as a curated run's total; without its schedule.json the total is unknown."""
         if self.schedule and isinstance(self.schedule.get("epochs"), list):
             return len(self.schedule["epochs"])
+        if self.strategy not in (None, "baseline"):
+            return None
         config = (self.trainer_state or {}).get("config")
         epochs = config.get("epochs") if isinstance(config, dict) else None
-        return epochs if isinstance(epochs, int) else None
+        return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -272,6 +286,21 @@ def _read_schedule(run: RunData) -> None:
     run.schedule, run.schedule_source = value, _relative(path, run.run_dir)
     if run.spectrum is not None and not run.spectrum.zones:
         run.spectrum.zones = _zones_from_schedule(value)
+
+
+def _explain_missing_schedule(run: RunData) -> None:
+    """The trainer's state names the plan it followed: a curated run without its schedule.json
+    is not a baseline run, and the page must not say it is."""
+    if run.schedule is not None or run.strategy in (None, "baseline"):
+        return
+    notes = run.notes.get("Schedule", [])
+    run.notes["Schedule"] = [
+        f"no schedule.json in this run folder, although it trained on a {run.strategy} plan "
+        "(checkpoint/trainer_state.json): the plan was not saved beside the run"
+        if note.startswith("no schedule.json")
+        else note
+        for note in notes
+    ]
 
 
 def _dedupe_by_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -533,6 +562,7 @@ def read_run(run_dir: str | Path) -> RunData:
     _read_scoring(run)
     _read_schedule(run)
     _read_training(run)
+    _explain_missing_schedule(run)
     _read_facts(run)
     _read_evaluation(run)
     _read_comparisons(run)
