@@ -187,6 +187,16 @@ def test_shrink_argument_errors(teacher, tiny_tokenizer, batches):
         shrink(teacher, tiny_tokenizer, batches, num_layers=3, method="magnitude")
 
 
+def test_a_saved_student_needs_its_tokenizer(teacher, batches, tmp_path):
+    """A saved student is a complete from_pretrained folder: without the tokenizer it is not."""
+    with pytest.raises(ValueError, match="needs the tokenizer") as error:
+        shrink(teacher, None, batches, keep_layers=[0, 1], out_dir=tmp_path / "student")
+    _single_line(error)
+    assert not (tmp_path / "student").exists()
+    student, _ = shrink(teacher, None, batches, keep_layers=[0, 1])  # in memory only: fine
+    assert student.config.num_hidden_layers == 2
+
+
 # ------------------------------------------------------------------------------------------
 # layer scores and choice
 # ------------------------------------------------------------------------------------------

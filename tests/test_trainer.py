@@ -386,3 +386,23 @@ def test_validation_kd_is_at_temperature_1_whatever_the_epoch_temperature(tmp_pa
             assert row["val_kd_train_tau"] == pytest.approx(measured[epoch.temperature], rel=1e-5)
     best = min(rows, key=lambda r: r["val_kd"])
     assert state["best"]["epoch"] == best["epoch"] and state["best"]["value"] == best["val_kd"]
+
+
+def test_every_saved_student_folder_loads_with_its_tokenizer(tmp_path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    train(
+        build_tiny_llama(len(tiny_tokenizer), num_layers=1, seed=2),
+        LiveTeacher(build_tiny_llama(len(tiny_tokenizer), num_layers=2, seed=1)),
+        make_examples(8),
+        TrainConfig(epochs=2, batch_size=4, learning_rate=1e-3),
+        tmp_path,
+        validation=make_examples(4, seed=9),
+        tokenizer=tiny_tokenizer,
+        accelerator=Accelerator(cpu=True),
+    )
+    for folder in ("best", "final"):
+        loaded = AutoTokenizer.from_pretrained(tmp_path / folder)
+        assert loaded.get_vocab() == tiny_tokenizer.get_vocab()
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / folder)
+        assert model.config.vocab_size == len(tiny_tokenizer)

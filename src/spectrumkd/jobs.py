@@ -302,9 +302,7 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         eos_token_id=tokenizer.eos_token_id,
         validation=validation,
         validators=validators,
+        tokenizer=tokenizer,  # saved into best/ and final/ with the student, in one swap
         progress=progress,
     )
-    for saved in ("final", "best"):  # each saved student loads with its tokenizer
-        if (out / saved).is_dir():
-            tokenizer.save_pretrained(out / saved)
     return state

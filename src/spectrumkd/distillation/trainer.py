@@ -35,7 +35,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from spectrumkd.curation.plan import CurriculumPlan, EpochPlan
 from spectrumkd.data.tokenize import IGNORE_INDEX, TokenizedExample, collate
@@ -407,12 +407,14 @@ def train(
     accelerator: Accelerator | None = None,
     validation: Sequence[TokenizedExample] = (),
     validators: Sequence[Callable[[torch.nn.Module], dict[str, float]]] = (),
+    tokenizer: PreTrainedTokenizerBase | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Distil ``teacher`` into ``student`` on ``examples`` following ``plan`` (or the baseline).
 
     Returns the final trainer state and writes the trained student to ``output_dir/final``
-    (safetensors; LoRA merged). Metrics go to ``output_dir/metrics.jsonl``, each step once (a
+    (safetensors; LoRA merged; with ``tokenizer``, which every saved student folder holds so that
+    it loads and evaluates with ``from_pretrained``). Metrics go to ``output_dir/metrics.jsonl``, each step once (a
     resumed run drops the rows logged after its checkpoint). With ``validation``
     examples, every epoch ends with their CE and KD per token (KD at temperature 1, and at the
     epoch's temperature as ``val_kd_train_tau`` when that differs), and the epoch with the lowest
@@ -605,10 +607,10 @@ def train(
                     "metric": config.select_metric,
                     "value": metrics[config.select_metric],
                 }
-                _save_model(accelerator, student, output / "best")
+                _save_model(accelerator, student, output / "best", tokenizer)
         _checkpoint(accelerator, output, state)
     bar.close()
-    _save_model(accelerator, student, output / "final")
+    _save_model(accelerator, student, output / "final", tokenizer)
     if config.report_to != "none":
         accelerator.end_training()
     return state
@@ -676,9 +678,14 @@ def evaluate(
     return {**metrics, "val_tokens": int(totals[1])}
 
 
-def _save_model(accelerator: Accelerator, student, folder: Path) -> None:
-    """The student as an ordinary safetensors model folder (``from_pretrained``), swapped in
-    whole (:func:`_swap_in`)."""
+def _save_model(
+    accelerator: Accelerator,
+    student,
+    folder: Path,
+    tokenizer: PreTrainedTokenizerBase | None,
+) -> None:
+    """The student (and its tokenizer) as an ordinary safetensors model folder
+    (``from_pretrained``), swapped in whole (:func:`_swap_in`)."""
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(student)
     # Full-state gathering (FSDP, DeepSpeed ZeRO-3) is collective: every process takes part.
@@ -690,6 +697,8 @@ def _save_model(accelerator: Accelerator, student, folder: Path) -> None:
         if state_dict is not None and exported is not model:
             state_dict = None  # a merged LoRA copy has its own (plain) state
         exported.save_pretrained(staging, state_dict=state_dict)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
         _swap_in(staging, folder)
     accelerator.wait_for_everyone()
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spectrumkd.io import write_json
 
@@ -402,7 +402,7 @@ class ShrinkReport:
 
 def shrink(
     teacher: PreTrainedModel,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase | None,
     calibration_batches: Iterable[dict[str, Any]],
     *,
     keep_layers: Sequence[int] | None = None,
@@ -415,12 +415,17 @@ def shrink(
     Exactly one of ``keep_layers`` / ``num_layers``. With ``num_layers``, the blocks are scored by
     ``method`` ("block_influence" or "removal_loss") on the calibration batches and chosen by
     :func:`choose_layers`. The teacher's and the student's calibration losses are reported. With
-    ``out_dir``, the student, the tokenizer and ``shrink_report.json`` are saved there, loadable
-    with ``AutoModelForCausalLM.from_pretrained(out_dir)``.
+    ``out_dir``, the student, the tokenizer (required then) and ``shrink_report.json`` are saved
+    there, loadable with ``AutoModelForCausalLM`` and ``AutoTokenizer.from_pretrained(out_dir)``.
     """
     if (keep_layers is None) == (num_layers is None):
         raise ValueError(
             "pass exactly one of keep_layers (explicit indices) or num_layers (a count)"
+        )
+    if out_dir is not None and tokenizer is None:
+        raise ValueError(
+            f"saving the student to {out_dir} needs the tokenizer (a saved student is a "
+            "complete from_pretrained folder); pass the teacher's"
         )
     batches = list(calibration_batches)
     if not batches:
@@ -451,7 +456,9 @@ def shrink(
     return student, report
 
 
-def _save_atomically(student, tokenizer, report: ShrinkReport, out: Path) -> None:
+def _save_atomically(
+    student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, report: ShrinkReport, out: Path
+) -> None:
     """Write the student beside ``out`` and rename it into place, so a killed save never leaves
     a folder that loads as a complete student (the report, written last, marks completion)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -461,8 +468,7 @@ def _save_atomically(student, tokenizer, report: ShrinkReport, out: Path) -> Non
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes a private folder; the student is not secret
     try:
         student.save_pretrained(staging, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
         write_json(staging / REPORT_NAME, report.to_dict())
         if out.exists():
             shutil.rmtree(out)
