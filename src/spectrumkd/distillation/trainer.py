@@ -413,13 +413,14 @@ def train(
     """Distil ``teacher`` into ``student`` on ``examples`` following ``plan`` (or the baseline).
 
     Returns the final trainer state and writes the trained student to ``output_dir/final``
-    (safetensors; LoRA merged; with ``tokenizer``, which every saved student folder holds so that
-    it loads and evaluates with ``from_pretrained``). Metrics go to ``output_dir/metrics.jsonl``, each step once (a
-    resumed run drops the rows logged after its checkpoint). With ``validation``
-    examples, every epoch ends with their CE and KD per token (KD at temperature 1, and at the
-    epoch's temperature as ``val_kd_train_tau`` when that differs), and the epoch with the lowest
-    ``config.select_metric`` is kept in ``output_dir/best`` (the paper selects checkpoints on
-    validation). ``eos_token_id`` (default: the student's) ends on-policy samples.
+    (safetensors; LoRA merged). Pass ``tokenizer``: every saved student folder then holds it, so
+    that it loads and evaluates with ``from_pretrained``. Metrics go to
+    ``output_dir/metrics.jsonl``, each step once (a resumed run drops the rows logged after its
+    checkpoint). With ``validation`` examples, every epoch ends with their CE and KD per token
+    (KD at temperature 1, and at the epoch's temperature as ``val_kd_train_tau`` when that
+    differs), and the epoch with the lowest ``config.select_metric`` is kept in
+    ``output_dir/best`` (the paper selects checkpoints on validation). ``eos_token_id``
+    (default: the student's) ends on-policy samples.
     ``validators`` are extra per-epoch metrics of the unwrapped student (for example ROUGE-L of
     generated answers, see :func:`spectrumkd.jobs.rouge_validator`), run on the main process.
     """
