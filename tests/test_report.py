@@ -706,6 +706,28 @@ def test_the_report_of_a_real_run_opens_in_chromium_with_every_figure(real_run, 
         shutil.copy(path, ARTIFACTS / path.name)
 
 
+def test_the_comparison_page_opens_in_chromium_with_every_figure(tmp_path):
+    from spectrumkd.report.comparison import write_comparison_report
+
+    chromium()  # skip before building anything where there is no browser
+    base, new = tmp_path / "baseline", tmp_path / "spectrumkd"
+    _validated_run(base, "baseline", [(3.0, 1.2), (2.9, 1.1)], best=2)
+    _validated_run(new, "spectrumkd", [(3.0, 1.2), (2.8, 1.0)], best=2)
+    for run in (base, new):
+        add_evaluation(run)
+    page = write_comparison_report({"baseline": base, "spectrumkd": new}, tmp_path / "cmp")
+    html = page.read_text()
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    seen = open_page(page, tmp_path / "profile")
+    assert seen["errors"] == []
+    assert sorted(i["src"] for i in seen["images"]) == [
+        "evaluation-comparison.png",
+        "validation-comparison.png",
+    ]
+    assert all(i["complete"] and i["width"] > 0 for i in seen["images"]), seen["images"]
+    assert all(url.startswith(page.parent.resolve().as_uri()) for url in seen["requests"])
+
+
 def test_judge_win_rates_and_per_metric_comparisons_reach_the_page(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     write_json(
