@@ -81,6 +81,9 @@ def test_the_distillation_stage_saves_each_plan_and_ends_with_a_comparison(
     window_ids = {i for epoch in schedule["epochs"] for i in epoch["ids"]}
     assert window_ids <= {e.id for e in dataset.examples}
     assert not (baseline_dir / "schedule.json").exists()
+    for folder in (baseline_dir, curated_dir):  # each kept student loads with its tokenizer
+        assert (folder / "best" / "tokenizer.json").is_file()
+        assert (folder / "final" / "tokenizer.json").is_file()
 
     pages = write_reports(tmp_path, [baseline, curated])
     assert set(pages) == {"curation", "baseline", "spectrumkd", "comparison"}

@@ -284,8 +284,8 @@ def distill_stage(
             eos_token_id=tokenizer.eos_token_id,
             validation=validation,
             progress=progress,
+            tokenizer=tokenizer,  # best/ and final/ each load with their tokenizer
         )
-        tokenizer.save_pretrained(folder / "final")
         best = state["best"]
         epoch_rows = [r for r in read_jsonl(folder / "metrics.jsonl") if "val_kd" in r]
         best_row = next(r for r in reversed(epoch_rows) if r["epoch"] == best["epoch"])
