@@ -90,10 +90,7 @@ def tail_buckets(
     (the teacher's leftover mass, and the student's mass on the same entries); the student's
     outside entries are -inf, so the objectives count them only through the bucket.
     """
-    log_norm = torch.logaddexp(_safe_logsumexp(teacher_scaled_logits), teacher_tail)
-    teacher = torch.cat(
-        [teacher_scaled_logits - log_norm[:, None], (teacher_tail - log_norm)[:, None]], -1
-    )
+    teacher = F.log_softmax(torch.cat([teacher_scaled_logits, teacher_tail[:, None]], -1), -1)
     inside = torch.isfinite(teacher_scaled_logits)
     student_tail = _safe_logsumexp(torch.where(inside, -math.inf, student_logp))
     student = torch.cat([torch.where(inside, student_logp, -math.inf), student_tail[:, None]], -1)
@@ -244,12 +241,16 @@ def kd_loss(
         )
     mask = labels != IGNORE_INDEX
     student_logp = scaled_log_probs(student_logits[mask], temperature)
-    if teacher_tail is None:
+    tail = None if teacher_tail is None else teacher_tail[mask]
+    if tail is None or bool(torch.isneginf(tail).all()):
+        # No truncation (k = V leaves an empty tail): the plain path, so that the cache at k = V
+        # trains to the live teacher's weights bit for bit, not merely to rounding.
         teacher_logp = scaled_log_probs(teacher_logits[mask], temperature)
     else:
         scaled = teacher_logits[mask].float() / temperature
-        tail = teacher_tail[mask].to(scaled.device, torch.float32)
-        student_logp, teacher_logp = tail_buckets(student_logp, scaled, tail)
+        student_logp, teacher_logp = tail_buckets(
+            student_logp, scaled, tail.to(scaled.device, torch.float32)
+        )
     return objective(student_logp, teacher_logp).sum(), mask.sum()
 
 
