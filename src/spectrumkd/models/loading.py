@@ -282,13 +282,44 @@ def load_model(
     return model
 
 
+# Files a tokenizer is saved as: fast (tokenizer.json), its settings, BPE vocabularies,
+# sentencepiece and tiktoken models.
+_TOKENIZER_FILE_PATTERNS = ("tokenizer*", "vocab.*", "merges.txt", "*.model", "*.tiktoken")
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return any(any(folder.glob(pattern)) for pattern in _TOKENIZER_FILE_PATTERNS)
+
+
+def _no_tokenizer(folder: Path) -> ModelLoadError:
+    siblings = (
+        [p for p in sorted(folder.parent.iterdir()) if p.is_dir() and p != folder]
+        if folder.parent.is_dir()
+        else []
+    )
+    donor = next((p for p in siblings if _has_tokenizer_files(p)), None)
+    source = f" (e.g. from {donor})" if donor is not None else ""
+    return ModelLoadError(
+        f"{folder} holds no tokenizer (no tokenizer.json, tokenizer_config.json or vocabulary "
+        f"files); copy the tokenizer files of the model it was trained from into it{source}"
+    )
+
+
 def load_tokenizer(
     spec: str | Path, *, trust_remote_code: bool = False, gguf_file: str | None = None
 ):
     """Load the tokenizer for a model spec; it always has a pad token afterwards."""
-    tokenizer = _from_pretrained(
-        AutoTokenizer, spec, gguf_file, trust_remote_code=trust_remote_code
-    )
+    try:
+        tokenizer = _from_pretrained(
+            AutoTokenizer, spec, gguf_file, trust_remote_code=trust_remote_code
+        )
+    except Exception as error:
+        # A model folder saved without its tokenizer (a training checkpoint) makes transformers
+        # fail with a multi-line message about backends; say what is missing instead.
+        folder = Path(str(spec)).expanduser()
+        if gguf_file is None and folder.is_dir() and not _has_tokenizer_files(folder):
+            raise _no_tokenizer(folder) from error
+        raise
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         # Many causal LMs ship without a pad token. Batching needs one; padded positions are
         # masked out of attention and labelled -100, so reusing EOS as padding changes nothing
