@@ -272,3 +272,55 @@ def test_unknown_device_is_one_line(tmp_path, capsys, tiny_model_dir):
     ]
     assert main([*argv, "--device", "gpu0"]) == 2
     assert "device 'gpu0' is not a device name" in capsys.readouterr().err
+
+
+def test_quiet_score_prints_nothing_and_restores_the_libraries_bars(
+    tmp_path, capfd, tiny_model_dir
+):
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    dolly_like_file(tmp_path / "t.jsonl")
+    before = (datasets.are_progress_bars_disabled(), transformers_logging.is_progress_bar_enabled())
+    argv = ["score", "--model", str(tiny_model_dir), "--data", str(tmp_path / "t.jsonl")]
+    assert main([*argv, "--out", str(tmp_path / "s"), "--max-length", "120", "--quiet"]) == 0
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""  # no "Generating train split", no bars
+    after = (datasets.are_progress_bars_disabled(), transformers_logging.is_progress_bar_enabled())
+    assert after == before
+
+
+def test_a_model_folder_without_tokenizer_says_where_to_copy_one_from(
+    tmp_path, capsys, tiny_model, tiny_tokenizer
+):
+    run = tmp_path / "run"
+    tiny_model.save_pretrained(run / "best")  # weights only, as a bare checkpoint
+    tiny_model.save_pretrained(run / "final")
+    tiny_tokenizer.save_pretrained(run / "final")
+    dolly_like_file(tmp_path / "t.jsonl")
+    capsys.readouterr()  # the saving's own bars
+    argv = ["score", "--model", str(run / "best"), "--data", str(tmp_path / "t.jsonl")]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{run / 'best'} holds no tokenizer" in err and f"e.g. from {run / 'final'}" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_failed_distill_keeps_an_existing_run_folder(tmp_path, capsys, tiny_model_dir):
+    import yaml
+
+    out = tmp_path / "run"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / "trainer_state.json").write_text("{}\n")
+    (tmp_path / "empty.jsonl").write_text("")
+    config = {
+        "teacher": str(tiny_model_dir),
+        "student": str(tiny_model_dir),
+        "output_dir": str(out),
+        "data": {"source": str(tmp_path / "empty.jsonl")},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    assert main(["distill", "--config", str(tmp_path / "run.yaml"), "--quiet"]) == 2
+    assert "empty.jsonl is empty" in capsys.readouterr().err
+    assert (out / "checkpoint" / "trainer_state.json").read_text() == "{}\n"  # a run's work stays

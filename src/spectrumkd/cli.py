@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from spectrumkd.curation.config import DIRECTIONS, STEP_MODES, SpectrumKDConfig
@@ -320,10 +322,38 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from spectrumkd.jobs import distill
 
     run = RunConfig.from_yaml(args.config, args.set)
-    state = distill(run, progress=not args.quiet)
+    out = Path(run.output_dir).expanduser()
+    check_out_folder(out, "output_dir")
+    created = next((p for p in (*reversed(out.parents), out) if not p.exists()), None)
+    try:
+        state = distill(run, progress=not args.quiet)
+    except USER_ERRORS:
+        remove_unstarted_run(out, created)
+        raise
     print(
         f"trained {state['epoch']} epochs ({state['step']} steps); student in {Path(run.output_dir) / 'final'}"
     )
+
+
+def remove_unstarted_run(out: Path, created: Path | None) -> None:
+    """Remove a run folder this command created when the run failed before it began.
+
+    ``distill`` records ``run_config.yaml`` before it loads the models and the data; a run
+    refused there (a bad data file, a model without a tokenizer) leaves no folder behind, as
+    the other commands leave none. A folder holding anything more is a run's work: it stays.
+    """
+    if created is None or not out.is_dir():
+        return
+    if [p.name for p in out.iterdir()] != ["run_config.yaml"]:
+        return
+    (out / "run_config.yaml").unlink()
+    for folder in (out, *out.parents):  # up to the first folder that did not exist before
+        try:
+            folder.rmdir()
+        except OSError:  # something else now lives there: not ours to remove
+            return
+        if folder == created:
+            return
 
 
 def cmd_heal(args: argparse.Namespace) -> None:
@@ -534,14 +564,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose --out is a file, not a folder.
+OUT_IS_A_FILE = frozenset({"compare"})
+
+
+def check_out_folder(path: str | Path, name: str = "--out") -> None:
+    """Refuse an output folder that is a file or lies inside one, before any work is done
+    (creating it would fail later with a bare ``[Errno 17]`` or ``[Errno 20]``)."""
+    path = Path(path).expanduser()
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return
+        if candidate.exists():
+            where = f"{name} {path}" if candidate == path else f"{name} {path}: {candidate}"
+            raise ValueError(f"{where} is a file, not a folder; give a folder path for {name}")
+
+
+def option_name(command: str, option: str) -> str:
+    """How ``command``'s user sets the :func:`~spectrumkd.data.load_examples` argument
+    ``option``: a flag, or a field of the run config for ``distill``."""
+    if command == "distill":
+        return f"data.{option}"
+    return "--" + option.replace("_", "-")
+
+
+@contextmanager
+def library_output(quiet: bool) -> Iterator[None]:
+    """With ``--quiet``, the progress bars and notices of datasets, transformers and the hub
+    client are off, so that the only line on stderr is an error; restored afterwards, as
+    ``main`` may run again in the same process (the tests do)."""
+    if not quiet:
+        yield
+        return
+    import datasets
+    import huggingface_hub.utils as hub
+    from transformers.utils import logging as transformers_logging
+
+    hub_off = hub.are_progress_bars_disabled()
+    datasets_off = datasets.are_progress_bars_disabled()
+    transformers_on = transformers_logging.is_progress_bar_enabled()
+    verbosity = (datasets.logging.get_verbosity(), transformers_logging.get_verbosity())
+    hub.disable_progress_bars()
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity[0])
+        transformers_logging.set_verbosity(verbosity[1])
+        if transformers_on:
+            transformers_logging.enable_progress_bar()
+        if not datasets_off:
+            datasets.enable_progress_bars()
+        if not hub_off:
+            hub.enable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
+    from spectrumkd.data.loading import OptionError
+
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        if args.command not in OUT_IS_A_FILE and getattr(args, "out", None) is not None:
+            check_out_folder(args.out)
+        with library_output(getattr(args, "quiet", False)):
+            args.run(args)
     except USER_ERRORS as error:
         if args.debug:
             raise
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, OptionError):  # name the flag, not the Python argument
+            text = error.spelled(option_name(args.command, error.option))
+        else:
+            text = str(error)
+        message = text.splitlines()[0] if text.strip() else type(error).__name__
         print(f"spectrumkd {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0

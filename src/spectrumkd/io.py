@@ -17,7 +17,14 @@ from typing import Any
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        parents = (path.parent, *path.parent.parents)
+        blocking = next((p for p in parents if p.exists() and not p.is_dir()), path.parent)
+        raise NotADirectoryError(
+            f"cannot write {path}: {blocking} is a file, not a folder; move it or write elsewhere"
+        ) from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp makes the file private (0600); results are ordinary files, so the umask rules.

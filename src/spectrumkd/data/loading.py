@@ -214,8 +214,7 @@ def _load_file(path: Path) -> Any:
             f"unsupported file type {path.suffix or '(no suffix)'!r} for {path}; supported: "
             f"{', '.join(SUPPORTED_SUFFIXES)}"
         )
-    if _is_blank(path):  # datasets would fail on it with a bare StopIteration
-        raise ValueError(_empty(path))
+    refuse_empty_file(path)  # datasets would fail on it with a bare StopIteration
     try:
         with _datasets_errors_unlogged():
             kwargs: dict[str, Any] = {}
@@ -294,7 +293,15 @@ def _is_blank(path: Path) -> bool:
 
 
 def _empty(path: Path) -> str:
-    return f"{path} is empty; give a {_FORMATS[path.suffix.lower()]} file with at least one row"
+    kind = _FORMATS.get(path.suffix.lower(), "data")
+    return f"{path} is empty; give a {kind} file with at least one row"
+
+
+def refuse_empty_file(path: str | Path) -> None:
+    """Raise the one-line error of an empty (or whitespace-only) data file, for readers that
+    would otherwise take it as zero rows."""
+    if _is_blank(Path(path)):
+        raise ValueError(_empty(Path(path)))
 
 
 def _what_is_wrong(path: Path, error: BaseException) -> str:

@@ -146,6 +146,7 @@ def resolve_data_root(data_root: str | None, needed: bool) -> Path | None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from rich.console import Console
 
+    from spectrumkd.data.loading import refuse_empty_file
     from spectrumkd.evaluation.runner import (
         DEFAULT_SEEDS,
         Decoding,
@@ -167,6 +168,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         n not in INSTRUCTION_SUITES for n in suites
     )
     data_root = resolve_data_root(args.data_root, needs_root)
+    for source in sources.values():
+        # An empty JSONL file would read as an instruction set of no rows; say so before the
+        # model loads.
+        if Path(source).expanduser().is_file():
+            refuse_empty_file(Path(source).expanduser())
     decoding = Decoding(
         greedy=args.greedy,
         seeds=tuple(args.seeds) if args.seeds is not None else DEFAULT_SEEDS,
