@@ -270,6 +270,11 @@ def out_is_a_file(make_argv: Callable[[Path, Path, Models], list[str]], below: b
     return case
 
 
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def good_data(tmp: Path) -> Path:
     (tmp / "good.jsonl").write_bytes(jsonl(GOOD_ROWS))
     return tmp / "good.jsonl"
@@ -335,12 +340,7 @@ CASES.update(
         ),
         "score-empty-response": lambda tmp, out, m: (
             score_argv(
-                (
-                    tmp / "d.csv",
-                    (tmp / "d.csv").write_bytes(
-                        csv_bytes([*GOOD_ROWS[:2], {**GOOD_ROWS[2], "output": " "}])
-                    ),
-                )[0],
+                write(tmp / "d.csv", csv_bytes([*GOOD_ROWS[:2], {**GOOD_ROWS[2], "output": " "}])),
                 out,
                 m.ready,
             ),
@@ -363,11 +363,7 @@ CASES.update(
             r"nope\.yaml does not exist",
         ),
         "distill-invalid-yaml": lambda tmp, out, m: (
-            [
-                "distill",
-                "--config",
-                str((tmp / "r.yaml", (tmp / "r.yaml").write_text("a: [\n"))[0]),
-            ],
+            ["distill", "--config", str(write(tmp / "r.yaml", b"a: [\n"))],
             r"r\.yaml is not valid YAML",
         ),
         "distill-student-without-tokenizer": lambda tmp, out, m: (
@@ -383,12 +379,7 @@ CASES.update(
             r"run folder .*no-run does not exist",
         ),
         "report-run-is-a-file": lambda tmp, out, m: (
-            [
-                "report",
-                str((tmp / "run.txt", (tmp / "run.txt").write_text("x"))[0]),
-                "--out",
-                str(out),
-            ],
+            ["report", str(write(tmp / "run.txt", b"x")), "--out", str(out)],
             r"run\.txt does not exist \(or is not a folder\)",
         ),
     }
@@ -420,6 +411,7 @@ def test_a_bad_input_is_one_line_with_nothing_left_behind(name, tmp_path, models
     assert code != 0, captured.err
     assert len(lines) == 1, f"stderr is not one line:\n{captured.err}"
     assert "Traceback" not in captured.err + captured.out
+    print(lines[0])  # the table's messages, for reading with pytest -s
     assert re.search(expected, lines[0]), lines[0]
     assert lines[0].startswith(f"spectrumkd {argv[0]}: error: ")
     assert snapshot(out) == before, "the command left something in --out"

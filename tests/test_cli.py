@@ -324,3 +324,19 @@ def test_a_failed_distill_keeps_an_existing_run_folder(tmp_path, capsys, tiny_mo
     assert main(["distill", "--config", str(tmp_path / "run.yaml"), "--quiet"]) == 2
     assert "empty.jsonl is empty" in capsys.readouterr().err
     assert (out / "checkpoint" / "trainer_state.json").read_text() == "{}\n"  # a run's work stays
+
+
+def test_score_rescores_a_shard_cut_mid_line_with_one_warning(tmp_path, capfd, tiny_model_dir):
+    dolly_like_file(tmp_path / "train.jsonl")
+    argv = ["score", "--model", str(tiny_model_dir), "--data", str(tmp_path / "train.jsonl")]
+    argv += ["--out", str(tmp_path / "s"), "--max-length", "120", "--batch-tokens", "256"]
+    assert main([*argv, "--quiet"]) == 0
+    first = (tmp_path / "s" / "spectrum.jsonl").read_bytes()
+    shard = sorted((tmp_path / "s" / "shards").glob("shard-*.jsonl"))[0]
+    text = shard.read_text()
+    shard.write_text(text[: len(text) // 2])  # what a full disk or a hand edit leaves
+    capfd.readouterr()
+    assert main([*argv, "--quiet"]) == 0
+    err = capfd.readouterr().err
+    assert len(err.splitlines()) == 1 and shard.name in err and "rescoring" in err
+    assert (tmp_path / "s" / "spectrum.jsonl").read_bytes() == first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -622,6 +623,24 @@ def library_output(quiet: bool) -> Iterator[None]:
             hub.enable_progress_bars()
 
 
+@contextmanager
+def warnings_as_lines(command: str) -> Iterator[None]:
+    """The toolkit's own warnings (a damaged shard being rescored, a stale cache started over)
+    as one line each on stderr, worded like the errors, whatever logging the host set up."""
+    logger = logging.getLogger("spectrumkd")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"spectrumkd {command}: warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def main(argv: list[str] | None = None) -> int:
     from spectrumkd.data.loading import OptionError
 
@@ -629,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command not in OUT_IS_A_FILE and getattr(args, "out", None) is not None:
             check_out_folder(args.out)
-        with library_output(getattr(args, "quiet", False)):
+        with library_output(getattr(args, "quiet", False)), warnings_as_lines(args.command):
             args.run(args)
     except USER_ERRORS as error:
         if args.debug:
