@@ -136,11 +136,6 @@ def test_evaluation_generation_never_emits_padded_rows(tiny_tokenizer):
     assert all(outputs)  # real text: the padded rows, which decode to nothing, were never picked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="needs trainer.py to pass sampling_vocabulary(student, teacher) to the sampler",
-)
 def test_on_policy_training_of_a_padded_student_runs(tmp_path, tiny_tokenizer):
     vocab = 96
     teacher_model, student = padded_pair(vocab)

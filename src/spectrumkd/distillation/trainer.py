@@ -41,10 +41,11 @@ from spectrumkd.curation.plan import CurriculumPlan, EpochPlan
 from spectrumkd.data.tokenize import IGNORE_INDEX, TokenizedExample, collate
 from spectrumkd.distillation.chunked import chunked_kd_loss
 from spectrumkd.distillation.objectives import get_objective, kd_loss
-from spectrumkd.distillation.on_policy import with_student_responses
+from spectrumkd.distillation.on_policy import sampling_vocabulary, with_student_responses
 from spectrumkd.distillation.signals import TeacherSignalSource, head_inputs
 from spectrumkd.integrations.sampler import CurriculumSampler
 from spectrumkd.io import write_json, write_jsonl
+from spectrumkd.models.pairing import VocabAlignment
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
@@ -303,6 +304,9 @@ class OnPolicy:
     max_new_tokens: int
     pad_token_id: int
     eos_token_ids: tuple[int, ...]
+    # The ids the student may sample: a padded student head (or tokenizer holes) would otherwise
+    # hand the teacher ids past its embedding (an IndexError mid-run).
+    vocab: VocabAlignment | None = None
 
 
 def accumulate_gradients(
@@ -335,6 +339,7 @@ def accumulate_gradients(
                 eos_token_ids=on_policy.eos_token_ids,
                 temperature=on_policy.temperature,
                 max_new_tokens=on_policy.max_new_tokens,
+                vocab=on_policy.vocab,
             )
             for batch in group
         ]
@@ -447,6 +452,7 @@ def train(
             config.max_new_tokens,
             pad_token_id,
             _eos_ids(student, eos_token_id),
+            sampling_vocabulary(student, teacher),  # before LoRA wraps the student
         )
     chunk_size = config.chunk_size if config.loss_impl == "chunked" else None
     if config.lora_rank > 0:
