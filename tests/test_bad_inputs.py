@@ -188,7 +188,9 @@ def data_case(command: str, kind: str, fmt: str) -> Case:
         expected = DATA_DEFECTS[(kind, fmt)]
         if kind == "missing-column":
             # The fix names the option as each interface spells it.
-            option = {"score": "--fields", "distill": "data.fields", "evaluate": None}[command]
+            option = {"score": "--fields", "heal": "--fields", "distill": "data.fields"}.get(
+                command
+            )
             expected = (
                 f"{expected}.*{re.escape(option)}"
                 if option
@@ -198,6 +200,10 @@ def data_case(command: str, kind: str, fmt: str) -> Case:
             "score": lambda: score_argv(data, out, models.ready),
             "distill": lambda: distill_argv(tmp, data, out, models),
             "evaluate": lambda: evaluate_argv(data, out, models.ready),
+            "heal": lambda: [
+                *("heal", "--teacher", str(models.ready), "--student", str(models.ready)),
+                *("--data", str(data), "--out", str(out)),
+            ],
         }[command]()
         return argv, f"{re.escape(name)}.*{expected}|{expected}.*{re.escape(name)}"
 
@@ -207,6 +213,9 @@ def data_case(command: str, kind: str, fmt: str) -> Case:
 for command in ("score", "distill", "evaluate"):
     for kind, fmt in DATA_DEFECTS:
         CASES[f"{command}-{kind}-{fmt}"] = data_case(command, kind, fmt)
+# heal runs distill's job from flags: a sample, to see it also leaves no run folder behind.
+for kind, fmt in (("empty", "jsonl"), ("missing-column", "csv")):
+    CASES[f"heal-{kind}-{fmt}"] = data_case("heal", kind, fmt)
 
 
 def difficulties_case(content: bytes | None, expected: str, suffix: str = ".jsonl") -> Case:

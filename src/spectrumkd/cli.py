@@ -323,38 +323,38 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from spectrumkd.jobs import distill
 
     run = RunConfig.from_yaml(args.config, args.set)
-    out = Path(run.output_dir).expanduser()
-    check_out_folder(out, "output_dir")
-    created = next((p for p in (*reversed(out.parents), out) if not p.exists()), None)
-    try:
+    check_out_folder(run.output_dir, "output_dir")
+    with no_folder_left_if_refused(run.output_dir):
         state = distill(run, progress=not args.quiet)
-    except USER_ERRORS:
-        remove_unstarted_run(out, created)
-        raise
     print(
         f"trained {state['epoch']} epochs ({state['step']} steps); student in {Path(run.output_dir) / 'final'}"
     )
 
 
-def remove_unstarted_run(out: Path, created: Path | None) -> None:
-    """Remove a run folder this command created when the run failed before it began.
+@contextmanager
+def no_folder_left_if_refused(output_dir: str | Path) -> Iterator[None]:
+    """Remove the run folder this command created when the run is refused before it begins.
 
     ``distill`` records ``run_config.yaml`` before it loads the models and the data; a run
     refused there (a bad data file, a model without a tokenizer) leaves no folder behind, as
     the other commands leave none. A folder holding anything more is a run's work: it stays.
     """
-    if created is None or not out.is_dir():
-        return
-    if [p.name for p in out.iterdir()] != ["run_config.yaml"]:
-        return
-    (out / "run_config.yaml").unlink()
-    for folder in (out, *out.parents):  # up to the first folder that did not exist before
-        try:
-            folder.rmdir()
-        except OSError:  # something else now lives there: not ours to remove
-            return
-        if folder == created:
-            return
+    out = Path(output_dir).expanduser()
+    created = next((p for p in (*reversed(out.parents), out) if not p.exists()), None)
+    try:
+        yield
+    except USER_ERRORS:
+        unstarted = out.is_dir() and [p.name for p in out.iterdir()] == ["run_config.yaml"]
+        if created is not None and unstarted:
+            (out / "run_config.yaml").unlink()
+            for folder in (out, *out.parents):  # up to the first that did not exist before
+                try:
+                    folder.rmdir()
+                except OSError:  # something else now lives there: not ours to remove
+                    break
+                if folder == created:
+                    break
+        raise
 
 
 def cmd_heal(args: argparse.Namespace) -> None:
@@ -380,7 +380,8 @@ def cmd_heal(args: argparse.Namespace) -> None:
     for override in args.set:
         apply_override(values, override)
     run = RunConfig.from_dict(values)
-    state = distill(run, progress=not args.quiet)
+    with no_folder_left_if_refused(run.output_dir):
+        state = distill(run, progress=not args.quiet)
     best = state.get("best")
     chosen = "best" if best else "final"
     print(
