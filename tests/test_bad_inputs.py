@@ -249,10 +249,12 @@ CASES.update(
             jsonl(ROWS[:3]) + jsonl([{"difficulty": 2.0}]), r"row 4 needs fields 'id'"
         ),
         "curate-nan": difficulties_case(
-            jsonl(ROWS[:3]) + b'{"id": "x", "difficulty": NaN}\n', r"NaN or infinite \(ids x"
+            jsonl(ROWS[:3]) + b'{"id": "x", "difficulty": NaN}\n',
+            r"difficulties\.jsonl: row 4 \('x'\): difficulty=nan is not finite",
         ),
         "curate-infinite": difficulties_case(
-            jsonl(ROWS[:3]) + b'{"id": "x", "difficulty": Infinity}\n', r"NaN or infinite"
+            jsonl(ROWS[:3]) + b'{"id": "x", "difficulty": Infinity}\n',
+            r"difficulties\.jsonl: row 4 \('x'\): difficulty=inf is not finite",
         ),
         "curate-text-value": difficulties_case(
             jsonl([*ROWS[:3], {"id": "x", "difficulty": "hard"}]), r"difficulty='hard' is not a"

@@ -469,3 +469,13 @@ def test_smollm2_on_every_set(shared_data, tmp_path):
         assert abs(result["quality"]["kl_forward"]) < 1e-5
     rows = list(read_jsonl(tmp_path / "dolly" / "seed10.jsonl"))
     assert all(row["prediction"].strip() for row in rows)
+
+
+def test_an_empty_suite_file_is_refused_in_one_line(tmp_path):
+    from spectrumkd.evaluation.suites import load_suite
+
+    empty = tmp_path / "dolly.jsonl"
+    empty.write_text("\n  \n")
+    with pytest.raises(ValueError) as error:
+        load_suite("dolly", source=empty)
+    assert str(error.value) == f"{empty} is empty; give a JSON Lines file with at least one row"

@@ -226,8 +226,6 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     from spectrumkd.models import check_pair, load_model, load_tokenizer
 
     out = Path(run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.yaml").write_text(yaml.safe_dump(run.to_dict(), sort_keys=False))
     device = resolve_device(run.device)
     dtype = resolve_dtype(run.dtype, device)
     tokenizer = load_tokenizer(run.teacher)
@@ -243,6 +241,10 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     train_examples, validation = split_validation(
         dataset.examples, data.validation_ratio, data.validation_seed
     )
+    # Written once the models and data have loaded: a run refused before that leaves an
+    # existing folder's config as it was.
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.yaml").write_text(yaml.safe_dump(run.to_dict(), sort_keys=False))
     plan = None
     if run.curation is not None:
         if run.curation.difficulties is not None:
@@ -288,6 +290,7 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             k=run.teacher_cache_k,
             pad_token_id=tokenizer.pad_token_id,
             progress=progress,
+            vocab_size=alignment.vocab_size,
         )
         del signal, teacher  # trained from the cache, without the teacher in memory
         signal = CachedTeacher(folder, alignment.vocab_size, device=device)

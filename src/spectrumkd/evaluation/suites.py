@@ -140,6 +140,9 @@ def load_rows(source: str | Path, *, split: str = "train") -> list[dict[str, Any
     """
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() == ".jsonl":
+        from spectrumkd.data import refuse_empty_file
+
+        refuse_empty_file(path)  # zero rows would read as an evaluation of nothing
         return list(read_jsonl(path))
     # The data stage resolves files, folders and hub names with one-line errors.
     from spectrumkd.data.loading import _load_dataset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,11 @@ def read_difficulties(path: str | Path, column: str = "difficulty") -> tuple[lis
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value is None:
             raise ValueError(
                 f"{path}: row {number} ({row['id']!r}): {column}={value!r} is not a number"
+            )
+        if not math.isfinite(value):
+            raise ValueError(
+                f"{path}: row {number} ({row['id']!r}): {column}={value!r} is not finite; "
+                "rescore that example or remove its row"
             )
         ids.append(str(row["id"]))
         values.append(float(value))
