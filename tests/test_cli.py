@@ -148,7 +148,7 @@ def test_curate_names_bad_rows_and_missing_files(tmp_path, capsys):
         )
         == 2
     )
-    assert "NaN or infinite (ids a" in capsys.readouterr().err
+    assert "nan.jsonl: row 1 ('a'): difficulty=nan is not finite" in capsys.readouterr().err
 
 
 def dolly_like_file(path, n=24):
