@@ -189,9 +189,11 @@ def rouge_validator(
     max_new_tokens: int,
     seed: int = 0,
     batch_size: int = 8,
+    precision: str = "auto",
 ):
     """A per-epoch validator: mean ROUGE-L x 100 of the student's answers to ``prompts`` (greedy,
-    or sampled at temperature 1 with a fixed seed, so epochs differ only by the weights)."""
+    or sampled at temperature 1 with a fixed seed, so epochs differ only by the weights), generated
+    at ``precision`` (``auto``: bf16 autocast where the device has fast bf16)."""
     from spectrumkd.evaluation.generation import generate
     from spectrumkd.evaluation.rouge import rouge_l_scores
 
@@ -204,6 +206,7 @@ def rouge_validator(
             temperature=1.0 if sampled else 0.0,
             seed=seed,
             batch_size=batch_size,
+            precision=precision,
         )
         scores = rouge_l_scores(answers, references)
         return {"val_rouge": float(np.mean(scores)) if scores else 0.0}
