@@ -21,11 +21,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList
 
 from spectrumkd.curation.spectrum import round_half_up
 from spectrumkd.data.tokenize import IGNORE_INDEX
-from spectrumkd.evaluation.generation import KnownTokensOnly, left_pad
+from spectrumkd.evaluation.generation import KnownTokensOnly, decode
 from spectrumkd.models.pairing import VocabAlignment, vocab_rows
 
 
@@ -60,14 +59,6 @@ def sampling_vocabulary(student: torch.nn.Module, teacher: Any) -> VocabAlignmen
     return VocabAlignment(min(teacher_rows, student_rows), teacher_rows, student_rows)
 
 
-def _cut_after_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
-    for index, token in enumerate(tokens):
-        if token in eos_ids:
-            return tokens[: index + 1]
-    return tokens
-
-
-@torch.no_grad()
 def sample_responses(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -77,40 +68,32 @@ def sample_responses(
     temperature: float,
     max_new_tokens: int,
     vocab: VocabAlignment | None = None,
+    precision: str = "auto",
 ) -> list[list[int]]:
     """The student's sampled continuation of each prompt, cut after its first EOS.
 
-    Prompts are left-padded into one batch (generation appends on the right). Sampling is plain
-    ancestral sampling at ``temperature`` (no top-k, no top-p), as GKD defines it, over the ids
-    of ``vocab`` (below its ``vocab_size``, none of its ``missing_ids``; every row when None);
-    it draws from the torch RNG, which the trainer's checkpoints save and restore.
+    Prompts are left-padded into one batch and decoded with the KV-cached loop of
+    :func:`spectrumkd.evaluation.generation.decode` (a row leaves the batch once it ends).
+    Sampling is plain ancestral sampling at ``temperature`` (no top-k, no top-p), as GKD defines
+    it, over the ids of ``vocab`` (below its ``vocab_size``, none of its ``missing_ids``; every
+    row when None), under ``precision`` (``auto``: bf16 where the device has fast bf16); it
+    draws from the global torch RNG, which the trainer's checkpoints save and restore.
     """
     if not prompts:
         return []
-    device = next(model.parameters()).device
-    input_ids, attention_mask = left_pad(prompts, pad_token_id)
-    width = input_ids.shape[1]
-    was_training = model.training
-    model.eval()
-    try:
-        output = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad_token_id,
-            eos_token_id=list(eos_token_ids),
-            logits_processor=LogitsProcessorList(
-                [] if vocab is None else [KnownTokensOnly(vocab.vocab_size, vocab.missing_ids)]
-            ),
-        )
-    finally:
-        model.train(was_training)
-    eos = set(eos_token_ids)
-    return [_cut_after_eos(row[width:].tolist(), eos) for row in output.cpu()]
+    if not temperature > 0:
+        raise ValueError(f"on-policy sampling temperature must be > 0, got {temperature}")
+    known = None if vocab is None else KnownTokensOnly(vocab.vocab_size, vocab.missing_ids)
+    return decode(
+        model,
+        prompts,
+        pad_token_id=pad_token_id,
+        eos_token_ids=eos_token_ids,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        known=known,
+        precision=precision,
+    )
 
 
 def with_student_responses(
@@ -123,11 +106,13 @@ def with_student_responses(
     temperature: float,
     max_new_tokens: int,
     vocab: VocabAlignment | None = None,
+    precision: str = "auto",
 ) -> dict:
     """``batch`` with the responses of its first ``fraction`` of rows replaced by student samples.
 
     The sampler already shuffles, so the first rows are a random choice. ``vocab`` limits the
-    ids sampled (see :func:`sample_responses`). Returns a new right-padded batch with the same
+    ids sampled and ``precision`` is the sampling's compute precision (see
+    :func:`sample_responses`). Returns a new right-padded batch with the same
     keys plus ``on_policy``, a boolean row mask.
     """
     size = batch["input_ids"].shape[0]
@@ -147,6 +132,7 @@ def with_student_responses(
         temperature=temperature,
         max_new_tokens=max_new_tokens,
         vocab=vocab,
+        precision=precision,
     )
     rows: list[tuple[list[int], list[int]]] = []
     for row in range(size):

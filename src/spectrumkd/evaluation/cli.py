@@ -7,6 +7,7 @@ ValueError/FileNotFoundError/OSError, which ``spectrumkd.cli.main`` prints as on
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,16 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--out", required=True, help="output folder (a rerun resumes there)")
     add_model_flags(parser)
+    # The shared model flags may come to define it; then theirs stands.
+    with contextlib.suppress(argparse.ArgumentError):
+        parser.add_argument(
+            "--precision",
+            default="auto",
+            help="compute precision of generation: auto (bf16 where the device has fast bf16: "
+            "a CUDA GPU, a CPU with AMX or AVX512-BF16; else float32), float32, bf16, fp16 "
+            "(CUDA). --dtype is the weights' storage type; --precision is the autocast the "
+            "forwards run under (float32 weights, bf16 matrix products)",
+        )
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(run=cmd_evaluate)
 
@@ -178,6 +189,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         seeds=tuple(args.seeds) if args.seeds is not None else DEFAULT_SEEDS,
         max_new_tokens=args.max_new_tokens or 512,
         batch_size=args.batch_size,
+        precision=args.precision,
     )
 
     device = resolve_device(args.device)

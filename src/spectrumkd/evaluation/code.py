@@ -45,6 +45,7 @@ from spectrumkd.evaluation.maths import (
     data_root_of,
     file_digest,
     model_name,
+    precision_setting,
     resolve_generate,
     run_greedy_suite,
 )
@@ -272,11 +273,13 @@ def evaluate_code(
     isolation: str = "auto",
     progress: bool = False,
     name: str | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Greedy pass@1 on ``humaneval`` or ``mbpp``; writes ``out_dir/<set>/greedy.jsonl``,
     ``samples.jsonl`` (EvalPlus) and ``summary.json`` and returns the summary.
 
-    Give ``model`` and ``tokenizer`` or a ``generate_fn(prompts) -> texts``. ``timeout_s`` and
+    Give ``model`` and ``tokenizer`` (generated at ``precision``) or a
+    ``generate_fn(prompts) -> texts``. ``timeout_s`` and
     ``memory_mb`` limit each test program, ``workers`` run at once (default: up to 8, one per
     core). ``limit`` evaluates the first N tasks (not comparable with full-set numbers).
     """
@@ -296,6 +299,7 @@ def evaluate_code(
         "decoding": "greedy",
         "max_new_tokens": max_new_tokens,
         "limit": limit,
+        **precision_setting(model, precision),
     }
     # Settle the isolation before generating: a sandbox that cannot start must fail in seconds,
     # not after hours of generation.
@@ -307,6 +311,7 @@ def evaluate_code(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         progress=progress,
+        precision=precision,
     )
 
     def score(chunk: Sequence[SuiteItem], predictions: list[str]) -> list[dict[str, Any]]:
@@ -388,6 +393,7 @@ def code_suite_runner(set_name: str) -> Callable[[SuiteContext], dict[str, Any]]
             workers=options.get("workers"),
             isolation=options.get("isolation", "auto"),
             progress=ctx.progress,
+            precision=ctx.precision,
         )
         return {"metric": "pass@1", "score": summary["pass_at_1"], **summary}
 

@@ -291,9 +291,12 @@ def resolve_generate(
     batch_size: int,
     progress: bool,
     stop: Sequence[str] = (),
+    precision: str = "auto",
 ) -> GenerateFn:
     """The greedy generation function of a run: ``generate_fn`` as given, or
-    :func:`spectrumkd.evaluation.generation.generate` on ``model`` and ``tokenizer``."""
+    :func:`spectrumkd.evaluation.generation.generate` on ``model`` and ``tokenizer`` at
+    ``precision`` (the forwards' compute precision; ``auto``: bf16 where the device has fast
+    bf16)."""
     if generate_fn is not None:
         if model is not None:
             raise ValueError("pass either model and tokenizer, or generate_fn, not both")
@@ -307,6 +310,7 @@ def resolve_generate(
         "temperature": 0.0,
         "batch_size": batch_size,
         "progress": progress,
+        "precision": precision,
     }
     # Stop strings save most of the generation time of few-shot prompts; pass them if the
     # generation function supports them (the answer is cut at them anyway).
@@ -317,6 +321,17 @@ def resolve_generate(
         return generate(model, tokenizer, prompts, **options)
 
     return greedy
+
+
+def precision_setting(model: Any, precision: str) -> dict[str, str]:
+    """``{"precision": resolved}`` for a settings record, empty for float32 (or no model):
+    folders written before generation had a precision setting were float32 and still resume."""
+    if model is None:
+        return {}
+    from spectrumkd.models.precision import resolve_precision
+
+    resolved = resolve_precision(precision, next(model.parameters()).device)
+    return {} if resolved == "float32" else {"precision": resolved}
 
 
 def model_name(model: Any) -> str | None:
@@ -443,13 +458,14 @@ def evaluate_maths(
     chunk_size: int = 32,
     progress: bool = False,
     name: str | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Greedy pass@1 on ``gsm8k`` or ``math``; writes ``out_dir/<set>/greedy.jsonl`` and
     ``summary.json`` and returns the summary.
 
     Give ``model`` and ``tokenizer`` (generation runs through
-    :func:`spectrumkd.evaluation.generation.generate`) or a ``generate_fn(prompts) -> texts``.
-    ``limit`` evaluates the first N problems (a quick look; not comparable with full-set
+    :func:`spectrumkd.evaluation.generation.generate`, at ``precision``) or a
+    ``generate_fn(prompts) -> texts``. ``limit`` evaluates the first N problems (a quick look; not comparable with full-set
     numbers). ``name`` records the model in the settings when ``generate_fn`` is used.
     """
     problems, source = load_math_set(set_name, data_dir)
@@ -489,6 +505,7 @@ def evaluate_maths(
         "max_new_tokens": max_new_tokens,
         "limit": limit,
         "checker": "math-verify on the last \\boxed{} (answer cut at the next '### Problem:')",
+        **precision_setting(model, precision),
     }
     generate = resolve_generate(
         model,
@@ -498,6 +515,7 @@ def evaluate_maths(
         batch_size=batch_size,
         progress=progress,
         stop=(NEXT_PROBLEM,),
+        precision=precision,
     )
 
     def score(chunk: Sequence[SuiteItem], predictions: list[str]) -> list[dict[str, Any]]:
@@ -558,6 +576,7 @@ def maths_suite_runner(set_name: str) -> Callable[[SuiteContext], dict[str, Any]
             max_new_tokens=ctx.max_new_tokens or MATH_MAX_NEW_TOKENS,
             batch_size=ctx.batch_size,
             progress=ctx.progress,
+            precision=ctx.precision,
         )
         return {"metric": "pass@1", "score": summary["pass_at_1"], **summary}
 

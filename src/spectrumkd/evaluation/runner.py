@@ -57,6 +57,7 @@ class SuiteContext:
     max_new_tokens: int | None  # None: the suite's own default
     progress: bool
     options: Mapping[str, Any] = field(default_factory=dict)
+    precision: str = "auto"  # compute precision of generation (spectrumkd.models.precision)
 
 
 SuiteRunner = Callable[[SuiteContext], dict[str, Any]]
@@ -90,6 +91,9 @@ class Decoding:
     max_new_tokens: int = 512
     # Part of the settings because it fixes the batches, and so each batch's sampling seed.
     batch_size: int = 8
+    # Compute precision of the forwards (auto: bf16 where the device has fast bf16). Resolved
+    # per device and recorded in the manifest unless float32 (see generation_key below).
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.greedy and not self.seeds:
@@ -228,6 +232,7 @@ def evaluate_instruction_following(
                 max_new_tokens=other_max_new_tokens,
                 progress=progress,
                 options=dict(suite_options or {}),
+                precision=decoding.precision,
             )
             results[name] = {"kind": "registered", **SUITE_RUNNERS[name](context)}
 
@@ -237,7 +242,7 @@ def evaluate_instruction_following(
         "model_fingerprint": model_print,
         "teacher": teacher_name,
         "teacher_fingerprint": teacher_print,
-        "decoding": decoding.as_dict(),
+        "decoding": {**decoding.as_dict(), "precision": _resolved_precision(model, decoding)},
         "runs": [stem for stem, _ in decoding.runs()],
         "max_prompt_tokens": max_prompt_tokens,
         "quality_max_length": quality_max_length if quality else None,
@@ -292,6 +297,9 @@ def _run_instruction_suite(
         "max_prompt_tokens": max_prompt_tokens,
         "data_fingerprint": _data_fingerprint(examples),
     }
+    precision = _resolved_precision(model, decoding)
+    if precision != "float32":  # folders from before the setting existed were float32
+        generation_key["precision"] = precision
     manifest = _open_manifest(folder, generation_key)
     write_jsonl(folder / "dropped.jsonl", dropped)
     ids = [e.id for e in examples]
@@ -314,6 +322,7 @@ def _run_instruction_suite(
             seed=seed,
             batch_size=decoding.batch_size,
             progress=progress,
+            precision=precision,
         )
         seconds = time.perf_counter() - start
         scores = rouge_l_scores(predictions, references)
@@ -395,6 +404,12 @@ def _quality(
     manifest["quality"] = {"key": key, "dropped": len(result.dropped)}
     write_json(folder / "manifest.json", manifest)
     return {**summarize_quality(rows, len(result.dropped)), "max_length": max_length}
+
+
+def _resolved_precision(model: Any, decoding: Decoding) -> str:
+    from spectrumkd.models.precision import resolve_precision
+
+    return resolve_precision(decoding.precision, next(model.parameters()).device)
 
 
 def _open_manifest(folder: Path, key: dict[str, Any]) -> dict[str, Any]:
