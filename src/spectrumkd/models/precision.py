@@ -40,18 +40,25 @@ def has_fast_bf16(device: torch.device | str) -> bool:
     return False
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``auto`` -> ``bf16`` or ``float32`` for ``device``; other values are checked against it.
-
-    Returns one of ``float32``, ``bf16``, ``fp16``; a value the device cannot run is a one-line
-    error saying what to use instead."""
-    device = torch.device(device)
+def normalize_precision(precision: str) -> str:
+    """The PRECISIONS name of ``precision`` (accepting fp32, no, bfloat16, float16), without
+    looking at a device; an unknown name is a one-line error."""
     name = str(precision).strip().lower()
     name = {"fp32": "float32", "no": "float32", "bfloat16": "bf16", "float16": "fp16"}.get(
         name, name
     )
     if name not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> ``bf16`` or ``float32`` for ``device``; other values are checked against it.
+
+    Returns one of ``float32``, ``bf16``, ``fp16``; a value the device cannot run is a one-line
+    error saying what to use instead."""
+    device = torch.device(device)
+    name = normalize_precision(precision)
     if name == "auto":
         return "bf16" if has_fast_bf16(device) else "float32"
     if name == "fp16" and device.type != "cuda":
@@ -92,5 +99,6 @@ __all__ = [
     "autocast",
     "autocast_dtype",
     "has_fast_bf16",
+    "normalize_precision",
     "resolve_precision",
 ]
