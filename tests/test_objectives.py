@@ -431,3 +431,73 @@ def test_chunked_keeps_no_autograd_history_of_its_chunks():
     kd_sum, _, _ = chunked_kd_loss(hidden, weight, t_hidden, t_weight, labels, "forward_kl", 1.0, 8)
     saved = kd_sum.grad_fn.saved_tensors
     assert saved and all(t is None or (t.grad_fn is None and not t.requires_grad) for t in saved)
+
+
+def test_chunked_ce_without_gradient_keeps_the_value_and_the_kd_gradients():
+    hidden, weight, t_hidden, t_weight, labels = _hidden_setup(seed=47)
+    _, ce_want, _ = chunked_kd_loss(hidden, weight, t_hidden, t_weight, labels, "jsd", 2.0, 8)
+    kd_only, _, _ = chunked_kd_loss(
+        hidden, weight, t_hidden, t_weight, labels, "jsd", 2.0, 8, with_ce=False
+    )
+    want = torch.autograd.grad(kd_only, (hidden, weight))
+
+    kd, ce, _ = chunked_kd_loss(
+        hidden, weight, t_hidden, t_weight, labels, "jsd", 2.0, 8, ce_grad=False
+    )
+    assert not ce.requires_grad and ce > 0
+    torch.testing.assert_close(ce, ce_want.detach(), atol=0, rtol=0)
+    got = torch.autograd.grad(kd, (hidden, weight))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=0, rtol=0)
+
+
+class _MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the input dtypes of every matrix product dispatched while active."""
+
+    PRODUCTS = ("aten.mm", "aten.addmm", "aten.bmm", "aten.matmul")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        if name.startswith(self.PRODUCTS):
+            self.seen.append((name, args[-1].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("with_ce", [True, False])
+def test_chunked_under_bf16_autocast_matches_float32(with_ce):
+    """Under bf16 autocast every product of the engine runs in bf16 (the head-weight gradient's
+    in-place addmm used to run in float32), and the loss and gradients stay within bf16
+    rounding of the plain float32 full-logits path."""
+    g = torch.Generator().manual_seed(53)
+    n, h, h_t, v = 64, 32, 48, 257
+    hidden = torch.randn(n, h, generator=g).requires_grad_()
+    weight = (torch.randn(v, h, generator=g) * 0.2).requires_grad_()
+    t_hidden, t_weight = torch.randn(n, h_t, generator=g), torch.randn(v, h_t, generator=g) * 0.2
+    labels = torch.randint(0, v, (n,), generator=g)
+    labels[:10] = -100
+    alpha = 0.3 if with_ce else 0.0
+
+    kd_full, count = kd_loss(hidden @ weight.T, t_hidden @ t_weight.T, labels, "forward_kl")
+    ce_full = reference_ce(hidden @ weight.T, labels)
+    loss_full = combine(ce_full, kd_full, count, alpha, 1.0)
+    want = torch.autograd.grad(loss_full, (hidden, weight))
+
+    recorder = _MatmulDtypes()
+    with torch.autocast("cpu", dtype=torch.bfloat16), recorder:
+        kd, ce, count = chunked_kd_loss(
+            hidden, weight, t_hidden, t_weight, labels, "forward_kl", 1.0, 16, ce_grad=with_ce
+        )
+        loss = combine(ce, kd, count, alpha, 1.0)
+        got = torch.autograd.grad(loss, (hidden, weight))
+    assert recorder.seen and {dtype for _, dtype in recorder.seen} == {torch.bfloat16}
+    assert got[0].dtype == got[1].dtype == torch.float32
+    # bf16 has 8 significant bits: the loss agrees to about 1e-2 relative, the gradients too.
+    torch.testing.assert_close(kd, kd_full.detach(), rtol=2e-2, atol=0)
+    torch.testing.assert_close(ce, ce_full.detach(), rtol=2e-2, atol=0)
+    for g_got, g_want in zip(got, want, strict=True):
+        error = (g_got - g_want).norm() / g_want.norm()
+        assert error < 3e-2, error

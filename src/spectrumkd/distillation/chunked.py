@@ -41,7 +41,14 @@ def _fold(grad_logits: Tensor, hidden: Tensor, weight: Tensor, acc_h, acc_w, row
     (found by benchmarks/bench_loss_memory.py)."""
     if acc_h is not None:
         acc_h[rows] = (grad_logits.to(weight.dtype) @ weight).float()
-    if acc_w is not None:
+    if acc_w is None:
+        return
+    if torch.is_autocast_enabled(grad_logits.device.type):
+        # An in-place addmm_ is outside autocast's op list and would run this [V, chunk] x
+        # [chunk, H] product, the size of the head's forward, in float32; the full-logits path
+        # under autocast gets this gradient from a bf16 product too. The sum stays float32.
+        acc_w += grad_logits.T @ hidden
+    else:
         acc_w.addmm_(grad_logits.T, hidden.float())
 
 
@@ -58,6 +65,7 @@ class _ChunkedKD(torch.autograd.Function):
         temperature: float,
         chunk_size: int,
         with_ce: bool,
+        ce_grad: bool,
         need_h: bool,
         need_w: bool,
     ):
@@ -69,8 +77,8 @@ class _ChunkedKD(torch.autograd.Function):
 
         kd_h, kd_w = zeros(student_hidden, need_h), zeros(student_weight, need_w)
         ce_h, ce_w = (
-            zeros(student_hidden, need_h and with_ce),
-            zeros(student_weight, need_w and with_ce),
+            zeros(student_hidden, need_h and with_ce and ce_grad),
+            zeros(student_weight, need_w and with_ce and ce_grad),
         )
         kd_sum = torch.zeros((), dtype=torch.float32, device=device)
         ce_sum = torch.zeros((), dtype=torch.float32, device=device)
@@ -87,7 +95,7 @@ class _ChunkedKD(torch.autograd.Function):
                 if need_h or need_w:
                     (grad,) = torch.autograd.grad(kd, logits)
                     _fold(grad, hidden, student_weight, kd_h, kd_w, chunk)
-                    if ce is not None:
+                    if ce is not None and ce_grad:
                         (grad,) = torch.autograd.grad(ce, logits)
                         _fold(grad, hidden, student_weight, ce_h, ce_w, chunk)
             kd_sum += kd.detach()
@@ -98,7 +106,7 @@ class _ChunkedKD(torch.autograd.Function):
         ctx.save_for_backward(kd_h, kd_w, ce_h, ce_w)
         ctx.dtypes = (student_hidden.dtype, student_weight.dtype)
         ctx.mark_non_differentiable(num_tokens)
-        if not with_ce:
+        if not (with_ce and ce_grad):
             ctx.mark_non_differentiable(ce_sum)
         return kd_sum, ce_sum, num_tokens
 
@@ -118,7 +126,7 @@ class _ChunkedKD(torch.autograd.Function):
         return (
             scaled(kd_h, ce_h, h_dtype),
             scaled(kd_w, ce_w, w_dtype),
-            *([None] * 9),
+            *([None] * 10),
         )
 
 
@@ -132,6 +140,7 @@ def chunked_kd_loss(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     with_ce: bool = True,
+    ce_grad: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(kd_sum, ce_sum, num_tokens) without materialising [N, V] logits; see the module doc.
 
@@ -140,7 +149,12 @@ def chunked_kd_loss(
     the LM heads (no bias), ``labels`` [...] aligned to the positions (already shifted) with
     -100 masked. Values and gradients equal ``kd_loss`` on ``hidden @ weight.T``; ``ce_sum`` is
     the student's summed cross-entropy at temperature 1 (0, without gradient, if not
-    ``with_ce``). At most ``chunk_size`` tokens' logits exist at a time.
+    ``with_ce``). ``ce_grad=False`` still returns ``ce_sum`` but without gradient, for a caller
+    that only logs it (alpha 0): that skips the CE's two [chunk, V] x [V, H] products per chunk.
+    At most ``chunk_size`` tokens' logits exist at a time.
+
+    Under autocast (bf16, fp16) the chunk's products run in that dtype, as the full-logits path's
+    do; the log-softmax, the objective and the gradient sums stay float32.
     """
     objective = as_objective(objective)
     check_vocab(student_head_weight.shape[0], teacher_head_weight.shape[0])
@@ -173,6 +187,7 @@ def chunked_kd_loss(
         float(temperature),
         int(chunk_size),
         bool(with_ce),
+        bool(ce_grad),
         grad_on and student_hidden.requires_grad,
         grad_on and student_head_weight.requires_grad,
     )

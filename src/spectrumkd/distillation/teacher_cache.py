@@ -457,22 +457,34 @@ class CachedTeacher:
         ids = list(batch["ids"])
         if len(ids) != labels.shape[0]:
             raise ValueError(f"batch has {labels.shape[0]} rows but {len(ids)} ids")
-        width = max(self.vocab_size, self.teacher_vocab_size)
-        out = torch.full((*labels.shape, width), -math.inf, dtype=torch.float32)
         predicts = predicting_positions(labels)
-        for row, example_id in enumerate(ids):
-            values, indices, _, _ = self.entry(str(example_id))
-            positions = predicts[row].nonzero()[:, 0]
-            if positions.numel() != values.shape[0]:
+        counts = predicts.sum(-1).tolist()
+        values, indices = [], []
+        for example_id, count in zip(ids, counts, strict=True):
+            row_values, row_indices, _, _ = self.entry(str(example_id))
+            if count != row_values.shape[0]:
                 raise ValueError(
-                    f"example {example_id!r} has {positions.numel()} response-predicting positions "
-                    f"in the batch but {values.shape[0]} in the cache; rebuild the cache from "
+                    f"example {example_id!r} has {count} response-predicting positions "
+                    f"in the batch but {row_values.shape[0]} in the cache; rebuild the cache from "
                     "this tokenisation"
                 )
-            out[row, positions] = out[row, positions].scatter(-1, indices, values)
-        if width != self.vocab_size:
-            out = out[..., : self.vocab_size].contiguous()
-        return out.to(self.device)
+            values.append(row_values)
+            indices.append(row_indices)
+        # One index_put over the whole batch, on the target device, instead of a [n, V] scatter
+        # per row on the CPU and a copy of the whole [B, T, V] tensor: the same entries.
+        out = torch.full(
+            (*labels.shape, self.vocab_size), -math.inf, dtype=torch.float32, device=self.device
+        )
+        positions = predicts.reshape(-1).nonzero()[:, 0]  # row by row, as the entries are
+        index = torch.cat(indices).to(self.device)
+        value = torch.cat(values).to(self.device, torch.float32)
+        flat = (positions.to(self.device)[:, None] * self.vocab_size + index).reshape(-1)
+        value = value.reshape(-1)
+        if self.teacher_vocab_size > self.vocab_size:  # a padded teacher's rows past ours
+            keep = (index < self.vocab_size).reshape(-1)
+            flat, value = flat[keep], value[keep]
+        out.view(-1)[flat] = value
+        return out
 
     def tail_logsumexp(self, batch: dict, temperature: float) -> torch.Tensor:
         """``[B, T]`` float32: at each cached position, log sum_{v outside the top k}
