@@ -191,3 +191,21 @@ def test_an_id_missing_from_the_cache_names_it(teacher, examples, cache_root, ba
         cached.logits({**batch, "ids": [*batch["ids"][:-1], "not-scheduled"]})
     message = str(caught.value)
     assert "'not-scheduled'" in message and "rebuild" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("vocab", [VOCAB, VOCAB - 8, VOCAB + 8])
+def test_logits_are_the_cached_entries_scattered_row_by_row(
+    teacher, examples, cache_root, batch, vocab
+):
+    """The batched build equals the plain per-row scatter of each example's entries, bit for
+    bit, for a student vocabulary equal to, narrower than (padded teacher) and wider than
+    (padded student) the cache's."""
+    cached = CachedTeacher(build(teacher, examples, cache_root, 16), vocab)
+    predicts = predicting_positions(batch["labels"])
+    want = torch.full((*batch["labels"].shape, max(vocab, VOCAB)), -torch.inf)
+    for row, example_id in enumerate(batch["ids"]):
+        values, indices, _, _ = cached.entry(example_id)
+        want[row, predicts[row]] = want[row, predicts[row]].scatter(-1, indices, values)
+    got = cached.logits(batch)
+    assert got.shape == (*batch["labels"].shape, vocab) and got.dtype == torch.float32
+    assert torch.equal(got, want[..., :vocab])
