@@ -1,7 +1,7 @@
 """Epoch time of KD training from the offline top-k teacher cache against a live teacher.
 
 Usage: python benchmarks/bench_cache_epoch.py [--rows 64] [--layers 6] [--k 64] [--repeats 2]
-    [--batch-size 8] [--max-length 256] [--threads 0]
+    [--batch-size 8] [--max-length 256] [--threads 0] [--precision bf16]
 
 Steps, each in a fresh subprocess so that peak RSS is per run:
 
@@ -12,6 +12,7 @@ Steps, each in a fresh subprocess so that peak RSS is per run:
    rows that fit ``--max-length`` tokens; its wall time and size on disk;
 3. ``--repeats`` times, interleaved with the order alternating: one epoch of
    ``distillation.trainer.train`` (forward KL, alpha 0.3, tau 1, batch ``--batch-size``, AdamW)
+   in ``--precision`` (``TrainConfig.mixed_precision``: bf16 autocast, the default, or float32)
    with a ``LiveTeacher`` (teacher loaded in that process) and with a ``CachedTeacher`` (the
    teacher never loaded). The epoch time runs from the first step's start to the end-of-epoch
    checkpoint (noted by wrappers around ``accumulate_gradients`` and ``_checkpoint``); the whole
@@ -109,6 +110,7 @@ def _epoch(engine: str, args: argparse.Namespace, work: Path, run: int) -> dict:
             Path((work / "cache_dir.txt").read_text()), student.config.vocab_size
         )
     config = kd_trainer.TrainConfig(
+        mixed_precision=_mixed_precision(kd_trainer.TrainConfig, args.precision),
         objective="forward_kl",
         alpha=0.3,
         temperature=1.0,
@@ -155,8 +157,22 @@ def _epoch(engine: str, args: argparse.Namespace, work: Path, run: int) -> dict:
     }
 
 
+def _mixed_precision(config_class: Any, precision: str) -> str:
+    """``TrainConfig.mixed_precision``'s spelling of ``precision`` (``no`` before the precision
+    setting took ``float32``)."""
+    if precision == "bf16":
+        return "bf16"
+    for name in ("float32", "no"):
+        try:
+            config_class(mixed_precision=name)
+        except ValueError:
+            continue
+        return name
+    raise RuntimeError("TrainConfig takes neither float32 nor no for mixed_precision")
+
+
 def _run(stage: str, args: argparse.Namespace, work: Path, run: int = 0) -> dict:
-    names = ("rows", "layers", "k", "batch_size", "max_length", "threads")
+    names = ("rows", "layers", "k", "batch_size", "max_length", "threads", "precision")
     return run_worker(__file__, [stage, "--work", str(work), "--run", str(run)], args, names)
 
 
@@ -171,6 +187,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads per run (0: torch's default)"
     )
+    parser.add_argument("--precision", choices=["bf16", "float32"], default="bf16")
     parser.add_argument("--worker", choices=["prepare", "build", "live", "cached"])
     parser.add_argument("--work", type=Path)
     parser.add_argument("--run", type=int, default=0)
@@ -214,7 +231,7 @@ def main() -> None:
         f"# {args.rows} Dolly rows <= {args.max_length} tokens ({build['real_tokens']:,} tokens, "
         f"{build['tokens']:,} response tokens), SmolLM2-135M-Instruct teacher -> {args.layers}-layer "
         f"student (blocks {layers}), top-{args.k} cache, forward KL, alpha 0.3, tau 1, batch "
-        f"{args.batch_size}, fp32, {runs['live'][0]['steps']} steps/epoch; median of "
+        f"{args.batch_size}, {args.precision}, {runs['live'][0]['steps']} steps/epoch; median of "
         f"{args.repeats} interleaved rounds; torch {torch.__version__}, "
         f"{args.threads or torch.get_num_threads()} threads, {platform.machine()}, {time.strftime('%Y-%m-%d')}"
     )
