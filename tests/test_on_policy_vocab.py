@@ -153,3 +153,33 @@ def test_on_policy_training_of_a_padded_student_runs(tmp_path, tiny_tokenizer):
         accelerator=Accelerator(cpu=True),
     )
     assert state["step"] == 2
+
+
+def test_samples_end_after_their_first_eos_and_follow_the_global_rng():
+    """The KV-cached loop behind on-policy sampling: a row is cut after its first EOS (kept, it
+    is a label), it gets no forward after it, and the draws come from the global torch RNG
+    (the trainer's checkpoints save it), so a seed repeats them."""
+    from test_generation import Scripted
+
+    model = Scripted(96, [5, 6, EOS, 7, 8])
+    samples = sample_responses(
+        model,
+        [[3, 4, 9], [10, 11]],
+        pad_token_id=0,
+        eos_token_ids=(EOS,),
+        temperature=1.0,
+        max_new_tokens=5,
+    )
+    assert samples == [[5, 6, EOS], [5, 6, EOS]] and model.batch_sizes == [2, 2, 2]
+
+    student = build_tiny_llama(96, num_layers=1, seed=4)
+    options = {"pad_token_id": 0, "eos_token_ids": (EOS,), "temperature": 1.0, "max_new_tokens": 6}
+    prompts = [[3, 4, 9], [10, 11], [12]]
+    torch.manual_seed(7)
+    first = sample_responses(student, prompts, **options)
+    torch.manual_seed(7)
+    assert sample_responses(student, prompts, **options) == first
+    torch.manual_seed(8)
+    assert sample_responses(student, prompts, **options) != first
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        sample_responses(student, prompts, **{**options, "temperature": 0.0})
