@@ -11,6 +11,10 @@ from pathlib import Path
 
 from spectrumkd.curation.config import DIRECTIONS, STEP_MODES, SpectrumKDConfig
 
+# spectrumkd.models.precision.PRECISIONS, spelled out: importing it loads torch, and the parser
+# (--help) should not wait for that (tests/test_cli.py checks they agree).
+PRECISIONS = ("auto", "float32", "bf16", "fp16")
+
 # Errors a user can fix get one line; anything else is a bug and keeps its traceback.
 USER_ERRORS = (
     ValueError,
@@ -233,8 +237,11 @@ def cmd_score(args: argparse.Namespace) -> None:
         gguf_file=args.gguf_file,
     )
     settings = ScoringSettings(
-        max_tokens_per_batch=args.batch_tokens, max_batch_size=args.max_batch_size
+        max_tokens_per_batch=args.batch_tokens,
+        max_batch_size=args.max_batch_size,
+        precision=args.precision,
     )
+    precision = settings.resolved(device).precision
     result = score_dataset(
         model,
         dataset,
@@ -250,11 +257,12 @@ def cmd_score(args: argparse.Namespace) -> None:
             "data": args.data,
             "template": args.template,
             "max_length": args.max_length,
+            "precision": precision,
         },
     )
     losses = result.table.difficulties(args.reduction)
     console.print(
-        f"scored {len(result.table)} examples ({result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s); "
+        f"scored {len(result.table)} examples ({result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s, {precision}); "
         f"loss min {losses.min():.3f} median {float(sorted(losses)[len(losses) // 2]):.3f} max {losses.max():.3f}"
     )
     console.print(f"wrote {Path(args.out) / 'spectrum.jsonl'}")
@@ -429,6 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--max-batch-size", type=int, default=64)
     score.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="compute precision of the forward: auto picks bf16 autocast where the device has "
+        "fast bf16 (a CUDA GPU with bf16; a CPU with AMX or AVX512-BF16, detected) and float32 "
+        "elsewhere; the cross-entropy is float32 in all (a rerun resumes only at the same one)",
+    )
+    score.add_argument(
         "--reduction",
         choices=("mean", "sum"),
         default="mean",
@@ -488,7 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field, e.g. --set train.epochs=3 (repeatable)",
+        help="override a config field, e.g. --set train.epochs=3 (repeatable); "
+        "train.mixed_precision (default auto: bf16 autocast where the device has fast bf16, a "
+        "CUDA GPU with bf16 or a CPU with AMX or AVX512-BF16, float32 elsewhere) sets every "
+        "forward of the run: scoring, teacher cache, student and teacher",
     )
     distill.add_argument("--quiet", action="store_true")
     distill.set_defaults(run=cmd_distill)

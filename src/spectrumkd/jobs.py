@@ -248,6 +248,9 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     # existing folder's config as it was.
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.yaml").write_text(yaml.safe_dump(run.to_dict(), sort_keys=False))
+    # train.mixed_precision is the precision of every forward of the run: the scoring and the
+    # teacher cache here, the student and the live teacher in the trainer.
+    forward_settings = ScoringSettings(precision=run.train.mixed_precision)
     plan = None
     if run.curation is not None:
         if run.curation.difficulties is not None:
@@ -261,6 +264,7 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
                 student,
                 train_examples,
                 pad_token_id=tokenizer.pad_token_id,
+                settings=forward_settings,
                 out_dir=out / "scores",
                 progress=progress,
             )
@@ -291,6 +295,7 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             [*train_examples, *validation],
             run.teacher_cache_root,
             k=run.teacher_cache_k,
+            settings=forward_settings,
             pad_token_id=tokenizer.pad_token_id,
             progress=progress,
             vocab_size=alignment.vocab_size,

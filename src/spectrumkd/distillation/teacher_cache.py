@@ -14,7 +14,10 @@ the four nearest (the log-partition is smooth in beta; tested to 1e-3 nats again
 value). One cache serves every temperature a curriculum asks for within that range.
 
 The cache lives in ``cache_root / f"{teacher fingerprint}-{data fingerprint}-k{k}"``: every run
-on the same teacher and data (other seeds, objectives, strategies) finds it. Like the scorer it
+on the same teacher and data (other seeds, objectives, strategies) finds it. The teacher's forward
+runs in the settings' ``precision`` (auto: bf16 autocast where the device has fast bf16); top-k,
+log-partition and tail are float32 whatever it is. A cache of another precision than float32
+lives in a folder of its own (``...-k{k}-bf16``), so caches of different precisions never mix. Like the scorer it
 batches by length, runs under ``inference_mode``, writes one safetensors shard per group of
 batches atomically, reuses finished shards after a kill, and writes ``index.json`` (example id ->
 shard, row offset, number of positions) last: a folder with an index is a finished cache.
@@ -32,7 +35,6 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -42,6 +44,7 @@ from tqdm.auto import tqdm
 
 from spectrumkd.data.tokenize import IGNORE_INDEX, collate
 from spectrumkd.io import atomic_write_bytes, write_json
+from spectrumkd.models.precision import autocast, resolve_precision
 from spectrumkd.scoring.scorer import (
     ScorableExample,
     ScoringSettings,
@@ -72,16 +75,33 @@ class MissingFromCacheError(KeyError):
 
 
 def teacher_cache_dir(
-    teacher: torch.nn.Module, examples: Sequence[ScorableExample], cache_root: str | Path, k: int
+    teacher: torch.nn.Module,
+    examples: Sequence[ScorableExample],
+    cache_root: str | Path,
+    k: int,
+    *,
+    precision: str = "auto",
 ) -> Path:
-    """Where :func:`build_teacher_cache` keeps the cache of ``teacher`` on ``examples``."""
+    """Where :func:`build_teacher_cache` keeps the cache of ``teacher`` on ``examples`` built in
+    ``precision`` (resolved for the teacher's device, as the build resolves it)."""
+    device = next(teacher.parameters()).device
     return Path(cache_root) / _folder_name(
-        model_fingerprint(teacher), data_fingerprint(examples), k
+        model_fingerprint(teacher),
+        data_fingerprint(examples),
+        k,
+        precision=resolve_precision(precision, device),
     )
 
 
-def _folder_name(model: str, data: str, k: int, vocab: int | None = None) -> str:
-    return f"{model}-{data}-k{k}" + (f"-v{vocab}" if vocab is not None else "")
+def _folder_name(
+    model: str, data: str, k: int, vocab: int | None = None, precision: str = "float32"
+) -> str:
+    # float32 caches keep the name they had before mixed precision existed.
+    return (
+        f"{model}-{data}-k{k}"
+        + (f"-v{vocab}" if vocab is not None else "")
+        + (f"-{precision}" if precision != "float32" else "")
+    )
 
 
 def _index_format(path: Path) -> object:
@@ -111,8 +131,8 @@ def build_teacher_cache(
 ) -> Path:
     """Cache the teacher's top-k raw logits at every response-predicting position; the folder.
 
-    Pass only the examples a schedule will use. A finished cache for the same teacher, data and
-    k is returned as is; a killed build resumes from its finished shards. Under torch.distributed
+    Pass only the examples a schedule will use. A finished cache for the same teacher, data, k
+    and precision (``settings.precision``, default auto) is returned as is; a killed build resumes from its finished shards. Under torch.distributed
     every process must call this: each computes every world-th shard and rank 0 writes the index.
     ``vocab_size``: the vocabulary shared with the student when the teacher's head is padded
     beyond it (``VocabAlignment.vocab_size``); the rows past it are left out of the top k, the
@@ -134,9 +154,15 @@ def build_teacher_cache(
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"example id {duplicate!r} occurs twice; the cache is keyed by id")
     check_fits_model(teacher, examples)
+    device = next(teacher.parameters()).device
+    settings = (settings or ScoringSettings()).resolved(device)
     fingerprints = {"model": model_fingerprint(teacher), "data": data_fingerprint(examples)}
     folder = Path(cache_root) / _folder_name(
-        fingerprints["model"], fingerprints["data"], k, None if vocab == teacher_vocab else vocab
+        fingerprints["model"],
+        fingerprints["data"],
+        k,
+        None if vocab == teacher_vocab else vocab,
+        settings.precision,
     )
     if (folder / INDEX).exists():
         if _index_format(folder / INDEX) == FORMAT:
@@ -144,8 +170,6 @@ def build_teacher_cache(
         logger.warning("%s: a teacher cache of an older format; rebuilding it", folder)
         (folder / INDEX).unlink()
 
-    device = next(teacher.parameters()).device
-    settings = (settings or ScoringSettings()).resolved(device)
     batches = length_bucketed_batches([len(e.input_ids) for e in examples], settings)
     shards = [
         batches[i : i + settings.shard_batches]
@@ -158,7 +182,7 @@ def build_teacher_cache(
         "k": k,
         "vocab_size": vocab,
         "tail_inverse_temperatures": [n / TAIL_GRID_STEP for n in TAIL_GRID],
-        "settings": asdict(settings),
+        "settings": settings.manifest(),  # holds the precision unless float32
         "num_examples": len(examples),
         "num_shards": len(shards),
     }
@@ -183,7 +207,13 @@ def build_teacher_cache(
             if not path.exists():
                 parts = [
                     _batch_topk(
-                        teacher, [examples[i] for i in batch], k, pad_token_id, device, vocab
+                        teacher,
+                        [examples[i] for i in batch],
+                        k,
+                        pad_token_id,
+                        device,
+                        vocab,
+                        settings.precision,
                     )
                     for batch in shards[shard_index]
                 ]
@@ -323,15 +353,17 @@ def _batch_topk(
     pad_token_id: int,
     device: torch.device,
     vocab: int | None = None,
+    precision: str = "float32",
 ) -> dict[str, torch.Tensor]:
     """Top-k raw logits (float32), their indices (int32), the log-partition and the tail's
     log-partitions on the grid at every response-predicting position of ``batch``, row by row
-    and position by position (over the first ``vocab`` rows of the head)."""
+    and position by position (over the first ``vocab`` rows of the head). Only the teacher's
+    forward runs in ``precision``."""
     inputs = {key: value.to(device) for key, value in collate(batch, pad_token_id).items()}
     predicts = predicting_positions(inputs["labels"])
     num = int(predicts.sum())
     with torch.inference_mode():
-        with logits_at(teacher, predicts) as gathered:
+        with logits_at(teacher, predicts) as gathered, autocast(precision, device):
             logits = teacher(
                 input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
             ).logits
@@ -417,8 +449,9 @@ class CachedTeacher:
 
     @property
     def settings(self) -> ScoringSettings:
-        """The batching the cache was built with (so a live comparison can batch alike)."""
-        return ScoringSettings(**self.index["settings"])
+        """The batching and precision the cache was built with (so a live comparison can batch
+        alike); a manifest without a precision is a float32 one."""
+        return ScoringSettings(**{"precision": "float32", **self.index["settings"]})
 
     def _shard(self, number: int) -> dict[str, torch.Tensor]:
         if number in self._shards:

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -46,6 +47,7 @@ from spectrumkd.distillation.signals import TeacherSignalSource, head_inputs
 from spectrumkd.integrations.sampler import CurriculumSampler
 from spectrumkd.io import write_json, write_jsonl
 from spectrumkd.models.pairing import VocabAlignment
+from spectrumkd.models.precision import accelerate_mixed_precision
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
@@ -56,6 +58,7 @@ MAXIMISED = {"val_rouge"}  # validation metrics where higher is better
 # is smaller by construction, so values at different temperatures do not compare.
 EVAL_TEMPERATURE = 1.0
 TRACKERS = ("none", "tensorboard", "wandb", "all")
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,13 @@ class TrainConfig:
     )
     max_grad_norm: float | None = 1.0
     mixed_precision: str = field(
-        default="no", metadata={"help": "no, bf16 or fp16 (where the device supports it)"}
+        default="auto",
+        metadata={
+            "help": "autocast of every forward of the run (student, live teacher, scoring, "
+            "teacher cache): auto (bf16 where the device has fast bf16: a CUDA GPU with bf16, a "
+            "CPU with AMX or AVX512-BF16; no elsewhere), no (float32), bf16, fp16 (CUDA). "
+            "Weights, optimiser state and losses stay float32"
+        },
     )
     seed: int = 0
     log_every: int = 10
@@ -181,9 +190,10 @@ class TrainConfig:
             raise ValueError(f"val_rouge={self.val_rouge!r} is not one of off, greedy, sampled")
         if self.select_metric == "val_rouge" and self.val_rouge == "off":
             raise ValueError("select_metric=val_rouge needs val_rouge set to greedy or sampled")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
+        if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(
-                f"mixed_precision={self.mixed_precision!r} is not one of no, bf16, fp16"
+                f"mixed_precision={self.mixed_precision!r} is not one of "
+                f"{', '.join(MIXED_PRECISIONS)}"
             )
         if self.save_every_steps < 0 or self.lora_rank < 0 or self.chunk_size < 1:
             raise ValueError(
@@ -431,10 +441,7 @@ def train(
     """
     output = Path(output_dir)
     if accelerator is None:
-        trackers = {"none": None, "all": "all"}.get(config.report_to, config.report_to)
-        accelerator = Accelerator(
-            mixed_precision=config.mixed_precision, log_with=trackers, project_dir=str(output)
-        )
+        accelerator = build_accelerator(config, output)
     set_seed(config.seed)
     ids = [example.id for example in examples]
     plan = plan or baseline_plan(ids, config)
@@ -623,6 +630,20 @@ def train(
     return state
 
 
+def build_accelerator(config: TrainConfig, output: Path) -> Accelerator:
+    """The run's Accelerator, its mixed precision resolved for the device it will run on
+    (``auto``: bf16 where that device has fast bf16, else no)."""
+    mixed_precision = accelerate_mixed_precision(config.mixed_precision, PartialState().device)
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed_precision:
+        # accelerate keeps one precision per process and refuses another: a second run in the
+        # same process (a comparison, a test) with another precision starts it afresh. The
+        # process group (PartialState) is kept.
+        AcceleratorState._reset_state()
+    trackers = {"none": None, "all": "all"}.get(config.report_to, config.report_to)
+    return Accelerator(mixed_precision=mixed_precision, log_with=trackers, project_dir=str(output))
+
+
 def _run_validators(accelerator: Accelerator, student, validators) -> dict[str, float]:
     """Generation-based metrics on the main process, shared with the others (generation is not
     collective, so the other processes wait instead of generating the same answers)."""
@@ -660,7 +681,9 @@ def evaluate(
     student.eval()
     ce_total, tokens = 0.0, 0
     kd_totals = [0.0] * len(temperatures)
-    with torch.no_grad():
+    # The run's autocast also covers the live teacher's forward here, as in training (the
+    # prepared student's forward carries it already); the losses are float32 either way.
+    with torch.no_grad(), accelerator.autocast():
         for start in range(
             accelerator.process_index * config.batch_size,
             len(examples),
