@@ -170,10 +170,10 @@ def test_the_trainer_builds_its_accelerator_in_the_configured_precision_and_auto
     teacher_model = build_tiny_llama(VOCAB, num_layers=2, seed=1)
     teacher = LiveTeacher(teacher_model)
     probe = AutocastProbe(teacher_model)
-    calls = []
+    during = []
 
     def validator(model):
-        calls.append(1)
+        during.append(AcceleratorState().mixed_precision)
         return {}
 
     try:
@@ -181,9 +181,10 @@ def test_the_trainer_builds_its_accelerator_in_the_configured_precision_and_auto
         # precision instead of failing on it.
         for precision, expected in (("no", {False}), ("bf16", {True})):
             probe.seen.clear()
+            student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
             config = TrainConfig(epochs=1, batch_size=4, mixed_precision=precision)
             train(
-                build_tiny_llama(VOCAB, num_layers=1, seed=2),
+                student,
                 teacher,
                 examples[:6],
                 config,
@@ -191,12 +192,19 @@ def test_the_trainer_builds_its_accelerator_in_the_configured_precision_and_auto
                 validation=examples[6:],
                 validators=[validator],
             )
-            assert AcceleratorState().mixed_precision == precision
             # Training steps and the validation pass alike (bf16: autocast on everywhere).
             assert {enabled for enabled, _ in probe.seen} == expected
+            # Afterwards accelerate's state is as it was (empty) and the student's forward is
+            # its own again, without the run's autocast.
+            assert not AcceleratorState._shared_state
+            student_probe = AutocastProbe(student)
+            with torch.no_grad():
+                student(input_ids=torch.tensor([[3, 4, 5]]))
+            student_probe.remove()
+            assert {enabled for enabled, _ in student_probe.seen} == {False}
     finally:
         probe.remove()
-    assert len(calls) == 2
+    assert during == ["no", "bf16"]
     rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").open()]
     assert np.isfinite(rows[-1]["val_ce"]) and np.isfinite(rows[-1]["val_kd"])
 

@@ -441,7 +441,28 @@ def train(
     """
     output = Path(output_dir)
     if accelerator is None:
-        accelerator = build_accelerator(config, output)
+        previous = dict(AcceleratorState._shared_state)
+        try:
+            return train(
+                student,
+                teacher,
+                examples,
+                config,
+                output,
+                plan=plan,
+                pad_token_id=pad_token_id,
+                eos_token_id=eos_token_id,
+                accelerator=build_accelerator(config, output),
+                validation=validation,
+                validators=validators,
+                tokenizer=tokenizer,
+                progress=progress,
+            )
+        finally:
+            # accelerate's state is per process: a later Accelerator() of this process (the next
+            # run of a comparison, a test) must not inherit this run's precision.
+            AcceleratorState._shared_state.clear()
+            AcceleratorState._shared_state.update(previous)
     set_seed(config.seed)
     ids = [example.id for example in examples]
     plan = plan or baseline_plan(ids, config)
@@ -627,6 +648,9 @@ def train(
     _save_model(accelerator, student, output / "final", tokenizer)
     if config.report_to != "none":
         accelerator.end_training()
+    # prepare() wrapped the student's forward in the run's autocast; the caller's model leaves
+    # as it came, so what runs it next (an evaluation) picks its own precision.
+    accelerator.unwrap_model(student, keep_fp32_wrapper=False)
     return state
 
 
