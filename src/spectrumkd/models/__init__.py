@@ -14,6 +14,13 @@ from spectrumkd.models.loading import (
     resolve_model_path,
 )
 from spectrumkd.models.pairing import IncompatibleModelsError, VocabAlignment, check_pair
+from spectrumkd.models.precision import (
+    PRECISIONS,
+    accelerate_mixed_precision,
+    autocast,
+    has_fast_bf16,
+    resolve_precision,
+)
 from spectrumkd.models.shrink import (
     ShrinkReport,
     block_influence,
@@ -27,10 +34,13 @@ from spectrumkd.models.shrink import (
 
 __all__ = [
     "DEFAULT_TEACHER",
+    "PRECISIONS",
     "IncompatibleModelsError",
     "ModelLoadError",
     "ShrinkReport",
     "VocabAlignment",
+    "accelerate_mixed_precision",
+    "autocast",
     "block_influence",
     "cache_dir",
     "calibration_loss",
@@ -40,11 +50,13 @@ __all__ = [
     "default_teacher_gguf",
     "find_decoder_layers",
     "gguf_cache_path",
+    "has_fast_bf16",
     "load_model",
     "load_tokenizer",
     "parse_dtype",
     "removal_loss",
     "resolve_model_path",
+    "resolve_precision",
     "shrink",
     "shrink_model",
 ]
