@@ -100,7 +100,8 @@ def main() -> None:
     real_tokens = sum(len(e.input_ids) for e in examples)
 
     def bucketed(budget: int):
-        settings = ScoringSettings(max_tokens_per_batch=budget)
+        # float32: the variants compared here are float32 loops (bf16: bench_precision.py).
+        settings = ScoringSettings(max_tokens_per_batch=budget, precision="float32")
         return lambda: (
             score_examples(
                 model,
