@@ -191,3 +191,23 @@ def test_generate_stops_at_eos_and_returns_only_the_continuation(tiny_tokenizer)
             model, tiny_tokenizer, ["x y z", "q"], max_new_tokens=5, temperature=temperature
         ) == ["AB", "AB"]
         assert model.batch_sizes == [2, 2, 2]  # nothing runs after EOS
+
+
+def test_bf16_weight_casts_are_autocasts_own_and_are_put_back(model):
+    """The loop holds Linear weights in bf16 while it runs (autocast would re-cast them every
+    step under inference_mode): the logits are autocast's bit for bit, and the model's own
+    float32 parameters come back, the same objects with the same values."""
+    from spectrumkd.evaluation.generation import _linear_weights_in
+
+    before = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
+    x = torch.tensor([[5, 17, 33, 2, 9]])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = model(input_ids=x).logits
+        with _linear_weights_in(torch.bfloat16, model):
+            assert model.lm_head.weight.dtype == torch.bfloat16
+            held = model(input_ids=x).logits
+    assert torch.equal(plain, held)
+    decode(model, PROMPTS, pad_token_id=0, eos_token_ids=(1,), max_new_tokens=3, precision="bf16")
+    for name, parameter in model.named_parameters():
+        assert parameter is before[name][0] and torch.equal(parameter, before[name][1])
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the tie survives

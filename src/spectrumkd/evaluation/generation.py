@@ -41,8 +41,9 @@ Why each choice:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,7 @@ from transformers import (
 )
 
 from spectrumkd.models.pairing import missing_token_ids
-from spectrumkd.models.precision import autocast, resolve_precision
+from spectrumkd.models.precision import autocast, autocast_dtype, resolve_precision
 
 
 def generate(
@@ -169,6 +170,7 @@ def decode(
     if not prompts:
         return []
     device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     processors = LogitsProcessorList([known] if known is not None else [])
     sampling = temperature > 0
     if sampling:
@@ -190,7 +192,7 @@ def decode(
     was_training = model.training
     model.eval()
     try:
-        with autocast(precision, device):  # one context: autocast's weight-cast cache lasts
+        with autocast(precision, device), _linear_weights_in(autocast_dtype(precision), model):
             for step in range(max_new_tokens):
                 outputs = model(
                     input_ids=step_input,
@@ -229,6 +231,33 @@ def decode(
     finally:
         model.train(was_training)
     return new_tokens
+
+
+@contextlib.contextmanager
+def _linear_weights_in(dtype: torch.dtype | None, model: torch.nn.Module) -> Iterator[None]:
+    """Every float32 ``nn.Linear`` weight and bias held in ``dtype`` for the duration (the
+    originals are put back after, untouched). Autocast casts them to ``dtype`` at each call
+    anyway, and it caches casts only when autograd records (not under ``inference_mode``): in a
+    decode loop that re-cast the whole model every step, 58% of a bf16 CPU decode step. The
+    products are the same bits; one cast per call instead of one per token."""
+    if dtype is None:
+        yield
+        return
+    swapped: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
+    try:
+        for module in model.modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            for name in ("weight", "bias"):
+                original = module._parameters.get(name)
+                if original is not None and original.dtype == torch.float32:
+                    cast = torch.nn.Parameter(original.detach().to(dtype), requires_grad=False)
+                    module._parameters[name] = cast
+                    swapped.append((module, name, original))
+        yield
+    finally:
+        for module, name, original in reversed(swapped):
+            module._parameters[name] = original
 
 
 def _new_cache(model: Any) -> DynamicCache:
