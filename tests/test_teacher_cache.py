@@ -22,7 +22,9 @@ from spectrumkd.distillation.teacher_cache import (
 from spectrumkd.scoring import ScoringSettings
 
 VOCAB = 128
-SETTINGS = ScoringSettings(max_tokens_per_batch=128, shard_batches=2)
+# float32: these tests compare the cache with the live float32 teacher to rounding (the bf16
+# build is checked against float32 in tests/test_precision_paths.py)
+SETTINGS = ScoringSettings(max_tokens_per_batch=128, shard_batches=2, precision="float32")
 
 
 Ex = TokenExample
@@ -209,3 +211,34 @@ def test_logits_are_the_cached_entries_scattered_row_by_row(
     got = cached.logits(batch)
     assert got.shape == (*batch["labels"].shape, vocab) and got.dtype == torch.float32
     assert torch.equal(got, want[..., :vocab])
+
+
+@pytest.mark.parametrize("k", [16, VOCAB])
+def test_top_k_loss_equals_the_dense_cached_loss_for_every_objective(
+    teacher, examples, cache_root, batch, k
+):
+    """topk_kd_loss on CachedTeacher.top_k gives kd_loss's value and student gradient on the
+    dense logits() with tail_logsumexp(), for every objective at tau 1 and 2 (and k = V, the
+    empty tail)."""
+    from spectrumkd.distillation.objectives import topk_kd_loss
+
+    cached = CachedTeacher(build(teacher, examples, cache_root, k), VOCAB)
+    student = build_tiny_llama(VOCAB, num_layers=1, seed=1)
+    with torch.no_grad():
+        logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    labels = aligned(batch["labels"])
+    dense = cached.logits(batch)
+    for tau in (1.0, 2.0):
+        tail = cached.tail_logsumexp(batch, tau)
+        values, indices, tails = cached.top_k(batch, tau)
+        for name in OBJECTIVES:
+            a = logits.logits.clone().requires_grad_()
+            want, count = kd_loss(a, dense, labels, name, tau, tail)
+            (grad_want,) = torch.autograd.grad(want, a)
+            b = logits.logits.clone().requires_grad_()
+            got, got_count = topk_kd_loss(b, labels, values, indices, tails, name, tau)
+            (grad_got,) = torch.autograd.grad(got, b)
+            assert got_count == count
+            msg = f"{name} tau {tau}"
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=msg)
+            torch.testing.assert_close(grad_got, grad_want, rtol=1e-5, atol=1e-6, msg=msg)

@@ -254,6 +254,54 @@ def kd_loss(
     return objective(student_logp, teacher_logp).sum(), mask.sum()
 
 
+def topk_kd_loss(
+    student_logits: Tensor,
+    labels: Tensor,
+    teacher_values: Tensor,
+    teacher_indices: Tensor,
+    teacher_tail: Tensor,
+    objective: Objective | str,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """:func:`kd_loss` of a truncated teacher given as its top-k entries, without a dense
+    [..., V] teacher tensor: the same (sum, count) as ``kd_loss`` on the teacher's logits
+    scattered into ``-inf`` with ``teacher_tail``, to float rounding.
+
+    ``teacher_values`` and ``teacher_indices`` [n, k] are the teacher's raw top-k logits and
+    their vocabulary ids at the n unmasked positions of ``labels`` in row-major order (what
+    ``CachedTeacher.top_k`` returns), ``teacher_tail`` [n] the tail's log-partition at this
+    temperature. The objective runs over k + 1 buckets (the top k and the tail) instead of
+    V + 1: the other entries are -inf on both sides of :func:`tail_buckets`, which every
+    objective counts as 0, so only the student's full log-softmax and its tail remain [n, V].
+    """
+    objective = as_objective(objective)
+    check_temperature(temperature)
+    if student_logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} do not match labels "
+            f"{tuple(labels.shape)} + (V,)"
+        )
+    mask = labels != IGNORE_INDEX
+    student_logp = scaled_log_probs(student_logits[mask], temperature)
+    rows = student_logp.shape[0]
+    if teacher_values.shape != teacher_indices.shape or teacher_values.shape[0] != rows:
+        raise ValueError(
+            f"teacher top-k values {tuple(teacher_values.shape)} and indices "
+            f"{tuple(teacher_indices.shape)} must both be [{rows}, k] (one row per label)"
+        )
+    if teacher_tail.shape != (rows,):
+        raise ValueError(f"teacher_tail {tuple(teacher_tail.shape)} must be [{rows}]")
+    indices = teacher_indices.to(student_logp.device, torch.long)
+    inside = student_logp.gather(-1, indices)
+    # the student's mass outside the teacher's top k, summed as tail_buckets sums it
+    student_tail = _safe_logsumexp(student_logp.scatter(-1, indices, -math.inf))
+    scaled = teacher_values.to(student_logp.device, torch.float32) / temperature
+    tail = teacher_tail.to(student_logp.device, torch.float32)
+    teacher_logp = F.log_softmax(torch.cat([scaled, tail[:, None]], -1), -1)
+    student = torch.cat([inside, student_tail[:, None]], -1)
+    return objective(student, teacher_logp).sum(), mask.sum()
+
+
 def combine(
     ce_sum: Tensor | float,
     kd_sum: Tensor | float,
