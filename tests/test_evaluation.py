@@ -359,6 +359,31 @@ def test_run_reports_dropped_prompts_and_registered_suites(
         run(tiny_model, tiny_tokenizer, tmp_path, shared_data, suites=["humaneval_plus"])
 
 
+def test_generation_precision_is_part_of_the_run_and_reaches_generate(
+    shared_data, tiny_tokenizer, tiny_model, tmp_path, monkeypatch
+):
+    seen = []
+    real_generate = runner_module.generate
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["precision"])
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "generate", recording)
+    half = Decoding(greedy=True, max_new_tokens=2, precision="bf16")
+    summary = run(tiny_model, tiny_tokenizer, tmp_path, shared_data, decoding=half, quality=False)
+    assert seen == ["bf16", "bf16"] and summary["decoding"]["precision"] == "bf16"
+    manifest = json.loads((tmp_path / "vicuna" / "manifest.json").read_text())
+    assert manifest["generation"]["precision"] == "bf16"
+    exact = Decoding(greedy=True, max_new_tokens=2, precision="float32")
+    with pytest.raises(ValueError, match="different precision"):  # never mixed in one folder
+        run(tiny_model, tiny_tokenizer, tmp_path, shared_data, decoding=exact, quality=False)
+    # float32 adds no key: folders from before the setting existed (float32) still resume.
+    run(tiny_model, tiny_tokenizer, tmp_path / "exact", shared_data, decoding=exact, quality=False)
+    manifest = json.loads((tmp_path / "exact" / "vicuna" / "manifest.json").read_text())
+    assert "precision" not in manifest["generation"] and seen[-1] == "float32"
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -393,6 +418,8 @@ def test_cli_evaluate_end_to_end(shared_data, tiny_model_dir, tmp_path):
             str(out),
             "--device",
             "cpu",
+            "--precision",
+            "float32",
             "--quiet",
         ]
     )
@@ -400,6 +427,8 @@ def test_cli_evaluate_end_to_end(shared_data, tiny_model_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == str(tiny_model_dir) and summary["runs"] == ["seed10"]
     assert summary["decoding"]["max_new_tokens"] == 3
+    assert summary["decoding"]["precision"] == "float32"
+    assert parse(["evaluate", "--out", str(out)]).precision == "auto"  # fast where safe
     assert set(summary["suites"]) == {"dolly", "sni"}
     assert len(list(read_jsonl(out / "sni" / "seed10.jsonl"))) == 2
 
