@@ -519,6 +519,33 @@ class CachedTeacher:
         out.view(-1)[flat] = value
         return out
 
+    def top_k(
+        self, batch: dict, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values [n, k] float32, indices [n, k] int64, tail [n] float32) at the batch's n
+        response-predicting positions in row-major order, on ``device``: the input of
+        :func:`~spectrumkd.distillation.objectives.topk_kd_loss`, which gives the loss of
+        :meth:`logits` and :meth:`tail_logsumexp` without a dense [B, T, V] tensor."""
+        labels = batch["labels"].cpu()
+        counts = predicting_positions(labels).sum(-1).tolist()
+        entries = [self.entry(str(example_id)) for example_id in batch["ids"]]
+        for example_id, count, entry in zip(batch["ids"], counts, entries, strict=True):
+            if count != entry[0].shape[0]:
+                raise ValueError(
+                    f"example {example_id!r} has {count} response-predicting positions in the "
+                    f"batch but {entry[0].shape[0]} in the cache; rebuild the cache from this "
+                    "tokenisation"
+                )
+        indices = torch.cat([entry[1] for entry in entries])
+        if indices.numel() and int(indices.max()) >= self.vocab_size:
+            raise ValueError(
+                f"the cache holds ids past the vocabulary of {self.vocab_size}; use logits(), "
+                "which drops them, or build the cache with vocab_size"
+            )
+        values = torch.cat([entry[0] for entry in entries]).float()
+        tail = interpolate_tail(torch.cat([entry[3] for entry in entries]), temperature)
+        return values.to(self.device), indices.to(self.device), tail.float().to(self.device)
+
     def tail_logsumexp(self, batch: dict, temperature: float) -> torch.Tensor:
         """``[B, T]`` float32: at each cached position, log sum_{v outside the top k}
         exp(z_v / tau), the teacher's leftover mass that :meth:`logits` leaves out (-inf
