@@ -47,7 +47,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 on a GPU that supports it, float32 elsewhere (CPU bf16 is slow here)."""
+    """``auto``: bfloat16 weights on a GPU that supports it, float32 elsewhere. On a CPU the
+    weights stay float32 and the speed comes from the bf16 autocast of ``precision`` /
+    ``train.mixed_precision`` (auto), which keeps float32 master weights and losses."""
     if dtype != "auto":
         from spectrumkd.models.loading import parse_dtype
 
