@@ -75,20 +75,12 @@ def test_student_responses_replace_the_first_rows_and_keep_prompts():
 
 
 def test_samples_are_cut_after_the_first_eos():
-    class SaysEos(torch.nn.Module):
-        """A 'model' whose generate returns a fixed continuation with EOS in the middle."""
-
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
-
-        def generate(self, input_ids, **kwargs):
-            tail = torch.tensor([[5, 6, EOS, 7, 8]]).expand(input_ids.shape[0], -1)
-            return torch.cat([input_ids, tail], dim=1)
+    # The decode loop behind on-policy sampling, driven by a model that says 5, 6, EOS, 7, 8.
+    from test_generation import Scripted
 
     batch = collate_with_ids(make_examples(2), 0)
     new = with_student_responses(
-        SaysEos(),
+        Scripted(VOCAB, [5, 6, EOS, 7, 8]),
         batch,
         1.0,
         pad_token_id=0,
