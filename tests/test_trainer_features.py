@@ -20,6 +20,7 @@ from spectrumkd.distillation.on_policy import (
 from spectrumkd.distillation.signals import LiveTeacher
 from spectrumkd.distillation.trainer import (
     TrainConfig,
+    _full_step_losses,
     accumulate_gradients,
     collate_with_ids,
     step_losses,
@@ -284,3 +285,43 @@ def test_new_settings_are_validated():
     with pytest.raises(ValueError, match="select_metric=val_rouge needs val_rouge"):
         TrainConfig(select_metric="val_rouge")
     assert TrainConfig().alpha == 0.3 and TrainConfig(on_policy_fraction=0.5).alpha == 0.0
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd"])
+def test_a_cached_teacher_step_reads_the_top_k_and_equals_the_dense_step(tmp_path, name):
+    """With the offline cache the step runs the objective over the top k and the tail bucket
+    (no [B, T, V] tensor of -inf); its losses and gradients are those of kd_loss on the cache's
+    dense logits and tail, to float rounding."""
+    from spectrumkd.distillation.objectives import kd_loss
+    from spectrumkd.distillation.teacher_cache import CachedTeacher, build_teacher_cache
+    from spectrumkd.scoring import ScoringSettings
+
+    examples = make_examples(6)
+    teacher = build_tiny_llama(VOCAB, num_layers=2, seed=1)
+    folder = build_teacher_cache(
+        teacher, examples, tmp_path, k=8, settings=ScoringSettings(precision="float32")
+    )
+    cached = CachedTeacher(folder, VOCAB)
+    batch = collate_with_ids(examples, 0)
+    objective = get_objective(name)
+
+    student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    ce, (kd,) = _full_step_losses(student, cached, batch, objective, (1.5,))
+    (0.3 * ce + 0.7 * kd).backward()
+    top_k_grads = grads(student)
+
+    dense = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    logits = dense(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    tail = cached.tail_logsumexp(batch, 1.5)[:, :-1]
+    dense_kd, _ = kd_loss(
+        logits[:, :-1], cached.logits(batch)[:, :-1], labels, objective, 1.5, tail
+    )
+    dense_ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="sum"
+    )
+    (0.3 * dense_ce + 0.7 * dense_kd).backward()
+    torch.testing.assert_close(kd, dense_kd, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ce, dense_ce, rtol=1e-6, atol=1e-6)
+    for a, b in zip(top_k_grads, grads(dense), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

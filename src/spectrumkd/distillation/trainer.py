@@ -41,7 +41,7 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from spectrumkd.curation.plan import CurriculumPlan, EpochPlan
 from spectrumkd.data.tokenize import IGNORE_INDEX, TokenizedExample, collate
 from spectrumkd.distillation.chunked import chunked_kd_loss
-from spectrumkd.distillation.objectives import get_objective, kd_loss
+from spectrumkd.distillation.objectives import get_objective, kd_loss, topk_kd_loss
 from spectrumkd.distillation.on_policy import sampling_vocabulary, with_student_responses
 from spectrumkd.distillation.signals import TeacherSignalSource, head_inputs
 from spectrumkd.integrations.sampler import CurriculumSampler
@@ -256,6 +256,8 @@ def _full_step_losses(
     logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]  # position t predicts token t+1
     logits = logits[:, :-1]
+    if _reads_top_k(teacher):
+        return _top_k_step_losses(logits, labels, teacher, batch, objective, temperatures)
     teacher_logits = teacher.logits(batch)[:, :-1].to(logits.device)
     if logits.shape[-1] > teacher_logits.shape[-1]:
         # A padded student embedding (rows past the tokenizer's vocabulary, which check_pair has
@@ -273,6 +275,30 @@ def _full_step_losses(
         if hasattr(teacher, "tail_logsumexp"):  # a truncated (cached) teacher: its leftover mass
             teacher_tail = teacher.tail_logsumexp(batch, temperature)[:, :-1].to(logits.device)
         kd_sum, _ = kd_loss(logits, teacher_logits, labels, objective, temperature, teacher_tail)
+        kd_sums.append(kd_sum)
+    return ce_sum, kd_sums
+
+
+def _reads_top_k(teacher) -> bool:
+    """Whether the teacher's signal can be read as its top-k entries (the offline cache) instead
+    of dense logits: the cache's vocabulary must not be wider than the student's, whose extra
+    ids only :meth:`CachedTeacher.logits` drops."""
+    return hasattr(teacher, "top_k") and teacher.teacher_vocab_size <= teacher.vocab_size
+
+
+def _top_k_step_losses(logits, labels, teacher, batch, objective, temperatures):
+    """The sums of :func:`_full_step_losses` for a cached teacher, without its [B, T, V] tensor
+    of -inf: the objective over the top k and the tail bucket (objectives.topk_kd_loss, the
+    same loss as kd_loss on logits() + tail_logsumexp() to float rounding)."""
+    if logits.shape[-1] > teacher.vocab_size:  # a padded student head, as in the dense path
+        logits = logits[..., : teacher.vocab_size]
+    ce_sum = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    kd_sums = []
+    for temperature in temperatures:
+        values, indices, tail = teacher.top_k(batch, temperature)
+        kd_sum, _ = topk_kd_loss(logits, labels, values, indices, tail, objective, temperature)
         kd_sums.append(kd_sum)
     return ce_sum, kd_sums
 
