@@ -325,3 +325,36 @@ def test_a_cached_teacher_step_reads_the_top_k_and_equals_the_dense_step(tmp_pat
     torch.testing.assert_close(ce, dense_ce, rtol=1e-6, atol=1e-6)
     for a, b in zip(top_k_grads, grads(dense), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 16])
+def test_with_alpha_zero_the_ce_is_logged_but_left_out_of_the_graph(chunk_size):
+    teacher = LiveTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1))
+    batch = collate_with_ids(make_examples(4), 0)
+    objective = get_objective("forward_kl")
+    student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    ce, kd = step_losses(student, teacher, batch, objective, 1.0, chunk_size=chunk_size)
+    assert ce.requires_grad
+    kd.backward()
+    kd_only = grads(student)
+
+    other = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    ce0, kd0 = step_losses(other, teacher, batch, objective, 1.0, chunk_size=chunk_size, alpha=0.0)
+    assert not ce0.requires_grad and kd0.requires_grad
+    torch.testing.assert_close(ce0, ce.detach(), rtol=1e-6, atol=1e-6)
+    (0.0 * ce0 + kd0).backward()
+    for a, b in zip(grads(other), kd_only, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_the_ce_over_response_rows_is_the_ce_over_every_position():
+    student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    batch = collate_with_ids(make_examples(6), 0)
+    teacher = LiveTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1))
+    ce, _ = step_losses(student, teacher, batch, get_objective("forward_kl"), 1.0)
+    with torch.no_grad():
+        logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        reference = torch.nn.functional.cross_entropy(
+            logits.logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:], reduction="sum"
+        )
+    torch.testing.assert_close(ce.detach(), reference, rtol=1e-6, atol=1e-5)

@@ -236,28 +236,40 @@ def step_losses(
     temperature: float,
     *,
     chunk_size: int | None = None,
+    alpha: float | None = None,
 ):
     """Summed CE and KD over the response tokens of one micro-batch (no normalisation here).
 
     Rows marked ``on_policy`` (the student's own samples) count for KD but not for CE. With
     ``chunk_size`` the loss runs through the memory-bounded engine (fused head, token chunks).
+    With ``alpha`` 0 the CE only gets logged: it is computed outside the autograd graph.
     """
+    ce_grad = alpha is None or alpha > 0
     if chunk_size is not None:
-        return _chunked_step_losses(student, teacher, batch, objective, temperature, chunk_size)
-    ce_sum, (kd_sum,) = _full_step_losses(student, teacher, batch, objective, (temperature,))
+        return _chunked_step_losses(
+            student, teacher, batch, objective, temperature, chunk_size, ce_grad
+        )
+    ce_sum, (kd_sum,) = _full_step_losses(
+        student, teacher, batch, objective, (temperature,), ce_grad
+    )
     return ce_sum, kd_sum
 
 
 def _full_step_losses(
-    student, teacher: TeacherSignalSource, batch: dict, objective, temperatures: Sequence[float]
+    student,
+    teacher: TeacherSignalSource,
+    batch: dict,
+    objective,
+    temperatures: Sequence[float],
+    ce_grad: bool = True,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The summed CE and the summed KD at each of ``temperatures``, from one forward pass of
-    both models."""
+    both models (the CE without its gradient unless ``ce_grad``)."""
     logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]  # position t predicts token t+1
     logits = logits[:, :-1]
     if _reads_top_k(teacher):
-        return _top_k_step_losses(logits, labels, teacher, batch, objective, temperatures)
+        return _top_k_step_losses(logits, labels, teacher, batch, objective, temperatures, ce_grad)
     teacher_logits = teacher.logits(batch)[:, :-1].to(logits.device)
     if logits.shape[-1] > teacher_logits.shape[-1]:
         # A padded student embedding (rows past the tokenizer's vocabulary, which check_pair has
@@ -266,9 +278,7 @@ def _full_step_losses(
     ce_labels = labels
     if "on_policy" in batch and bool(batch["on_policy"].any()):
         ce_labels = labels.masked_fill(batch["on_policy"].to(labels.device)[:, None], IGNORE_INDEX)
-    ce_sum = torch.nn.functional.cross_entropy(
-        logits.float().transpose(1, 2), ce_labels, ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    ce_sum = _response_ce(logits, ce_labels, ce_grad)
     kd_sums = []
     for temperature in temperatures:
         teacher_tail = None
@@ -286,15 +296,24 @@ def _reads_top_k(teacher) -> bool:
     return hasattr(teacher, "top_k") and teacher.teacher_vocab_size <= teacher.vocab_size
 
 
-def _top_k_step_losses(logits, labels, teacher, batch, objective, temperatures):
+def _response_ce(logits: torch.Tensor, labels: torch.Tensor, with_grad: bool) -> torch.Tensor:
+    """Summed float32 CE over the response positions alone (labels not -100): about half of an
+    instruction example is prompt, whose float32 logits and log-softmax would be wasted. Without
+    ``with_grad`` (alpha 0) it is only logged, so it stays out of the graph."""
+    mask = labels != IGNORE_INDEX
+    with nullcontext() if with_grad else torch.no_grad():
+        return torch.nn.functional.cross_entropy(
+            logits[mask].float(), labels[mask], reduction="sum"
+        )
+
+
+def _top_k_step_losses(logits, labels, teacher, batch, objective, temperatures, ce_grad=True):
     """The sums of :func:`_full_step_losses` for a cached teacher, without its [B, T, V] tensor
     of -inf: the objective over the top k and the tail bucket (objectives.topk_kd_loss, the
     same loss as kd_loss on logits() + tail_logsumexp() to float rounding)."""
     if logits.shape[-1] > teacher.vocab_size:  # a padded student head, as in the dense path
         logits = logits[..., : teacher.vocab_size]
-    ce_sum = torch.nn.functional.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    ce_sum = _response_ce(logits, labels, ce_grad)
     kd_sums = []
     for temperature in temperatures:
         values, indices, tail = teacher.top_k(batch, temperature)
@@ -303,7 +322,9 @@ def _top_k_step_losses(logits, labels, teacher, batch, objective, temperatures):
     return ce_sum, kd_sums
 
 
-def _chunked_step_losses(student, teacher, batch, objective, temperature, chunk_size):
+def _chunked_step_losses(
+    student, teacher, batch, objective, temperature, chunk_size, ce_grad: bool = True
+):
     """The same sums without any [B, T, V] logits: the student's final hidden states are taken
     at its output head (which then projects nothing) and the teacher's from its own head, and
     both go through :func:`~spectrumkd.distillation.chunked.chunked_kd_loss`."""
@@ -327,6 +348,7 @@ def _chunked_step_losses(student, teacher, batch, objective, temperature, chunk_
         objective,
         temperature,
         chunk_size=chunk_size,
+        ce_grad=ce_grad,
     )
     return ce_sum, kd_sum
 
@@ -387,7 +409,13 @@ def accumulate_gradients(
         with nullcontext() if last else accelerator.no_sync(student):
             with accelerator.autocast():
                 ce_sum, kd_sum = step_losses(
-                    student, teacher, batch, objective, temperature, chunk_size=chunk_size
+                    student,
+                    teacher,
+                    batch,
+                    objective,
+                    temperature,
+                    chunk_size=chunk_size,
+                    alpha=alpha,
                 )
             loss = (alpha * ce_sum + (1 - alpha) * temperature**2 * kd_sum) / max(tokens, 1)
             # DDP averages gradients over processes; the token count is already global.
