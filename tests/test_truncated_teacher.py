@@ -34,7 +34,8 @@ from spectrumkd.distillation.trainer import step_losses
 from spectrumkd.scoring import ScoringSettings
 
 VOCAB = 96
-SETTINGS = ScoringSettings(max_tokens_per_batch=128, shard_batches=2)
+# float32: the cache is compared with the float32 live teacher (bf16 builds: test_precision_paths)
+SETTINGS = ScoringSettings(max_tokens_per_batch=128, shard_batches=2, precision="float32")
 
 
 def truncate(teacher_logits: torch.Tensor, k: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
