@@ -183,3 +183,37 @@ def test_samples_end_after_their_first_eos_and_follow_the_global_rng():
     assert sample_responses(student, prompts, **options) != first
     with pytest.raises(ValueError, match="temperature must be > 0"):
         sample_responses(student, prompts, **{**options, "temperature": 0.0})
+
+
+@pytest.mark.parametrize(("mixed_precision", "expected"), [("no", "no"), ("bf16", "bf16")])
+def test_on_policy_samples_in_the_runs_precision(tmp_path, monkeypatch, mixed_precision, expected):
+    """A float32 run samples in float32 too (sampling defaults to auto, bf16 on an AMX CPU)."""
+    import spectrumkd.distillation.trainer as trainer_module
+
+    seen = []
+    sample = trainer_module.with_student_responses
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["precision"])
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "with_student_responses", recording)
+    vocab = 96
+    teacher_model, student = padded_pair(vocab)
+    config = TrainConfig(
+        objective="jsd",
+        on_policy_fraction=1.0,
+        epochs=1,
+        batch_size=2,
+        max_new_tokens=3,
+        mixed_precision=mixed_precision,
+    )
+    train(
+        student,
+        LiveTeacher(teacher_model, VocabAlignment(vocab, vocab, vocab + PADDED_ROWS)),
+        make_examples(4),
+        config,
+        tmp_path,
+        eos_token_id=EOS,
+    )
+    assert seen and set(seen) == {expected}

@@ -284,6 +284,7 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
                 sampled=run.train.val_rouge == "sampled",
                 max_new_tokens=run.train.val_max_new_tokens,
                 seed=run.train.seed,
+                precision=run.train.mixed_precision,
             )
         )
     signal = LiveTeacher(teacher, alignment)

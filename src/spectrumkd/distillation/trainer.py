@@ -365,6 +365,9 @@ class OnPolicy:
     # The ids the student may sample: a padded student head (or tokenizer holes) would otherwise
     # hand the teacher ids past its embedding (an IndexError mid-run).
     vocab: VocabAlignment | None = None
+    # The run's compute precision (TrainConfig.mixed_precision; "no" is float32), so a float32
+    # run also samples in float32.
+    precision: str = "auto"
 
 
 def accumulate_gradients(
@@ -398,6 +401,7 @@ def accumulate_gradients(
                 temperature=on_policy.temperature,
                 max_new_tokens=on_policy.max_new_tokens,
                 vocab=on_policy.vocab,
+                precision=on_policy.precision,
             )
             for batch in group
         ]
@@ -535,6 +539,7 @@ def train(
             pad_token_id,
             _eos_ids(student, eos_token_id),
             sampling_vocabulary(student, teacher),  # before LoRA wraps the student
+            config.mixed_precision,
         )
     chunk_size = config.chunk_size if config.loss_impl == "chunked" else None
     if config.lora_rank > 0:
