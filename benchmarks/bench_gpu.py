@@ -162,6 +162,7 @@ def kd_steps(
                 "forward_kl",
                 1.0,
                 chunk_size=chunk_size if loss_impl == "chunked" else None,
+                alpha=0.0,  # the CE is only logged, as train() passes it
             )
         tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         loss = combine(ce_sum, kd_sum, tokens, 0.0, 1.0)
