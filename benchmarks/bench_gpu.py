@@ -4,8 +4,8 @@ Usage: python benchmarks/bench_gpu.py [--steps 10] [--batch-size 16] [--max-leng
     [--layers 6] [--rows 256] [--prompts 64] [--new-tokens 128] [--device cuda]
        python benchmarks/bench_gpu.py --tiny   # the same code on tiny random models, on the CPU
 
-Runs as is on a machine with a CUDA GPU (about 2-4 minutes on one recent GPU at the defaults,
-well under 10) and prints Markdown tables:
+Runs as is on a machine with a CUDA GPU (estimated at 2-4 minutes on one recent GPU at the
+defaults, not yet run on one; the sizes keep it well under 10) and prints Markdown tables:
 
 1. KD step (the trainer's ``step_losses`` under the toolkit's autocast, then backward, gradient
    clipping at 1.0 and an AdamW step: what ``train()`` does per optimiser step, without its data
