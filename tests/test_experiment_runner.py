@@ -181,11 +181,11 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
     class KilledTeacher(teacher_cache.CachedTeacher):
         calls = 0
 
-        def logits(self, batch):
+        def top_k(self, batch, temperature):  # what the trainer reads of a cache per step
             KilledTeacher.calls += 1
             if KilledTeacher.calls == 4:  # 3 steps trained and checkpointed (save_every_steps 1)
                 raise KeyboardInterrupt("killed")
-            return super().logits(batch)
+            return super().top_k(batch, temperature)
 
     monkeypatch.setattr(teacher_cache, "CachedTeacher", KilledTeacher)
     with pytest.raises(KeyboardInterrupt):
