@@ -184,3 +184,21 @@ def test_without_namespaces_or_landlock_auto_keeps_the_limits_and_guard(monkeypa
         resolve_isolation("landlock")
     result = run_program("import os\nos.fork()\n", isolation="auto", timeout_s=20)
     assert result.isolation == "rlimits" and "PermissionError" in result.stderr
+
+
+@needs_namespace
+def test_nothing_written_to_the_working_folder_can_be_executed():
+    """The one writable folder is mounted noexec: a program that got past the guard (here: no
+    guard) can write an executable file there but not run it."""
+    source = (
+        "import os, shutil, sys\n"
+        "shutil.copy(sys.executable, 'copied-python')\n"
+        "os.chmod('copied-python', 0o755)\n"
+        "try:\n"
+        "    os.execv('./copied-python', ['copied-python', '-c', 'print(\"executed\")'])\n"
+        "except OSError as error:\n"
+        "    print('refused', type(error).__name__)\n"
+    )
+    result = run_program(source, isolation="namespace", guard=False, timeout_s=20)
+    assert "executed" not in result.stdout
+    assert "refused PermissionError" in result.stdout, (result.stdout, result.stderr)

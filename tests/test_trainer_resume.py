@@ -221,3 +221,19 @@ def test_a_checkpoint_whose_best_val_kd_predates_temperature_1_does_not_compete(
 
     state, _ = run(tmp_path, config, validation=validation)
     assert state["best"]["epoch"] == 3 and state["best"]["value"] > 1e-9
+
+
+def test_a_torn_line_completed_by_a_later_append_does_not_block_resume(tmp_path):
+    """A kill mid-append, then an older trainer appending the next row to the same line: the
+    line no longer parses; the resume drops it with the rows past the checkpoint."""
+    from spectrumkd.distillation.trainer import _drop_rows_past
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        '{"epoch": 1, "step": 1, "ce": 1.0}\n'
+        '{"epoch": 1, "step": 2, "ce"{"epoch": 1, "step": 2, "ce": 0.9}\n'
+        '{"epoch": 1, "step": 3, "ce": 0.8}\n'
+    )
+    _drop_rows_past(path, epoch=0, step=2)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"epoch": 1, "step": 1, "ce": 1.0}]

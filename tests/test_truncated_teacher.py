@@ -29,6 +29,7 @@ from spectrumkd.distillation.teacher_cache import (
     interpolate_tail,
     predicting_positions,
     tail_log_partitions,
+    teacher_cache_dir,
 )
 from spectrumkd.distillation.trainer import step_losses
 from spectrumkd.scoring import ScoringSettings
@@ -261,8 +262,24 @@ def test_a_padded_teacher_head_is_cached_over_the_shared_vocabulary(tiny_setup, 
         vocab_size=shared,
     )
     assert folder.name.endswith(f"-v{shared}")
+    assert folder == teacher_cache_dir(
+        teacher, examples, tmp_path, shared, precision="float32", vocab_size=shared
+    )
     cached = CachedTeacher(folder, shared)
     predicts = predicting_positions(batch["labels"])
     live = LiveTeacher(teacher).logits(batch)[..., :shared]
     torch.testing.assert_close(cached.logits(batch)[predicts], live[predicts], rtol=0, atol=1e-5)
     assert torch.isneginf(cached.tail_logsumexp(batch, 2.0)).all()  # k = shared: no tail
+
+
+def test_a_cache_wider_than_the_runs_vocabulary_is_refused_in_one_line(tiny_setup, tmp_path):
+    """Its tail counts rows the student does not have: the trainer refuses it instead of
+    training on a slightly wrong teacher."""
+    teacher, student, examples, _, batch = tiny_setup
+    folder = build(teacher, examples, tmp_path, 8)
+    narrow = CachedTeacher(folder, VOCAB - 6)
+    with pytest.raises(ValueError) as error:
+        step_losses(student, narrow, batch, "forward_kl", 1.0)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"covers {VOCAB} vocabulary rows" in message and f"vocab_size={VOCAB - 6}" in message

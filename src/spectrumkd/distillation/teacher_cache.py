@@ -81,14 +81,18 @@ def teacher_cache_dir(
     k: int,
     *,
     precision: str = "auto",
+    vocab_size: int | None = None,
 ) -> Path:
     """Where :func:`build_teacher_cache` keeps the cache of ``teacher`` on ``examples`` built in
-    ``precision`` (resolved for the teacher's device, as the build resolves it)."""
+    ``precision`` (resolved for the teacher's device, as the build resolves it) over the first
+    ``vocab_size`` rows of its head (all by default)."""
     device = next(teacher.parameters()).device
+    vocab = None if vocab_size is None or int(vocab_size) == _vocab_size(teacher) else vocab_size
     return Path(cache_root) / _folder_name(
         model_fingerprint(teacher),
         data_fingerprint(examples),
         k,
+        vocab,
         precision=resolve_precision(precision, device),
     )
 
@@ -168,7 +172,7 @@ def build_teacher_cache(
         if _index_format(folder / INDEX) == FORMAT:
             return folder
         logger.warning("%s: a teacher cache of an older format; rebuilding it", folder)
-        (folder / INDEX).unlink()
+        (folder / INDEX).unlink(missing_ok=True)  # every process gets here; the first deletes
 
     batches = length_bucketed_batches([len(e.input_ids) for e in examples], settings)
     shards = [

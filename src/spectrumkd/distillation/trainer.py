@@ -270,6 +270,13 @@ def _full_step_losses(
     logits = logits[:, :-1]
     if _reads_top_k(teacher):
         return _top_k_step_losses(logits, labels, teacher, batch, objective, temperatures, ce_grad)
+    if hasattr(teacher, "teacher_vocab_size") and teacher.teacher_vocab_size > teacher.vocab_size:
+        # Its tail counts rows the student does not have, and top-k ids past them would vanish.
+        raise ValueError(
+            f"the teacher cache covers {teacher.teacher_vocab_size} vocabulary rows but the "
+            f"run's shared vocabulary is {teacher.vocab_size}; build the cache with "
+            f"vocab_size={teacher.vocab_size}"
+        )
     teacher_logits = teacher.logits(batch)[:, :-1].to(logits.device)
     if logits.shape[-1] > teacher_logits.shape[-1]:
         # A padded student embedding (rows past the tokenizer's vocabulary, which check_pair has
@@ -311,8 +318,13 @@ def _top_k_step_losses(logits, labels, teacher, batch, objective, temperatures, 
     """The sums of :func:`_full_step_losses` for a cached teacher, without its [B, T, V] tensor
     of -inf: the objective over the top k and the tail bucket (objectives.topk_kd_loss, the
     same loss as kd_loss on logits() + tail_logsumexp() to float rounding)."""
-    if logits.shape[-1] > teacher.vocab_size:  # a padded student head, as in the dense path
-        logits = logits[..., : teacher.vocab_size]
+    width = teacher.teacher_vocab_size  # the rows the cache's top k and tail were taken over
+    if logits.shape[-1] < width:
+        raise ValueError(
+            f"student vocabulary ({logits.shape[-1]}) is narrower than the teacher cache's "
+            f"({width}); build the cache with vocab_size={logits.shape[-1]}"
+        )
+    logits = logits[..., :width]  # a padded student head, as in the dense path
     ce_sum = _response_ce(logits, labels, ce_grad)
     kd_sums = []
     for temperature in temperatures:
@@ -840,12 +852,23 @@ def _drop_rows_past(path: Path, epoch: int, step: int) -> None:
     whole = [line for line in lines if line.endswith("\n")]  # not an append torn by the kill
     kept = [
         row
-        for row in map(json.loads, filter(str.strip, whole))
-        if row["step"] <= step
+        for row in map(_metric_row, filter(str.strip, whole))
+        if row is not None
+        and row["step"] <= step
         and (row["epoch"] <= epoch or not any(key.startswith("val_") for key in row))
     ]
     if len(kept) < len(lines):
         write_jsonl(path, kept)
+
+
+def _metric_row(line: str) -> dict | None:
+    """A logged row, or None for a line an earlier kill tore and a later append completed (it
+    no longer parses, and keeping it would make every later resume fail)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and "step" in row and "epoch" in row else None
 
 
 def _checkpoint(accelerator: Accelerator, output: Path, state: dict) -> None:

@@ -10,10 +10,12 @@ Isolation (``isolation=``; "auto" takes the first that works here, in this order
   venv's site-packages), the system's shared-library folders (``/lib*``, ``/usr/lib*``), the
   loader's cache ``/etc/ld.so.cache``, the folders of libraries the interpreter has mapped,
   ``/dev/{null,zero,random,urandom}`` and the PID namespace's own ``/proc`` (only the
-  sandbox's processes). The program's working folder is the one writable path. So the program
+  sandbox's processes). The program's working folder is the one writable path, mounted
+  ``noexec,nosuid,nodev`` (a file it writes there cannot be executed). So the program
   **cannot see** the home folder (beyond an interpreter installed inside it, e.g. pyenv),
   ``/etc`` (``/etc/shadow``, ``/etc/passwd``), the project tree, other users' ``/tmp`` files,
-  ``/usr/bin`` (no programs to exec but Python) or any other process. Then every capability is
+  or any other process; ``/usr/bin`` only where the interpreter itself lives there (a system
+  Python; a venv or pyenv Python lives elsewhere). Then every capability is
   dropped, so nothing can be remounted. The network namespace has no interfaces but a down
   loopback, and when the namespace's first process dies the kernel kills every process left.
 - **landlock** (Linux 5.13+ with Landlock, when namespaces are unavailable): the program stays
@@ -249,10 +251,10 @@ def _setup_namespace(visible):
         mounts = [line.split() for line in handle]
     for fields in mounts:
         target, options = unescape(fields[4]), fields[5].split(",")
-        if target == work:
-            continue
-        # A remount must restate the mount's lock-protected flags (nosuid, nodev, atime...).
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+        # A remount must restate the mount's lock-protected flags (nosuid, nodev, atime...). The
+        # writable folder stays writable, but nothing written there can be executed.
+        flags = MS_REMOUNT | MS_BIND | (MS_NOEXEC | MS_NOSUID | MS_NODEV if target == work
+                                        else MS_RDONLY)
         for option in options:
             flags |= keep.get(option, 0)
         try:
@@ -265,6 +267,8 @@ def _setup_namespace(visible):
     for target, options in visible_mounts.items():
         if target != work and "ro" not in options.split(","):
             raise OSError("sandbox: %s is still writable" % target)
+        if target == work and "noexec" not in options.split(","):
+            raise OSError("sandbox: %s still allows exec" % target)
     # Drop every capability (bounding set first, then the sets themselves) so the program
     # cannot undo the read-only remounts; no_new_privs stops setuid binaries regaining any.
     PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
