@@ -222,3 +222,24 @@ def test_distill_from_the_teacher_cache_matches_the_live_teacher(tmp_path, tiny_
     cached = load_file(tmp_path / "cached" / "final" / "model.safetensors")
     for name, tensor in live.items():
         torch.testing.assert_close(cached[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_a_refused_resume_leaves_the_folders_config_as_it_was(tmp_path, tiny_pair, capsys):
+    """Over a folder holding another run's checkpoint, distill is refused by the trainer; the
+    folder's run_config.yaml still describes the checkpoint it holds."""
+    teacher, student = tiny_pair
+    config = {
+        "teacher": str(teacher),
+        "student": str(student),
+        "output_dir": str(tmp_path / "run"),
+        "data": {"source": str(tmp_path / "train.jsonl"), "validation_ratio": 0.25},
+        "train": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    assert main(["distill", "--config", str(tmp_path / "run.yaml"), "--quiet"]) == 0
+    written = (tmp_path / "run" / "run_config.yaml").read_text()
+    assert yaml.safe_load(written)["train"]["learning_rate"] == 1e-3
+    changed = ["--set", "train.learning_rate=0.01"]
+    assert main(["distill", "--config", str(tmp_path / "run.yaml"), *changed, "--quiet"]) == 2
+    assert "different run (learning_rate changed)" in capsys.readouterr().err
+    assert (tmp_path / "run" / "run_config.yaml").read_text() == written

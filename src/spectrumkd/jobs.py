@@ -24,7 +24,7 @@ from spectrumkd.curation.schedule import SpectrumKD
 from spectrumkd.curation.spectrum import Spectrum, build_spectrum
 from spectrumkd.data.tokenize import TokenizedDataset, collate
 from spectrumkd.distillation.run_config import RunConfig
-from spectrumkd.io import write_json, write_jsonl
+from spectrumkd.io import atomic_write_text, write_json, write_jsonl
 from spectrumkd.scoring.difficulty import DifficultyTable, Reduction, read_difficulties
 from spectrumkd.scoring.scorer import ScoringSettings, score_examples
 
@@ -246,10 +246,13 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     train_examples, validation = split_validation(
         dataset.examples, data.validation_ratio, data.validation_seed
     )
-    # Written once the models and data have loaded: a run refused before that leaves an
-    # existing folder's config as it was.
+    # Written once the models and data have loaded, and, over a folder that holds a checkpoint,
+    # only once the trainer has accepted it as this run's: a refused run leaves the folder's
+    # config describing the checkpoint it holds.
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.yaml").write_text(yaml.safe_dump(run.to_dict(), sort_keys=False))
+    config_text = yaml.safe_dump(run.to_dict(), sort_keys=False)
+    if not (out / "checkpoint").exists():
+        atomic_write_text(out / "run_config.yaml", config_text)
     # train.mixed_precision is the precision of every forward of the run: the scoring and the
     # teacher cache here, the student and the live teacher in the trainer.
     forward_settings = ScoringSettings(precision=run.train.mixed_precision)
@@ -319,4 +322,5 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         tokenizer=tokenizer,  # saved into best/ and final/ with the student, in one swap
         progress=progress,
     )
+    atomic_write_text(out / "run_config.yaml", config_text)
     return state
