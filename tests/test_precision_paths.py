@@ -13,8 +13,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from conftest import build_tiny_llama, random_token_examples
+from test_trainer import VOCAB, make_examples
 
-from spectrumkd.data import TokenizedExample
 from spectrumkd.distillation.objectives import get_objective
 from spectrumkd.distillation.signals import LiveTeacher
 from spectrumkd.distillation.teacher_cache import build_teacher_cache, teacher_cache_dir
@@ -27,19 +27,6 @@ from spectrumkd.distillation.trainer import (
 )
 from spectrumkd.models.precision import PRECISIONS, has_fast_bf16
 from spectrumkd.scoring import ScoringSettings
-
-VOCAB = 96
-
-
-def make_examples(n: int, seed: int = 0) -> list[TokenizedExample]:
-    rng = np.random.default_rng(seed)
-    examples = []
-    for i in range(n):
-        length = int(rng.integers(8, 24))
-        prompt = int(rng.integers(2, length - 3))
-        ids = rng.integers(3, VOCAB, size=length).tolist()
-        examples.append(TokenizedExample(f"ex{i:03d}", ids, [-100] * prompt + ids[prompt:]))
-    return examples
 
 
 class AutocastProbe:

@@ -13,19 +13,15 @@ atomically, figures first.
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from spectrumkd import __version__
 from spectrumkd.evaluation.compare import HIGHER_IS_BETTER, compare_runs, relative_gain
-from spectrumkd.io import atomic_write_bytes, atomic_write_text
 from spectrumkd.report import figures
 from spectrumkd.report.page import (
-    CSS,
     HEADLINE_METRICS,
     PAGE,
     RenderedFigure,
@@ -34,6 +30,8 @@ from spectrumkd.report.page import (
     _section,
     _set_name,
     _table,
+    html_document,
+    write_page,
 )
 from spectrumkd.report.readers import EVAL_DIRS, RunData, as_number, read_run
 
@@ -289,17 +287,11 @@ def render_comparison(
     parts, evaluation_figures, notes = _evaluation_part(runs)
     sections.append(_section("Evaluation (per example)", parts, evaluation_figures, notes))
     all_figures = [curve_figure, *evaluation_figures]
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    title = f"SpectrumKD comparison: {names}"
-    page = (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{_e(title)}</h1>"
-        f'<p class="meta">generated {_e(stamp)} by spectrumkd {_e(__version__)} &middot; '
-        f"{len(all_figures)} figure(s); base: {_e(runs[0][0])}</p>"
-        f"{_runs_html(runs, out_dir)}{''.join(sections)}</body></html>\n"
+    page = html_document(
+        f"SpectrumKD comparison: {names}",
+        "",
+        f" &middot; {len(all_figures)} figure(s); base: {_e(runs[0][0])}",
+        f"{_runs_html(runs, out_dir)}{''.join(sections)}",
     )
     return page, all_figures
 
@@ -313,13 +305,5 @@ def write_comparison_report(
     pairs = list(runs.items()) if isinstance(runs, Mapping) else list(runs)
     read = [(str(name), read_run(folder)) for name, folder in pairs]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    page, rendered = render_comparison(read, out)
-    for figure in rendered:
-        atomic_write_bytes(out / figure.name, figure.png)
-    atomic_write_text(out / PAGE, page)
-    written = {f.name for f in rendered}
-    for old in out.glob("*.png"):
-        if OWN_PNG.match(old.name) and old.name not in written:
-            old.unlink(missing_ok=True)
-    return out / PAGE
+    out.mkdir(parents=True, exist_ok=True)  # render_comparison links the runs relative to it
+    return write_page(out, *render_comparison(read, out), own_png=OWN_PNG)

@@ -534,19 +534,45 @@ def render_page(run: RunData) -> tuple[str, list[RenderedFigure]]:
         text, rendered = build(run)
         sections.append(text)
         all_figures.extend(rendered)
+    page = html_document(
+        f"SpectrumKD report: {run.run_dir.resolve().name}",
+        f"{_e(run.run_dir.resolve())} &middot; ",
+        f" &middot; {len(all_figures)} figure(s)",
+        f"{_facts_html(run)}{''.join(sections)}",
+    )
+    return page, all_figures
+
+
+def html_document(title: str, meta_before: str, meta_after: str, body: str) -> str:
+    """A self-contained page: ``title`` (escaped here), a meta line of escaped HTML around
+    "generated <time> by spectrumkd <version>", then ``body`` (HTML)."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    title = f"SpectrumKD report: {run.run_dir.resolve().name}"
-    page = (
+    return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{_e(title)}</h1>"
-        f'<p class="meta">{_e(run.run_dir.resolve())} &middot; generated {_e(stamp)} by '
-        f"spectrumkd {_e(__version__)} &middot; {len(all_figures)} figure(s)</p>"
-        f"{_facts_html(run)}{''.join(sections)}</body></html>\n"
+        f'<p class="meta">{meta_before}generated {_e(stamp)} by spectrumkd {_e(__version__)}'
+        f"{meta_after}</p>{body}</body></html>\n"
     )
-    return page, all_figures
+
+
+def write_page(
+    out: Path, page: str, rendered: list[RenderedFigure], own_png: re.Pattern = OWN_PNG
+) -> Path:
+    """Write the figures and ``out/index.html``, then remove the PNGs of this kind of page
+    (named as ``own_png`` matches) that the new page no longer shows; returns the page's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    for figure in rendered:
+        atomic_write_bytes(out / figure.name, figure.png)
+    atomic_write_text(out / PAGE, page)
+    # Only now that the new page is in place: the previous page may still have shown these.
+    written = {f.name for f in rendered}
+    for old in out.glob("*.png"):
+        if own_png.match(old.name) and old.name not in written:
+            old.unlink(missing_ok=True)
+    return out / PAGE
 
 
 def write_report(
@@ -559,13 +585,4 @@ def write_report(
     run = run if run is not None else read_run(run_dir)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    page, rendered = render_page(run)
-    for figure in rendered:
-        atomic_write_bytes(out / figure.name, figure.png)
-    atomic_write_text(out / PAGE, page)
-    # Only now that the new page is in place: the previous page may still have shown these.
-    written = {f.name for f in rendered}
-    for old in out.glob("*.png"):
-        if OWN_PNG.match(old.name) and old.name not in written:
-            old.unlink(missing_ok=True)
-    return out / PAGE
+    return write_page(out, *render_page(run))
