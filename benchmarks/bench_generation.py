@@ -24,17 +24,15 @@ from pathlib import Path
 
 import torch
 
-from spectrumkd.evaluation.generation import (
-    decode,
-    eos_token_ids,
-    generate,
-    left_pad,
-    length_sorted_batches,
-    prompt_token_ids,
-)
+from spectrumkd.batching import left_pad, length_sorted_batches, prompt_token_ids
 from spectrumkd.evaluation.runner import MAX_PROMPT_TOKENS, filter_prompts
 from spectrumkd.evaluation.suites import load_suite
 from spectrumkd.models import DEFAULT_TEACHER, load_model, load_tokenizer
+from spectrumkd.models.generation import (
+    decode,
+    eos_token_ids,
+    generate,
+)
 from spectrumkd.models.shrink import shrink_model
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

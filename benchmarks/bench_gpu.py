@@ -17,7 +17,7 @@ defaults, not yet run on one; the sizes keep it well under 10) and prints Markdo
    (``torch.cuda.max_memory_allocated``), and the first step's loss against float32 full logits.
 2. Scoring throughput: ``score_examples`` of the student on ``--rows`` Dolly rows, float32 and
    bf16 (``ScoringSettings.precision``), real tokens per second; the difficulties must agree.
-3. Generation: ``spectrumkd.evaluation.generation.generate`` against ``transformers``'
+3. Generation: ``spectrumkd.models.generation.generate`` against ``transformers``'
    ``model.generate`` (greedy, left-padded batches of 16, ``--new-tokens`` new tokens at most) on
    ``--prompts`` Dolly prompts, in float32 and bf16; new tokens per second (ours re-tokenises its
    decoded continuations to count them).
@@ -39,8 +39,9 @@ from typing import Any
 
 import torch
 
+from spectrumkd.batching import IGNORE_INDEX
 from spectrumkd.data import collate, load_examples, tokenize_examples
-from spectrumkd.data.tokenize import IGNORE_INDEX, TokenizedExample
+from spectrumkd.data.tokenize import TokenizedExample
 from spectrumkd.distillation.objectives import combine
 from spectrumkd.distillation.signals import LiveTeacher
 from spectrumkd.distillation.trainer import step_losses
@@ -213,7 +214,7 @@ def generation(
     batch_size: int = 16,
 ) -> dict:
     """New tokens per second of our ``generate`` and of ``transformers``' on the same prompts."""
-    from spectrumkd.evaluation.generation import generate
+    from spectrumkd.models.generation import generate
 
     device = next(model.parameters()).device
     generate(model, tokenizer, prompts[:2], max_new_tokens=4, precision=precision)

@@ -73,8 +73,9 @@ from _common import (
 )
 from transformers import PreTrainedModel
 
+from spectrumkd.batching import IGNORE_INDEX
 from spectrumkd.data import DataCollator, load_examples, tokenize_examples
-from spectrumkd.data.tokenize import IGNORE_INDEX, TokenizedExample
+from spectrumkd.data.tokenize import TokenizedExample
 from spectrumkd.distillation.trainer import TrainConfig
 from spectrumkd.models import DEFAULT_TEACHER, load_model, load_tokenizer, shrink_model
 

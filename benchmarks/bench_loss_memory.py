@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from _common import reset_peak, status_mib
 
+from spectrumkd.batching import IGNORE_INDEX
 from spectrumkd.distillation.chunked import chunked_kd_loss
-from spectrumkd.distillation.objectives import IGNORE_INDEX, combine, kd_loss
+from spectrumkd.distillation.objectives import combine, kd_loss
 
 # Realistic (student, teacher) hidden sizes for each vocabulary: SmolLM2-135M / SmolLM2-360M on
 # the 49,152 vocabulary, Qwen2.5-0.5B / Qwen2.5-1.5B widths on Qwen2.5's padded 152,064 rows.

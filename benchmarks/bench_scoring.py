@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spectrumkd.batching import length_bucketed_batches
 from spectrumkd.data import collate, load_examples, tokenize_examples
 from spectrumkd.jobs import calibration_batches
 from spectrumkd.models import DEFAULT_TEACHER, cache_dir, load_model, load_tokenizer, shrink
-from spectrumkd.scoring import ScoringSettings, length_bucketed_batches, score_examples
+from spectrumkd.scoring import ScoringSettings, score_examples
 
 
 def student_for_benchmark(num_layers: int, tokenizer, dataset) -> torch.nn.Module:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
+from spectrumkd.batching import collate
 from spectrumkd.data import load_examples, tokenize_examples
-from spectrumkd.data.tokenize import collate
 from spectrumkd.distillation import teacher_cache
 from spectrumkd.distillation.objectives import kd_loss
 from spectrumkd.distillation.signals import LiveTeacher

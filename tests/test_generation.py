@@ -1,4 +1,4 @@
-"""The KV-cached decode loop of spectrumkd.evaluation.generation against ``model.generate``.
+"""The KV-cached decode loop of spectrumkd.models.generation against ``model.generate``.
 
 float32 greedy must equal ``generate`` token for token (rows of different prompt lengths, rows
 that end early at EOS); seeded sampling must equal ``generate``'s while no row has ended (same
@@ -13,7 +13,8 @@ import torch
 from conftest import build_tiny_llama
 from transformers import GenerationConfig, LlamaConfig
 
-from spectrumkd.evaluation.generation import KnownTokensOnly, decode, generate, left_pad
+from spectrumkd.batching import left_pad
+from spectrumkd.models.generation import KnownTokensOnly, decode, generate
 
 VOCAB = 96
 PROMPTS = [
@@ -197,7 +198,7 @@ def test_bf16_weight_casts_are_autocasts_own_and_are_put_back(model):
     """The loop holds Linear weights in bf16 while it runs (autocast would re-cast them every
     step under inference_mode): the logits are autocast's bit for bit, and the model's own
     float32 parameters come back, the same objects with the same values."""
-    from spectrumkd.evaluation.generation import _linear_weights_in
+    from spectrumkd.models.generation import _linear_weights_in
 
     before = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
     x = torch.tensor([[5, 17, 33, 2, 9]])

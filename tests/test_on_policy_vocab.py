@@ -17,7 +17,7 @@ from spectrumkd.distillation.on_policy import (
 )
 from spectrumkd.distillation.signals import LiveTeacher
 from spectrumkd.distillation.trainer import TrainConfig, collate_with_ids, step_losses, train
-from spectrumkd.evaluation.generation import generate
+from spectrumkd.models.generation import generate
 from spectrumkd.models.pairing import VocabAlignment, check_pair, missing_token_ids
 
 EOS = 2

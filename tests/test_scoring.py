@@ -18,9 +18,9 @@ from conftest import random_token_examples as random_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from spectrumkd.batching import length_bucketed_batches
 from spectrumkd.scoring import (
     ScoringSettings,
-    length_bucketed_batches,
     read_difficulties,
     score_examples,
 )

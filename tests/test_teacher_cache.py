@@ -9,7 +9,7 @@ import torch
 from conftest import TokenExample, build_tiny_llama, random_token_examples
 from safetensors.torch import load_file
 
-from spectrumkd.data.tokenize import collate
+from spectrumkd.batching import collate, predicting_positions
 from spectrumkd.distillation.objectives import OBJECTIVES, kd_loss
 from spectrumkd.distillation.signals import LiveTeacher, TeacherSignalSource
 from spectrumkd.distillation.teacher_cache import (
@@ -17,7 +17,6 @@ from spectrumkd.distillation.teacher_cache import (
     MissingFromCacheError,
     approximation_error,
     build_teacher_cache,
-    predicting_positions,
 )
 from spectrumkd.scoring import ScoringSettings
 

@@ -17,7 +17,7 @@ from conftest import build_tiny_llama, random_token_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spectrumkd.data.tokenize import collate
+from spectrumkd.batching import collate, predicting_positions
 from spectrumkd.distillation.objectives import OBJECTIVES, kd_loss
 from spectrumkd.distillation.reference import reference_kd_loss, reference_truncated_kd_loss
 from spectrumkd.distillation.signals import LiveTeacher
@@ -27,7 +27,6 @@ from spectrumkd.distillation.teacher_cache import (
     CachedTeacher,
     build_teacher_cache,
     interpolate_tail,
-    predicting_positions,
     tail_log_partitions,
     teacher_cache_dir,
 )

@@ -16,13 +16,14 @@ import numpy as np
 import torch
 import yaml
 
+from spectrumkd.batching import collate
 from spectrumkd.curation.analyzer import choose_ratios
 from spectrumkd.curation.config import SpectrumKDConfig
 from spectrumkd.curation.files import spectrum_rows, write_curation
 from spectrumkd.curation.plan import CurriculumPlan
 from spectrumkd.curation.schedule import SpectrumKD
 from spectrumkd.curation.spectrum import Spectrum, build_spectrum
-from spectrumkd.data.tokenize import TokenizedDataset, collate
+from spectrumkd.data.tokenize import TokenizedDataset
 from spectrumkd.distillation.run_config import RunConfig
 from spectrumkd.io import atomic_write_text, write_json, write_jsonl
 from spectrumkd.scoring.difficulty import DifficultyTable, Reduction, read_difficulties
@@ -196,8 +197,8 @@ def rouge_validator(
     """A per-epoch validator: mean ROUGE-L x 100 of the student's answers to ``prompts`` (greedy,
     or sampled at temperature 1 with a fixed seed, so epochs differ only by the weights), generated
     at ``precision`` (``auto``: bf16 autocast where the device has fast bf16)."""
-    from spectrumkd.evaluation.generation import generate
     from spectrumkd.evaluation.rouge import rouge_l_scores
+    from spectrumkd.models.generation import generate
 
     def validate(model) -> dict[str, float]:
         answers = generate(

@@ -120,7 +120,7 @@ def load_examples(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
 
-    dataset = _load_dataset(source, split)
+    dataset = load_dataset_split(source, split)
     where = str(source)
     columns = list(dataset.column_names)
     fmap = _resolve_fields(fields, columns, where)
@@ -166,7 +166,9 @@ def load_examples(
     return examples
 
 
-def _load_dataset(source: str | Path, split: str) -> Any:
+def load_dataset_split(source: str | Path, split: str) -> Any:
+    """One split of a file, folder, saved dataset, hub name or embedded source, as a
+    ``datasets.Dataset``."""
     # Imported here because `datasets` takes about a second to import and most of the package
     # (templates, tokenisation of in-memory examples) does not need it.
     import datasets

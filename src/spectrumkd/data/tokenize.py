@@ -17,9 +17,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from spectrumkd.batching import IGNORE_INDEX, collate, prompt_token_ids
 from spectrumkd.data.loading import Example
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ def tokenize_examples(
     if not examples:
         return TokenizedDataset(examples=[], dropped=[])
 
-    prompt_ids = _batch_prompt_ids(tokenizer, [example.prompt for example in examples])
+    prompt_ids = prompt_token_ids(tokenizer, [example.prompt for example in examples])
     response_ids = tokenizer([example.response for example in examples], add_special_tokens=False)[
         "input_ids"
     ]
@@ -134,46 +133,6 @@ def tokenize_examples(
                 )
             )
     return TokenizedDataset(examples=kept, dropped=dropped)
-
-
-def _batch_prompt_ids(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
-    # A chat template already writes the BOS text (e.g. Llama 3's <|begin_of_text|>); letting the
-    # tokenizer add another would give the model a doubled BOS it never saw in training.
-    bos = getattr(tokenizer, "bos_token", None)
-    has_bos = [bool(bos) and prompt.startswith(bos) for prompt in prompts]
-    result: list[list[int]] = [[] for _ in prompts]
-    for flag in (False, True):
-        indices = [i for i, value in enumerate(has_bos) if value is flag]
-        if not indices:
-            continue
-        encoded = tokenizer([prompts[i] for i in indices], add_special_tokens=not flag)["input_ids"]
-        for i, ids in zip(indices, encoded, strict=True):
-            result[i] = list(ids)
-    return result
-
-
-def collate(
-    batch: Sequence[TokenizedExample], pad_token_id: int, pad_to_multiple_of: int | None = None
-) -> dict[str, torch.Tensor]:
-    """Right-pad a batch into ``input_ids``, ``attention_mask`` and ``labels`` (``-100`` on padding)."""
-    if not batch:
-        raise ValueError("cannot collate an empty batch")
-    length = max(len(example.input_ids) for example in batch)
-    if pad_to_multiple_of:
-        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-    input_ids = torch.full((len(batch), length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
-    labels = torch.full((len(batch), length), IGNORE_INDEX, dtype=torch.long)
-    for row, example in enumerate(batch):
-        size = len(example.input_ids)
-        if len(example.labels) != size:
-            raise ValueError(
-                f"example {example.id!r}: {size} input ids but {len(example.labels)} labels"
-            )
-        input_ids[row, :size] = torch.tensor(example.input_ids, dtype=torch.long)
-        attention_mask[row, :size] = 1
-        labels[row, :size] = torch.tensor(example.labels, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 @dataclass

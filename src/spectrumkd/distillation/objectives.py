@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from spectrumkd.batching import IGNORE_INDEX
 
 Divergence = Callable[..., Tensor]
 

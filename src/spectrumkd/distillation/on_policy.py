@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
+from spectrumkd.batching import IGNORE_INDEX
 from spectrumkd.curation.spectrum import round_half_up
-from spectrumkd.data.tokenize import IGNORE_INDEX
-from spectrumkd.evaluation.generation import KnownTokensOnly, decode
+from spectrumkd.models.generation import KnownTokensOnly, decode
 from spectrumkd.models.pairing import VocabAlignment, vocab_rows
 
 
@@ -73,7 +73,7 @@ def sample_responses(
     """The student's sampled continuation of each prompt, cut after its first EOS.
 
     Prompts are left-padded into one batch and decoded with the KV-cached loop of
-    :func:`spectrumkd.evaluation.generation.decode` (a row leaves the batch once it ends).
+    :func:`spectrumkd.models.generation.decode` (a row leaves the batch once it ends).
     Sampling is plain ancestral sampling at ``temperature`` (no top-k, no top-p), as GKD defines
     it, over the ids of ``vocab`` (below its ``vocab_size``, none of its ``missing_ids``; every
     row when None), under ``precision`` (``auto``: bf16 where the device has fast bf16); it

@@ -42,7 +42,13 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
-from spectrumkd.data.tokenize import IGNORE_INDEX, collate
+from spectrumkd.batching import (
+    IGNORE_INDEX,
+    collate,
+    length_bucketed_batches,
+    logits_at,
+    predicting_positions,
+)
 from spectrumkd.io import atomic_write_bytes, write_json
 from spectrumkd.models.precision import autocast, resolve_precision
 from spectrumkd.scoring.scorer import (
@@ -50,8 +56,6 @@ from spectrumkd.scoring.scorer import (
     ScoringSettings,
     check_fits_model,
     data_fingerprint,
-    length_bucketed_batches,
-    logits_at,
     model_fingerprint,
     process_group,
 )
@@ -113,13 +117,6 @@ def _index_format(path: Path) -> object:
         return json.loads(path.read_text()).get("format")
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of the positions t whose next token (label t + 1) is a response token."""
-    predicts = torch.zeros_like(labels, dtype=torch.bool)
-    predicts[..., :-1] = labels[..., 1:] != IGNORE_INDEX
-    return predicts
 
 
 def build_teacher_cache(
@@ -623,6 +620,5 @@ __all__ = [
     "MissingFromCacheError",
     "approximation_error",
     "build_teacher_cache",
-    "predicting_positions",
     "teacher_cache_dir",
 ]

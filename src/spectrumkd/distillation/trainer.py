@@ -38,8 +38,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
+from spectrumkd.batching import IGNORE_INDEX, collate
 from spectrumkd.curation.plan import CurriculumPlan, EpochPlan
-from spectrumkd.data.tokenize import IGNORE_INDEX, TokenizedExample, collate
+from spectrumkd.data.tokenize import TokenizedExample
 from spectrumkd.distillation.chunked import chunked_kd_loss
 from spectrumkd.distillation.objectives import get_objective, kd_loss, topk_kd_loss
 from spectrumkd.distillation.on_policy import sampling_vocabulary, with_student_responses

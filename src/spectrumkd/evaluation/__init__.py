@@ -3,7 +3,6 @@ ROUGE-L on DollyEval, SelfInst, VicunaEval, S-NI and an UnNI subset, sampled at 
 over five seeds) and distillation quality without generation (CE on the references, KL to a
 teacher). Other suites plug into the same run through :data:`SUITE_RUNNERS`."""
 
-from spectrumkd.evaluation.generation import generate
 from spectrumkd.evaluation.quality import (
     QualityResult,
     QualityRow,
@@ -34,6 +33,7 @@ from spectrumkd.evaluation.suites import (
     load_suite,
     suite_path,
 )
+from spectrumkd.models.generation import generate
 
 __all__ = [
     "DEFAULT_SEEDS",

@@ -294,7 +294,7 @@ def resolve_generate(
     precision: str = "auto",
 ) -> GenerateFn:
     """The greedy generation function of a run: ``generate_fn`` as given, or
-    :func:`spectrumkd.evaluation.generation.generate` on ``model`` and ``tokenizer`` at
+    :func:`spectrumkd.models.generation.generate` on ``model`` and ``tokenizer`` at
     ``precision`` (the forwards' compute precision; ``auto``: bf16 where the device has fast
     bf16)."""
     if generate_fn is not None:
@@ -303,7 +303,7 @@ def resolve_generate(
         return generate_fn
     if model is None or tokenizer is None:
         raise ValueError("pass a model and its tokenizer (or a generate_fn)")
-    from spectrumkd.evaluation.generation import generate
+    from spectrumkd.models.generation import generate
 
     options: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
@@ -464,7 +464,7 @@ def evaluate_maths(
     ``summary.json`` and returns the summary.
 
     Give ``model`` and ``tokenizer`` (generation runs through
-    :func:`spectrumkd.evaluation.generation.generate`, at ``precision``) or a
+    :func:`spectrumkd.models.generation.generate`, at ``precision``) or a
     ``generate_fn(prompts) -> texts``. ``limit`` evaluates the first N problems (a quick look; not comparable with full-set
     numbers). ``name`` records the model in the settings when ``generate_fn`` is used.
     """

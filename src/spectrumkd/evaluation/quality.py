@@ -12,7 +12,7 @@ These are deterministic and cheap (one forward pass per model, no sampling), so 
 two checkpoints where ROUGE-L over five sampled seeds is still noisy.
 
 The output heads compute logits only at the positions that predict a response token (the
-scorer's :func:`~spectrumkd.scoring.scorer.logits_at` hook) and the float32 log-probabilities
+scorer's :func:`~spectrumkd.batching.logits_at` hook) and the float32 log-probabilities
 are built in slices, so a batch never holds ``tokens x vocabulary`` float32 copies of both models.
 """
 
@@ -26,12 +26,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from spectrumkd.batching import collate, length_bucketed_batches, logits_at, predicting_positions
 from spectrumkd.data.loading import Example
-from spectrumkd.data.tokenize import TokenizedExample, collate, tokenize_examples
+from spectrumkd.data.tokenize import TokenizedExample, tokenize_examples
 from spectrumkd.distillation.objectives import forward_kl, reverse_kl, scaled_log_probs
-from spectrumkd.distillation.teacher_cache import predicting_positions
 from spectrumkd.evaluation.suites import EvalExample
-from spectrumkd.scoring.scorer import ScoringSettings, length_bucketed_batches, logits_at
+from spectrumkd.scoring.scorer import ScoringSettings
 
 SLICE = 1024  # positions per float32 log-softmax
 

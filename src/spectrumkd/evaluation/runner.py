@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spectrumkd.evaluation.generation import generate, prompt_token_ids
+from spectrumkd.batching import prompt_token_ids
 from spectrumkd.evaluation.quality import distillation_quality, summarize_quality
 from spectrumkd.evaluation.rouge import rouge_l_scores
 from spectrumkd.evaluation.suites import (
@@ -39,6 +39,7 @@ from spectrumkd.evaluation.suites import (
     load_suite,
 )
 from spectrumkd.io import read_jsonl, write_json, write_jsonl
+from spectrumkd.models.generation import generate
 
 DEFAULT_SEEDS: tuple[int, ...] = (10, 20, 30, 40, 50)
 MAX_PROMPT_TOKENS = 256

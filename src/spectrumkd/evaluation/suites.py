@@ -145,9 +145,9 @@ def load_rows(source: str | Path, *, split: str = "train") -> list[dict[str, Any
         refuse_empty_file(path)  # zero rows would read as an evaluation of nothing
         return list(read_jsonl(path))
     # The data stage resolves files, folders and hub names with one-line errors.
-    from spectrumkd.data.loading import _load_dataset
+    from spectrumkd.data.loading import load_dataset_split
 
-    return _load_dataset(source, split).to_list()
+    return load_dataset_split(source, split).to_list()
 
 
 def examples_from_rows(

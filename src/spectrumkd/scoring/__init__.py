@@ -3,7 +3,6 @@
 from spectrumkd.scoring.difficulty import REDUCTIONS, DifficultyTable, read_difficulties
 from spectrumkd.scoring.scorer import (
     ScoringSettings,
-    length_bucketed_batches,
     response_token_losses,
     score_examples,
 )
@@ -12,7 +11,6 @@ __all__ = [
     "REDUCTIONS",
     "DifficultyTable",
     "ScoringSettings",
-    "length_bucketed_batches",
     "read_difficulties",
     "response_token_losses",
     "score_examples",

@@ -13,8 +13,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from spectrumkd.data.tokenize import IGNORE_INDEX, collate
+from spectrumkd.batching import IGNORE_INDEX, collate, length_bucketed_batches, logits_at
 from spectrumkd.io import read_jsonl, write_json, write_jsonl
 from spectrumkd.models.precision import autocast, normalize_precision, resolve_precision
 from spectrumkd.scoring.difficulty import DifficultyTable, table_from_rows
@@ -82,31 +81,6 @@ class ScoringSettings:
         return values
 
 
-def length_bucketed_batches(lengths: Sequence[int], settings: ScoringSettings) -> list[list[int]]:
-    """Group example indices into batches of similar length under a padded-token budget.
-
-    Longest first; ties keep dataset order, so the plan is a pure function of the lengths.
-    An example longer than the budget gets a batch of its own.
-    """
-    if settings.max_tokens_per_batch is None:
-        settings = settings.resolved(torch.device("cpu"))
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        width = lengths[current[0]] if current else lengths[index]  # the first is the longest
-        if current and (
-            (len(current) + 1) * width > settings.max_tokens_per_batch
-            or len(current) >= settings.max_batch_size
-        ):
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
-
-
 def response_token_losses(
     logits: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,31 +95,6 @@ def response_token_losses(
         sums.append(losses.double().sum())
         counts.append((targets != IGNORE_INDEX).sum())
     return torch.stack(sums), torch.stack(counts)
-
-
-@contextmanager
-def logits_at(model: torch.nn.Module, positions: torch.Tensor) -> Iterator[bool]:
-    """Make the output head compute logits only at ``positions`` (a boolean batch x length mask).
-
-    The vocabulary projection and its logits dominate a small model's forward on the CPU (at
-    batch 32, 49k vocabulary: 1 GB of logits), and half the positions are prompt tokens that the
-    difficulty never reads. A pre-hook on the output embedding gathers the hidden states of the
-    wanted positions, so the head sees a (1, K, hidden) tensor; what models do after the head
-    (soft-capping, scaling) still applies. Yields False when the model has no output embedding
-    module to hook, and the caller then takes the full logits.
-    """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None:
-        yield False
-        return
-    # The mask follows the hidden states to their device (a model split over GPUs).
-    handle = head.register_forward_pre_hook(
-        lambda module, args: (args[0][positions.to(args[0].device)].unsqueeze(0), *args[1:])
-    )
-    try:
-        yield True
-    finally:
-        handle.remove()
 
 
 def _batch_losses(
@@ -405,9 +354,7 @@ def _prepare_shard_dir(
 __all__ = [
     "ScoringSettings",
     "data_fingerprint",
-    "length_bucketed_batches",
     "model_fingerprint",
-    "logits_at",
     "response_token_losses",
     "score_examples",
 ]

@@ -58,6 +58,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from spectrumkd.batching import left_pad, length_sorted_batches, prompt_token_ids
 from spectrumkd.models.pairing import missing_token_ids
 from spectrumkd.models.precision import autocast, autocast_dtype, resolve_precision
 
@@ -324,33 +325,6 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
             "set tokenizer.eos_token so generation can stop"
         )
     return ids
-
-
-def prompt_token_ids(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
-    """Prompt token ids exactly as the data stage builds them (scoring, training, quality), so a
-    model is evaluated on the token sequence it was trained to continue."""
-    from spectrumkd.data.tokenize import _batch_prompt_ids
-
-    return _batch_prompt_ids(tokenizer, prompts)
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices sorted longest first (ties in input order), cut into batches of ``batch_size``.
-    Longest first: a batch that does not fit in memory fails at the start, not hours in."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), each row right-aligned."""
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        if row:
-            input_ids[index, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
-            attention_mask[index, width - len(row) :] = 1
-    return input_ids, attention_mask
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
