@@ -3,6 +3,25 @@ ROUGE-L on DollyEval, SelfInst, VicunaEval, S-NI and an UnNI subset, sampled at 
 over five seeds) and distillation quality without generation (CE on the references, KL to a
 teacher). Other suites plug into the same run through :data:`SUITE_RUNNERS`."""
 
+from spectrumkd.evaluation.compare import (
+    HIGHER_IS_BETTER,
+    Paired,
+    compare_metric,
+    compare_runs,
+    comparison_table,
+    default_out_path,
+    relative_gain,
+    rouge_per_example,
+    write_comparison,
+)
+from spectrumkd.evaluation.judge import (
+    DEFAULT_KEY_ENV,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMPERATURE,
+    JudgeConfig,
+    judge_eval_runs,
+    run_files,
+)
 from spectrumkd.evaluation.quality import (
     QualityResult,
     QualityRow,
@@ -36,33 +55,50 @@ from spectrumkd.evaluation.suites import (
 from spectrumkd.models.generation import generate
 
 __all__ = [
+    "DEFAULT_KEY_ENV",
+    "DEFAULT_MAX_TOKENS",
     "DEFAULT_SEEDS",
+    "DEFAULT_TEMPERATURE",
+    "HIGHER_IS_BETTER",
     "INSTRUCTION_SUITES",
     "INSTRUCTION_SUITE_NAMES",
     "MAX_PROMPT_TOKENS",
     "SUITE_RUNNERS",
     "Decoding",
     "EvalExample",
+    "JudgeConfig",
+    "Paired",
     "QualityResult",
     "QualityRow",
     "Suite",
     "SuiteContext",
     "SuiteSpec",
     "available_suites",
+    "code_suite_runner",
+    "compare_metric",
+    "compare_runs",
+    "comparison_table",
     "corpus_rouge_l",
+    "default_out_path",
     "distillation_quality",
     "evaluate_instruction_following",
     "examples_from_rows",
     "filter_prompts",
     "generate",
+    "judge_eval_runs",
     "load_rows",
     "load_suite",
+    "maths_suite_runner",
     "register_suite",
+    "relative_gain",
     "rouge_l",
     "rouge_l_scores",
+    "rouge_per_example",
+    "run_files",
     "suite_path",
     "summarize_quality",
     "summary_table",
+    "write_comparison",
 ]
 
 # The maths and code suites run through the same `evaluate` command and summary.

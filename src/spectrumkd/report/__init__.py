@@ -5,7 +5,16 @@
 (:mod:`spectrumkd.report.figures`) are pure functions of the data.
 """
 
+from spectrumkd.report.comparison import write_comparison_report
+from spectrumkd.report.figures import EVAL_TEMPERATURE, divergence_name
 from spectrumkd.report.page import write_report
 from spectrumkd.report.readers import RunData, read_run
 
-__all__ = ["RunData", "read_run", "write_report"]
+__all__ = [
+    "EVAL_TEMPERATURE",
+    "RunData",
+    "divergence_name",
+    "read_run",
+    "write_comparison_report",
+    "write_report",
+]
