@@ -21,13 +21,15 @@ from spectrumkd.batching import collate, predicting_positions
 from spectrumkd.distillation.objectives import OBJECTIVES, kd_loss
 from spectrumkd.distillation.reference import reference_kd_loss, reference_truncated_kd_loss
 from spectrumkd.distillation.signals import LiveTeacher
-from spectrumkd.distillation.teacher_cache import (
+from spectrumkd.distillation.tail import (
     TAIL_GRID,
     TAIL_GRID_STEP,
-    CachedTeacher,
-    build_teacher_cache,
     interpolate_tail,
     tail_log_partitions,
+)
+from spectrumkd.distillation.teacher_cache import (
+    CachedTeacher,
+    build_teacher_cache,
     teacher_cache_dir,
 )
 from spectrumkd.distillation.trainer import step_losses
