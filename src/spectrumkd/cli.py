@@ -171,19 +171,19 @@ def add_schedule_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def schedule_config(args: argparse.Namespace, n_examples: int) -> SpectrumKDConfig:
-    from spectrumkd.curation import step_parity_epochs, zone_sizes
+    from spectrumkd.curation import step_parity
 
     if args.epochs is not None and args.baseline_epochs is not None:
         raise ValueError("give --epochs or --baseline-epochs, not both")
+    if args.baseline_epochs is not None and args.lambda_b == "auto":
+        raise ValueError(
+            "--baseline-epochs needs a fixed --lambda-b (the window size decides the epochs)"
+        )
     epochs = args.epochs if args.epochs is not None else SpectrumKDConfig().epochs
     if args.baseline_epochs is not None:
-        if args.lambda_b == "auto":
-            raise ValueError(
-                "--baseline-epochs needs a fixed --lambda-b (the window size decides the epochs)"
-            )
-        window = zone_sizes(n_examples, args.lambda_a, args.lambda_b).window
-        epochs = step_parity_epochs(args.baseline_epochs, n_examples, window)
-    return SpectrumKDConfig(
+        # Replaced by step parity: any count the warm-up fits in, so the config validates.
+        epochs = max(epochs, args.warmup + 1)
+    config = SpectrumKDConfig(
         lambda_a=args.lambda_a,
         lambda_b=SpectrumKDConfig().lambda_b if args.lambda_b == "auto" else args.lambda_b,
         epochs=epochs,
@@ -193,6 +193,10 @@ def schedule_config(args: argparse.Namespace, n_examples: int) -> SpectrumKDConf
         step_mode=args.step_mode,
         direction=args.direction,
     )
+    if args.baseline_epochs is not None:
+        # The user's --warmup stands as given (no warm-up fraction).
+        config = step_parity(config, args.baseline_epochs, n_examples).config
+    return config
 
 
 def data_settings(args: argparse.Namespace) -> dict:
@@ -218,8 +222,8 @@ def load_tokenized(args: argparse.Namespace, tokenizer):
 def cmd_score(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from spectrumkd.jobs import resolve_device, resolve_dtype, score_dataset
-    from spectrumkd.models import load_model, load_tokenizer
+    from spectrumkd.jobs import score_dataset
+    from spectrumkd.models import load_model, load_tokenizer, resolve_device, resolve_dtype
     from spectrumkd.scoring import ScoringSettings
 
     console = Console(quiet=args.quiet)
@@ -296,8 +300,13 @@ def cmd_curate(args: argparse.Namespace) -> None:
 def cmd_shrink(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from spectrumkd.jobs import calibration_batches, resolve_device
-    from spectrumkd.models import load_model, load_tokenizer, shrink
+    from spectrumkd.models import (
+        calibration_batches,
+        load_model,
+        load_tokenizer,
+        resolve_device,
+        shrink,
+    )
 
     if (args.layers is None) == (args.num_layers is None):
         raise ValueError("give --layers (e.g. 0-9,20-29) or --num-layers N, exactly one")
@@ -368,33 +377,29 @@ def no_folder_left_if_refused(output_dir: str | Path) -> Iterator[None]:
 def cmd_heal(args: argparse.Namespace) -> None:
     """Plain KD (no schedule) of a shrunk student on data of the user's choice, so that it starts
     as a working model, as the paper's pretrained students do."""
-    from spectrumkd.distillation.run_config import RunConfig, apply_override
-    from spectrumkd.jobs import distill
+    from spectrumkd.jobs import heal, heal_config
 
-    values = {
-        "teacher": args.teacher,
-        "student": args.student,
-        "output_dir": args.out,
-        "dtype": args.dtype,
-        "device": args.device,
-        "data": {**data_settings(args), "validation_ratio": args.validation_ratio},
-        "train": {
+    run = heal_config(
+        args.teacher,
+        args.student,
+        args.out,
+        {**data_settings(args), "validation_ratio": args.validation_ratio},
+        train={
             "objective": args.objective,
             "epochs": args.epochs,
             "learning_rate": args.learning_rate,
             "batch_size": args.batch_size,
         },
-    }
-    for override in args.set:
-        apply_override(values, override)
-    run = RunConfig.from_dict(values)
+        dtype=args.dtype,
+        device=args.device,
+        overrides=args.set,
+    )
     with no_folder_left_if_refused(run.output_dir):
-        state = distill(run, progress=not args.quiet)
-    best = state.get("best")
-    chosen = "best" if best else "final"
+        healed = heal(run, progress=not args.quiet)
+    state, best = healed.state, healed.best
     print(
         f"healed for {state['epoch']} epochs ({state['step']} steps); student in "
-        f"{Path(run.output_dir) / chosen}"
+        f"{healed.student_dir}"
         + (f" (epoch {best['epoch']}, {best['metric']} {best['value']:.4f})" if best else "")
     )
 

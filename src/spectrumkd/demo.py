@@ -12,7 +12,6 @@ trainers resume from their checkpoints).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,14 +24,26 @@ from rich.table import Table
 from transformers.utils import logging as hf_logging
 
 from spectrumkd.console import print_plan
-from spectrumkd.curation import CurriculumPlan, SpectrumKD, SpectrumKDConfig, write_curation
-from spectrumkd.curation.schedule import step_parity_epochs
+from spectrumkd.curation import (
+    CurriculumPlan,
+    SpectrumKD,
+    SpectrumKDConfig,
+    step_parity,
+    write_curation,
+)
 from spectrumkd.data import TokenizedExample, load_examples, tokenize_examples
 from spectrumkd.distillation.signals import LiveTeacher
 from spectrumkd.distillation.trainer import TrainConfig, train
 from spectrumkd.io import read_jsonl, write_json
-from spectrumkd.jobs import ScoreResult, calibration_batches, score_dataset
-from spectrumkd.models import DEFAULT_TEACHER, check_pair, load_model, load_tokenizer, shrink
+from spectrumkd.jobs import ScoreResult, score_dataset
+from spectrumkd.models import (
+    DEFAULT_TEACHER,
+    calibration_batches,
+    check_pair,
+    load_model,
+    load_tokenizer,
+    shrunk_student,
+)
 from spectrumkd.report import write_report
 from spectrumkd.report.comparison import write_comparison_report
 from spectrumkd.report.figures import EVAL_TEMPERATURE, divergence_name
@@ -46,15 +57,6 @@ COMPARISON_DIR = "comparison"  # out/distill/comparison/index.html: baseline vs 
 # 20-layer student); a GPU takes the full data in the same time.
 DISTILL_ROWS = 96
 VALIDATION_ROWS = 32
-
-
-def _finished_student(report_path: Path, num_layers: int) -> bool:
-    """A student saved by an earlier run of this demo with the same size (a report that cannot
-    be read means the save did not finish, and the student is rebuilt)."""
-    try:
-        return len(json.loads(report_path.read_text())["keep_layers"]) == num_layers
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 @dataclass(frozen=True)
@@ -101,19 +103,19 @@ def run_demo(
     )
 
     student_dir = out / "student"
-    report_path = student_dir / "shrink_report.json"
-    if (
-        report_path.exists()
-        and len(json.loads(report_path.read_text())["keep_layers"]) == num_layers
-    ):
+    shrunk = shrunk_student(
+        student_dir,
+        teacher,
+        tokenizer,
+        lambda: calibration_batches(dataset, tokenizer.pad_token_id, rows=CALIBRATION_ROWS),
+        num_layers=num_layers,
+    )
+    if shrunk.reused:
         student = load_model(student_dir)
         console.print(f"[bold]3. Student[/] reused {student_dir}")
     else:
-        batches = calibration_batches(dataset, tokenizer.pad_token_id, rows=CALIBRATION_ROWS)
-        student, report = shrink(
-            teacher, tokenizer, batches, num_layers=num_layers, out_dir=student_dir
-        )
-        console.print(f"[bold]3. Student[/] {report.summary()}")
+        student = shrunk.model
+        console.print(f"[bold]3. Student[/] {shrunk.report.summary()}")
     alignment = check_pair(tokenizer, load_tokenizer(student_dir), teacher.config, student.config)
     console.print(
         f"    teacher/student pair checked: shared tokenizer, vocabulary {alignment.vocab_size:,}"
@@ -247,11 +249,9 @@ def distill_stage(
         )
     difficulty = dict(zip(score.table.ids, score.table.loss_mean, strict=True))
     ids = [e.id for e in training]
-    spectrum_config = SpectrumKDConfig(epochs=2, warmup_epochs=1)  # epochs replaced below
-    window = SpectrumKD(spectrum_config).spectrum(ids, [difficulty[i] for i in ids]).sizes.window
-    epochs = step_parity_epochs(baseline_epochs, len(ids), window)
     # The paper warms up for a fifth of the epochs (5 of 25, 1 of 5 at step parity with 4).
-    strategy = SpectrumKD(SpectrumKDConfig(epochs=epochs, warmup_epochs=epochs // 5))
+    parity = step_parity(SpectrumKDConfig(), baseline_epochs, len(ids), warmup_fraction=0.2)
+    strategy = SpectrumKD(parity.config)
     spectrum = strategy.spectrum(ids, [difficulty[i] for i in ids])
     plan = strategy.plan_from_spectrum(spectrum)
     config = TrainConfig(

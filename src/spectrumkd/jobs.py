@@ -1,4 +1,4 @@
-"""Whole jobs, each a function a user can call from Python: score, curate, shrink.
+"""Whole jobs, each a function a user can call from Python: score, curate, distill, heal.
 
 The CLI (``spectrumkd.cli``) only parses flags and calls these. Every job writes its results
 into one folder, atomically, and a rerun resumes or reuses what is already there.
@@ -8,56 +8,43 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+__all__ = [
+    "HealResult",
+    "ScoreResult",
+    "curate",
+    "distill",
+    "heal",
+    "heal_config",
+    "score_dataset",
+    # Moved to spectrumkd.models / spectrumkd.data; importable here until their callers move.
+    "calibration_batches",
+    "resolve_device",
+    "resolve_dtype",
+    "split_validation",
+]
 
 import numpy as np
 import torch
 import yaml
 
-from spectrumkd.batching import collate
 from spectrumkd.curation.analyzer import choose_ratios
 from spectrumkd.curation.config import SpectrumKDConfig
 from spectrumkd.curation.files import spectrum_rows, write_curation
 from spectrumkd.curation.plan import CurriculumPlan
 from spectrumkd.curation.schedule import SpectrumKD
 from spectrumkd.curation.spectrum import Spectrum, build_spectrum
+from spectrumkd.data import split_validation
 from spectrumkd.data.tokenize import TokenizedDataset
 from spectrumkd.distillation.run_config import RunConfig
 from spectrumkd.io import atomic_write_text, write_json, write_jsonl
+from spectrumkd.models import calibration_batches, resolve_device, resolve_dtype
 from spectrumkd.scoring.difficulty import DifficultyTable, Reduction, read_difficulties
 from spectrumkd.scoring.scorer import ScoringSettings, score_examples
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto``: the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(
-            f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {device!r} was asked for but this torch sees no CUDA GPU; use --device cpu"
-        )
-    return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 weights on a GPU that supports it, float32 elsewhere. On a CPU the
-    weights stay float32 and the speed comes from the bf16 autocast of ``precision`` /
-    ``train.mixed_precision`` (auto), which keeps float32 master weights and losses."""
-    if dtype != "auto":
-        from spectrumkd.models.loading import parse_dtype
-
-        return parse_dtype(dtype)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 @dataclass(frozen=True)
@@ -143,44 +130,6 @@ def curate(
         plan = dataclasses.replace(plan, metadata={**plan.metadata, "analyzer": analysis.to_dict()})
     write_curation(plan, spectrum, out_dir)
     return plan
-
-
-def curate_file(
-    difficulties: str | Path,
-    config: SpectrumKDConfig,
-    out_dir: str | Path,
-    *,
-    column: str = "difficulty",
-    **options,
-) -> CurriculumPlan:
-    """``spectrumkd curate``: a JSONL of ``{"id", "difficulty"}`` rows -> :func:`curate`."""
-    ids, values = read_difficulties(difficulties, column=column)
-    return curate(ids, values, config, out_dir, **options)
-
-
-def calibration_batches(
-    dataset: TokenizedDataset, pad_token_id: int, *, rows: int = 32, batch_size: int = 8
-) -> list[dict[str, torch.Tensor]]:
-    """The first ``rows`` examples as padded batches, for choosing which layers to keep."""
-    chosen = dataset.examples[:rows]
-    if not chosen:
-        raise ValueError(
-            "no calibration examples: the calibration data is empty after the length limit"
-        )
-    return [
-        collate(chosen[i : i + batch_size], pad_token_id) for i in range(0, len(chosen), batch_size)
-    ]
-
-
-def split_validation(examples: list, ratio: float, seed: int) -> tuple[list, list]:
-    """A seeded ``ratio`` of the examples held out (never scored, curated or trained on)."""
-    if ratio == 0:
-        return list(examples), []
-    order = np.random.default_rng(seed).permutation(len(examples))
-    held = set(order[: max(1, round(ratio * len(examples)))].tolist())
-    return [e for i, e in enumerate(examples) if i not in held], [
-        e for i, e in enumerate(examples) if i in held
-    ]
 
 
 def rouge_validator(
@@ -325,3 +274,57 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     )
     atomic_write_text(out / "run_config.yaml", config_text)
     return state
+
+
+@dataclass(frozen=True)
+class HealResult:
+    """A healed student: the trainer's final state and the folder of the student to use next."""
+
+    state: dict[str, Any]
+    student_dir: Path  # best/ when a validation epoch was kept, else final/
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.state.get("best")
+
+
+def heal_config(
+    teacher: str,
+    student: str,
+    output_dir: str | Path,
+    data: dict[str, Any],
+    *,
+    train: dict[str, Any] | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    overrides: Sequence[str] = (),
+) -> RunConfig:
+    """The run config of healing ``student`` (a shrunk one) on ``data``: plain KD, no curation.
+
+    ``data`` and ``train`` hold :class:`~spectrumkd.data.DataConfig` and ``TrainConfig`` fields;
+    ``overrides`` are ``--set``-style ``section.field=value`` strings applied on top.
+    """
+    from spectrumkd.distillation.run_config import apply_override
+
+    values: dict[str, Any] = {
+        "teacher": teacher,
+        "student": student,
+        "output_dir": str(output_dir),
+        "dtype": dtype,
+        "device": device,
+        "data": dict(data),
+        "train": dict(train or {}),
+    }
+    for override in overrides:
+        apply_override(values, override)
+    return RunConfig.from_dict(values)
+
+
+def heal(run: RunConfig, *, progress: bool = True) -> HealResult:
+    """Plain KD of a shrunk student (``run.student``) on data of the user's choice, so that it
+    starts as a working model, as the paper's pretrained students do: :func:`distill` of a run
+    config from :func:`heal_config` (resumable), and the student to go on with, the best
+    validation epoch's when one was kept."""
+    state = distill(run, progress=progress)
+    chosen = "best" if state.get("best") else "final"
+    return HealResult(state=state, student_dir=Path(run.output_dir) / chosen)

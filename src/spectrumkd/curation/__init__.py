@@ -6,7 +6,9 @@ from spectrumkd.curation.files import SCHEDULE_FILE, SPECTRUM_FILE, spectrum_row
 from spectrumkd.curation.plan import CurationStrategy, CurriculumPlan, EpochPlan, RankSlice
 from spectrumkd.curation.schedule import (
     SpectrumKD,
+    StepParity,
     forward_window_starts,
+    step_parity,
     step_parity_epochs,
     temperatures,
     window_starts,
@@ -38,10 +40,12 @@ __all__ = [
     "Spectrum",
     "SpectrumKD",
     "SpectrumKDConfig",
+    "StepParity",
     "ZoneSizes",
     "build_spectrum",
     "forward_window_starts",
     "round_half_up",
+    "step_parity",
     "step_parity_epochs",
     "temperatures",
     "window_starts",

@@ -5,15 +5,24 @@ Pure functions: the same losses and configuration give the same schedule, byte f
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from spectrumkd.curation.config import SpectrumKDConfig
 from spectrumkd.curation.plan import CurationStrategy, CurriculumPlan, EpochPlan, RankSlice
-from spectrumkd.curation.spectrum import ZONES, Spectrum, ZoneSizes, build_spectrum, round_half_up
+from spectrumkd.curation.spectrum import (
+    ZONES,
+    Spectrum,
+    ZoneSizes,
+    build_spectrum,
+    round_half_up,
+    zone_sizes,
+)
 
 
 def temperatures(epochs: int, tau_start: float, tau_end: float) -> list[float]:
@@ -34,6 +43,60 @@ def step_parity_epochs(baseline_epochs: int, n_examples: int, window: int) -> in
             f"(got {baseline_epochs}, window={window}, n_examples={n_examples})"
         )
     return round_half_up(baseline_epochs * n_examples / window)
+
+
+@dataclass(frozen=True)
+class StepParity:
+    """A SpectrumKD schedule sized for the optimiser steps of a full-data baseline."""
+
+    n_examples: int
+    window: int  # M, the rows each SpectrumKD epoch trains on
+    baseline_epochs: int
+    config: SpectrumKDConfig  # the caller's config with ``epochs`` and ``warmup_epochs`` set
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
+    def warmup_epochs(self) -> int:
+        return self.config.warmup_epochs
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "n_examples": self.n_examples,
+            "window": self.window,
+            "baseline_epochs": self.baseline_epochs,
+            "epochs": self.epochs,
+            "warmup_epochs": self.warmup_epochs,
+        }
+
+
+def step_parity(
+    config: SpectrumKDConfig,
+    baseline_epochs: int,
+    n_examples: int,
+    *,
+    warmup_fraction: float | None = None,
+) -> StepParity:
+    """``config`` with as many epochs as give SpectrumKD the optimiser steps of
+    ``baseline_epochs`` full-data epochs over ``n_examples`` rows (:func:`step_parity_epochs`).
+
+    The window M depends only on N and the zone ratios of ``config``. The warm-up is one of two
+    rules, named by the caller: ``warmup_fraction=None`` keeps ``config.warmup_epochs`` as the
+    user gave it (``spectrumkd curate --baseline-epochs``), while a fraction warms up for
+    ``int(fraction * epochs)`` epochs (the paper's fifth, 5 of 25: the demo and the experiment
+    runner), so the warm-up scales with the epochs parity chose.
+    """
+    window = zone_sizes(n_examples, config.lambda_a, config.lambda_b).window
+    epochs = step_parity_epochs(baseline_epochs, n_examples, window)
+    warmup = config.warmup_epochs if warmup_fraction is None else int(warmup_fraction * epochs)
+    return StepParity(
+        n_examples=n_examples,
+        window=window,
+        baseline_epochs=baseline_epochs,
+        config=dataclasses.replace(config, epochs=epochs, warmup_epochs=warmup),
+    )
 
 
 def window_totals(kept: np.ndarray, sizes: ZoneSizes) -> np.ndarray:

@@ -12,6 +12,7 @@ from spectrumkd.data.loading import (
     load_examples,
     refuse_empty_file,
 )
+from spectrumkd.data.split import split_validation
 from spectrumkd.data.templates import (
     TEMPLATES,
     render_chat,
@@ -51,5 +52,6 @@ __all__ = [
     "render_code",
     "render_instruction",
     "render_math",
+    "split_validation",
     "tokenize_examples",
 ]

@@ -48,8 +48,7 @@ def register(commands: Any) -> None:
     """Add the ``evaluate`` subcommand to an ``argparse`` subparsers object."""
     # Imported here, not at module level: spectrumkd.cli imports this module to register it.
     from spectrumkd.cli import add_model_flags
-    from spectrumkd.evaluation.runner import DEFAULT_SEEDS, MAX_PROMPT_TOKENS
-    from spectrumkd.evaluation.suites import INSTRUCTION_SUITE_NAMES
+    from spectrumkd.evaluation import DEFAULT_SEEDS, INSTRUCTION_SUITE_NAMES, MAX_PROMPT_TOKENS
 
     parser = commands.add_parser(
         "evaluate",
@@ -158,14 +157,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from rich.console import Console
 
     from spectrumkd.data.loading import refuse_empty_file
-    from spectrumkd.evaluation.runner import (
+    from spectrumkd.evaluation import (
         DEFAULT_SEEDS,
+        INSTRUCTION_SUITES,
         Decoding,
         evaluate_instruction_following,
     )
-    from spectrumkd.evaluation.suites import INSTRUCTION_SUITES
-    from spectrumkd.jobs import resolve_device, resolve_dtype
-    from spectrumkd.models import check_pair, load_model, load_tokenizer
+    from spectrumkd.models import (
+        check_pair,
+        load_model,
+        load_tokenizer,
+        resolve_device,
+        resolve_dtype,
+    )
 
     if args.greedy and args.seeds is not None:
         raise ValueError("give --greedy or --seeds, not both (greedy decoding uses no seed)")

@@ -1,6 +1,8 @@
-"""Models: loading teachers/students from spec strings, pairing them for white-box KD, and
-deriving a smaller student from a teacher by keeping a subset of its decoder blocks."""
+"""Models: loading teachers/students from spec strings (on the device and dtype a user names),
+pairing them for white-box KD, and deriving a smaller student from a teacher by keeping a subset
+of its decoder blocks (reused from disk when a finished one matches)."""
 
+from spectrumkd.models.devices import resolve_device, resolve_dtype
 from spectrumkd.models.loading import (
     DEFAULT_TEACHER,
     ModelLoadError,
@@ -31,6 +33,12 @@ from spectrumkd.models.shrink import (
     shrink,
     shrink_model,
 )
+from spectrumkd.models.shrunk_student import (
+    ShrunkStudent,
+    calibration_batches,
+    finished_report,
+    shrunk_student,
+)
 
 __all__ = [
     "DEFAULT_TEACHER",
@@ -38,25 +46,31 @@ __all__ = [
     "IncompatibleModelsError",
     "ModelLoadError",
     "ShrinkReport",
+    "ShrunkStudent",
     "VocabAlignment",
     "accelerate_mixed_precision",
     "autocast",
     "block_influence",
     "cache_dir",
+    "calibration_batches",
     "calibration_loss",
     "check_pair",
     "choose_layers",
     "convert_gguf_cached",
     "default_teacher_gguf",
     "find_decoder_layers",
+    "finished_report",
     "gguf_cache_path",
     "has_fast_bf16",
     "load_model",
     "load_tokenizer",
     "parse_dtype",
     "removal_loss",
+    "resolve_device",
+    "resolve_dtype",
     "resolve_model_path",
     "resolve_precision",
     "shrink",
     "shrink_model",
+    "shrunk_student",
 ]
