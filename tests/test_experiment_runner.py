@@ -4,30 +4,25 @@ table whose numbers are recomputed here from the result files."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import build_tiny_llama
 from scipy.stats import wilcoxon
 
-RUNNER = Path(__file__).resolve().parents[1] / "experiments" / "run.py"
-CONFIG = RUNNER.parent / "config.yaml"
+from experiments import measure
+from experiments.cells import cell_settings
+from experiments.config import load_experiment
+from experiments.run import main
+from experiments.running import cell_run_config
+from experiments.summary import summarize
+from experiments.summary_page import metric_text, summary_markdown
+from spectrumkd import jobs
 
-
-def load_runner():
-    spec = importlib.util.spec_from_file_location("experiment_runner", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-runner = load_runner()
+CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "config.yaml"
 
 
 def _jsonl(path: Path, rows: list[dict]) -> str:
@@ -100,7 +95,7 @@ class DistillCalls:
     def __init__(self, forbid: bool = False) -> None:
         self.folders: list[str] = []
         self.forbid = forbid
-        self.real = runner.jobs.distill
+        self.real = jobs.distill
 
     def __call__(self, run, **kwargs):
         if self.forbid:
@@ -123,8 +118,8 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
 
     # Selecting one cell by name runs the setup and that cell only.
     calls = DistillCalls()
-    monkeypatch.setattr(runner.jobs, "distill", calls)
-    assert runner.main([*args, "run", "--cell", "fkl-spectrumkd-seed1"]) == 0
+    monkeypatch.setattr(jobs, "distill", calls)
+    assert main([*args, "run", "--cell", "fkl-spectrumkd-seed1"]) == 0
     assert calls.folders == ["heal", "fkl-spectrumkd-seed1"]
     assert sorted(p.name for p in results.glob("*.json")) == [
         "fkl-spectrumkd-seed1.json",
@@ -156,8 +151,8 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
     # A plain run does what is left (the baseline); the finished cell is not touched.
     before = mtimes(results)
     calls = DistillCalls()
-    monkeypatch.setattr(runner.jobs, "distill", calls)
-    assert runner.main([*args, "run"]) == 0
+    monkeypatch.setattr(jobs, "distill", calls)
+    assert main([*args, "run"]) == 0
     assert calls.folders == ["fkl-baseline-seed1"]
     after = mtimes(results)
     assert {k: after[k] for k in before} == before
@@ -165,12 +160,12 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
     assert baseline["training"]["strategy"] == "baseline" and baseline["training"]["epochs"] == 2
 
     # A rerun trains nothing and rewrites nothing.
-    monkeypatch.setattr(runner.jobs, "distill", DistillCalls(forbid=True))
+    monkeypatch.setattr(jobs, "distill", DistillCalls(forbid=True))
     capsys.readouterr()
-    assert runner.main([*args, "run"]) == 0
+    assert main([*args, "run"]) == 0
     assert "nothing (all finished)" in capsys.readouterr().out
     assert mtimes(results) == after
-    assert runner.main([*args, "cells"]) == 0
+    assert main([*args, "cells"]) == 0
     assert capsys.readouterr().out.count(" done ") == 3
 
     # Kill the baseline after its first checkpoints, rerun, and get the uninterrupted result.
@@ -189,15 +184,15 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
 
     monkeypatch.setattr(teacher_cache, "CachedTeacher", KilledTeacher)
     with pytest.raises(KeyboardInterrupt):
-        runner.main([*args, "run", "--cell", "fkl-baseline-*"])
+        main([*args, "run", "--cell", "fkl-baseline-*"])
     monkeypatch.undo()
     assert not (results / "fkl-baseline-seed1.json").exists()
     capsys.readouterr()
-    runner.main([*args, "cells"])
+    main([*args, "cells"])
     assert (
         "fkl-baseline-seed1    partial  checkpoint after epoch 0, step 3" in capsys.readouterr().out
     )
-    assert runner.main([*args, "run", "--cell", "fkl-baseline-*"]) == 0
+    assert main([*args, "run", "--cell", "fkl-baseline-*"]) == 0
     resumed = json.loads((results / "fkl-baseline-seed1.json").read_text())
     assert resumed["training"]["resumed_from_step"] == 3
     for key in ("means", "per_example", "counts", "settings", "run_config"):
@@ -207,7 +202,7 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
     }
 
     # The summary's numbers, recomputed from the result files.
-    assert runner.main([*args, "summarize"]) == 0
+    assert main([*args, "summarize"]) == 0
     summary = json.loads((results / "summary.json").read_text())
     markdown = (results / "summary.md").read_text()
     check_summary(summary, markdown, [resumed, curated])
@@ -217,13 +212,13 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
     # is the +SpectrumKD cell with its change and nothing else.
     ablated = [*args, "--set", 'ablations={"spectrumkd_fixed_tau": {"change": {"tau_end": 1.0}}}']
     capsys.readouterr()
-    assert runner.main([*ablated, "cells"]) == 0
+    assert main([*ablated, "cells"]) == 0
     listing = capsys.readouterr().out
     assert listing.count(" done ") == 3
     assert "fkl-spectrumkd_fixed_tau-seed1  pending" in listing
     calls = DistillCalls()
-    monkeypatch.setattr(runner.jobs, "distill", calls)
-    assert runner.main([*ablated, "run"]) == 0
+    monkeypatch.setattr(jobs, "distill", calls)
+    assert main([*ablated, "run"]) == 0
     assert calls.folders == ["fkl-spectrumkd_fixed_tau-seed1"]
     monkeypatch.undo()
     ablation = json.loads((results / "fkl-spectrumkd_fixed_tau-seed1.json").read_text())
@@ -239,7 +234,7 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
     }
     assert ablation["training"]["epochs"] == curated["training"]["epochs"]
     assert [row["temperature"] for row in ablation["training"]["validation"]] == [1.0] * epochs
-    assert runner.main([*ablated, "summarize"]) == 0
+    assert main([*ablated, "summarize"]) == 0
     summary = json.loads((results / "summary.json").read_text())
     markdown = (results / "summary.md").read_text()
     check_summary(summary, markdown, [resumed, curated])
@@ -254,7 +249,7 @@ def check_summary(summary: dict, markdown: str, cells: list[dict]) -> None:
         group = [c for c in cells if c["objective_key"] == entry["key"]]
         seeds = sorted({c["seed"] for c in group})
         assert entry["seeds"] == seeds
-        assert [row["metric"] for row in entry["rows"]] == list(runner.METRICS)
+        assert [row["metric"] for row in entry["rows"]] == list(measure.METRICS)
         for arm in ("baseline", "spectrumkd"):
             arm_curves = [c["training"].get("validation") for c in group if c["arm"] == arm]
             if all(arm_curves):
@@ -281,14 +276,14 @@ def check_summary(summary: dict, markdown: str, cells: list[dict]) -> None:
                     i: sum(c["per_example"][metric][i] for c in arm_cells) / len(arm_cells)
                     for i in ids
                 }
-                text = runner._number(statistics.fmean(means), metric)
+                text = metric_text(statistics.fmean(means), metric)
                 assert text in markdown
             base, new = row["baseline"]["mean"], row["spectrumkd"]["mean"]
             by_seed = {
                 arm: {c["seed"]: c["means"][metric] for c in group if c["arm"] == arm}
                 for arm in ("baseline", "spectrumkd")
             }
-            lower = metric in runner.LOWER_IS_BETTER
+            lower = metric in measure.LOWER_IS_BETTER
             assert row["seed_wins"] == sum(
                 (by_seed["spectrumkd"][s] < by_seed["baseline"][s]) == lower
                 and by_seed["spectrumkd"][s] != by_seed["baseline"][s]
@@ -331,7 +326,7 @@ def check_ablations(summary: dict, markdown: str, cells: list[dict]) -> None:
             assert ablation["seeds"] == seeds
             assert ablation["changes"] == arms[ablation["name"]][seeds[0]]["settings"]["ablation"]
             assert f"### Ablation `{ablation['name']}`" in markdown
-            assert [row["metric"] for row in ablation["rows"]] == list(runner.METRICS)
+            assert [row["metric"] for row in ablation["rows"]] == list(measure.METRICS)
             for row in ablation["rows"]:
                 metric = row["metric"]
                 means = {
@@ -350,7 +345,7 @@ def check_ablations(summary: dict, markdown: str, cells: list[dict]) -> None:
                         assert versus["gain_pct"] == pytest.approx((new - base) / base * 100)
                         assert f"{versus['gain_pct']:+.2f} (p " in markdown
                     by_seed = {arm: [arms[arm][s]["means"][metric] for s in seeds] for arm in arms}
-                    lower = metric in runner.LOWER_IS_BETTER
+                    lower = metric in measure.LOWER_IS_BETTER
                     assert versus["seed_wins"] == sum(
                         (n < b) == lower and n != b
                         for b, n in zip(by_seed[reference], by_seed[ablation["name"]], strict=True)
@@ -387,7 +382,7 @@ def check_by_difficulty(entry: dict, group: list[dict]) -> None:
             [np.mean([c["per_example"][metric][i] for c in arms[arm]]) for i in ids]
         )
         for arm in arms
-        for metric in runner.QUALITY_METRICS
+        for metric in measure.QUALITY_METRICS
     }
     tokens = np.array([arms["baseline"][0]["per_example"]["tokens"][i] for i in ids], float)
     difficulty = (mean["baseline", "ce"] + mean["spectrumkd", "ce"]) / 2
@@ -397,7 +392,7 @@ def check_by_difficulty(entry: dict, group: list[dict]) -> None:
     for row, g in zip(entry["by_difficulty"], groups, strict=True):
         assert row["examples"] == len(g)
         assert row["mean_ce"] == pytest.approx(difficulty[g].mean(), rel=1e-9)
-        for metric in runner.QUALITY_METRICS:
+        for metric in measure.QUALITY_METRICS:
             diff = mean["spectrumkd", metric][g] - mean["baseline", metric][g]
             expected = float((diff * tokens[g]).sum() / tokens[g].sum())
             assert row[f"diff_{metric}"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
@@ -417,15 +412,15 @@ def test_summary_averages_seeds_and_refuses_mixed_settings(tmp_path):
     for seed in (1, 2):
         for arm, shift in (("baseline", 0.0), ("spectrumkd", -0.05)):
             per_example = {"tokens": tokens}
-            for metric in runner.METRICS:
-                scale = 50.0 if metric in runner.ROUGE_METRICS else 2.0
+            for metric in measure.METRICS:
+                scale = 50.0 if metric in measure.ROUGE_METRICS else 2.0
                 per_example[metric] = {
                     i: float(scale * (1 + shift) + rng.normal(0, 0.3)) for i in ids
                 }
             means = {}
-            for metric in runner.METRICS:
+            for metric in measure.METRICS:
                 values = per_example[metric]
-                if metric in runner.QUALITY_METRICS:
+                if metric in measure.QUALITY_METRICS:
                     means[metric] = sum(values[i] * tokens[i] for i in ids) / sum(tokens.values())
                 else:
                     means[metric] = statistics.fmean(values.values())
@@ -446,8 +441,8 @@ def test_summary_averages_seeds_and_refuses_mixed_settings(tmp_path):
         (tmp_path / f"{cell['cell']}.json").write_text(json.dumps(cell))
     unpaired = {**cells[0], "cell": "jsd-baseline-seed3", "seed": 3}
     (tmp_path / "jsd-baseline-seed3.json").write_text(json.dumps(unpaired))
-    summary = runner.summarize(tmp_path)
-    markdown = runner.summary_markdown(summary)
+    summary = summarize(tmp_path)
+    markdown = summary_markdown(summary)
     assert summary["objectives"][0]["unpaired"] == ["baseline-seed3"]
     check_summary(summary, markdown, cells)
     assert "## The claim, on the primary metrics" in markdown
@@ -465,8 +460,8 @@ def test_summary_averages_seeds_and_refuses_mixed_settings(tmp_path):
         },
     }
     (tmp_path / f"{ablation['cell']}.json").write_text(json.dumps(ablation))
-    summary = runner.summarize(tmp_path)
-    markdown = runner.summary_markdown(summary)
+    summary = summarize(tmp_path)
+    markdown = summary_markdown(summary)
     check_summary(summary, markdown, cells)
     check_ablations(summary, markdown, [*cells, ablation])
     assert summary["objectives"][0]["ablations"][0]["seeds"] == [2]
@@ -479,19 +474,19 @@ def test_summary_averages_seeds_and_refuses_mixed_settings(tmp_path):
     }
     (tmp_path / f"{changed['cell']}.json").write_text(json.dumps(changed))
     with pytest.raises(ValueError, match="ablation spectrumkd_fixed_tau with different changes"):
-        runner.summarize(tmp_path)
+        summarize(tmp_path)
     (tmp_path / f"{changed['cell']}.json").unlink()
 
     other = {**cells[0], "cell": "jsd-baseline-seed4", "seed": 4}
     other["settings"] = {"train": {"learning_rate": 1e-4}, "objective": {"o": "jsd"}}
     (tmp_path / "jsd-baseline-seed4.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match=r"different train\.learning_rate"):
-        runner.summarize(tmp_path)
+        summarize(tmp_path)
 
 
 def test_config_errors_are_one_line(tmp_path, capsys):
     def error(*args: str) -> str:
-        assert runner.main(["--config", str(CONFIG), *args]) == 2
+        assert main(["--config", str(CONFIG), *args]) == 2
         return capsys.readouterr().err.strip()
 
     assert error("--set", "train.epochs=3", "cells") == (
@@ -532,7 +527,7 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     message = error("--set", f"results_dir={results}", "run", "--cell", "rkl-baseline-seed2")
     assert message.startswith("error: ") and "computed with other" in message
     assert "\n" not in message
-    assert runner.main(["--config", str(CONFIG), "--profile", "gpu", "--list"]) == 0
+    assert main(["--config", str(CONFIG), "--profile", "gpu", "--list"]) == 0
     assert "jsd-spectrumkd-seed3" in capsys.readouterr().out
 
 
@@ -545,7 +540,7 @@ def test_an_ablation_changes_only_its_settings_in_the_run_config():
             "flat": {"change": {"tau_end": 1.0, "step_mode": "linear"}, "seeds": [1]},
         }
     )
-    exp = runner.load_experiment(CONFIG, "cpu", [f"ablations={ablations}"])
+    exp = load_experiment(CONFIG, "cpu", [f"ablations={ablations}"])
     cells = {cell.name: cell for cell in exp.cells()}
     names = list(cells)
     assert {name.split("-")[1] for name in names[:18]} == {"baseline", "spectrumkd"}
@@ -562,7 +557,7 @@ def test_an_ablation_changes_only_its_settings_in_the_run_config():
     ]
     setup = {"spectrumkd": {"epochs": 5, "warmup_epochs": 1}}
     configs = {
-        name: runner.cell_run_config(exp, cells[f"fkl-{name}-seed1"], setup).to_dict()
+        name: cell_run_config(exp, cells[f"fkl-{name}-seed1"], setup).to_dict()
         for name in ("baseline", "spectrumkd", "live", "flat")
     }
     for config in configs.values():
@@ -572,7 +567,7 @@ def test_an_ablation_changes_only_its_settings_in_the_run_config():
     curation = {**configs["spectrumkd"]["curation"], "tau_end": 1.0, "step_mode": "linear"}
     assert configs["flat"] == {**configs["spectrumkd"], "curation": curation}
     assert configs["baseline"] == {**configs["spectrumkd"], "curation": None}
-    assert runner.cell_settings(exp, cells["fkl-live-seed1"]) == {
-        **runner.cell_settings(exp, cells["fkl-spectrumkd-seed1"]),
+    assert cell_settings(exp, cells["fkl-live-seed1"]) == {
+        **cell_settings(exp, cells["fkl-spectrumkd-seed1"]),
         "ablation": {"teacher_cache_k": 0},
     }
