@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 
 from spectrumkd.batching import left_pad, length_sorted_batches, prompt_token_ids
-from spectrumkd.evaluation.runner import MAX_PROMPT_TOKENS, filter_prompts
-from spectrumkd.evaluation.suites import load_suite
+from spectrumkd.evaluation import MAX_PROMPT_TOKENS, filter_prompts, load_suite
 from spectrumkd.models import DEFAULT_TEACHER, load_model, load_tokenizer
 from spectrumkd.models.generation import (
     decode,

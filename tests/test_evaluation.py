@@ -24,8 +24,8 @@ from spectrumkd.evaluation import (
     rouge_l,
     rouge_l_scores,
 )
-from spectrumkd.evaluation import runner as runner_module
 from spectrumkd.evaluation.cli import register
+from spectrumkd.evaluation.instruction import runner as runner_module
 from spectrumkd.io import read_jsonl
 
 EXPECTED_ROWS = {"dolly": 500, "selfinst": 242, "vicuna": 80, "sni": 1694, "unni_short": 1050}
@@ -479,7 +479,7 @@ def test_smollm2_on_every_set(shared_data, tmp_path):
 
 
 def test_an_empty_suite_file_is_refused_in_one_line(tmp_path):
-    from spectrumkd.evaluation.suites import load_suite
+    from spectrumkd.evaluation import load_suite
 
     empty = tmp_path / "dolly.jsonl"
     empty.write_text("\n  \n")

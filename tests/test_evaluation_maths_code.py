@@ -17,8 +17,12 @@ from spectrumkd.evaluation.code import (
     complete_solution,
     evaluate_code,
     extract_code,
+    landlock_abi,
+    landlock_available,
     load_humaneval,
     load_mbpp,
+    namespace_available,
+    run_program,
 )
 from spectrumkd.evaluation.maths import (
     NEXT_PROBLEM,
@@ -31,12 +35,6 @@ from spectrumkd.evaluation.maths import (
     load_math500,
     score_math_prediction,
     select_few_shot,
-)
-from spectrumkd.evaluation.sandbox import (
-    landlock_abi,
-    landlock_available,
-    namespace_available,
-    run_program,
 )
 
 needs_namespace = pytest.mark.skipif(
@@ -409,9 +407,9 @@ def test_evaluate_code_writes_rows_and_evalplus_samples(shared_data, tmp_path):
 def test_suite_runners_write_where_the_evaluate_command_looks(
     shared_data, tmp_path, tiny_model, tiny_tokenizer
 ):
+    from spectrumkd.evaluation import SuiteContext
     from spectrumkd.evaluation.code import code_suite_runner
     from spectrumkd.evaluation.maths import maths_suite_runner
-    from spectrumkd.evaluation.runner import SuiteContext
 
     for name, runner, options in (
         ("math", maths_suite_runner("math"), {"num_shots": 0}),

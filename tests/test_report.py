@@ -83,7 +83,7 @@ def real_run(tmp_path_factory) -> Path:
 
 
 def add_evaluation(run: Path) -> None:
-    """Evaluation files laid out as ``spectrumkd.evaluation.runner`` writes them (its module
+    """Evaluation files laid out as ``spectrumkd.evaluation.instruction.runner`` writes them (its module
     docstring; ``test_the_evaluation_stage_output_is_read_as_written`` checks against the real
     thing): per instruction set seed runs and quality rows, a maths set with its own summary
     (pass@1 in percent), ``summary.json`` with ``suites``, and a comparison with p-values."""
@@ -463,7 +463,7 @@ def test_evaluation_folders_are_read_per_set(tmp_path):
 
 def test_the_evaluation_stage_output_is_read_as_written(tiny_tokenizer, shared_data, tmp_path):
     """Against the real evaluation runner: the means the report shows are the ones it wrote."""
-    runner = pytest.importorskip("spectrumkd.evaluation.runner")
+    runner = pytest.importorskip("spectrumkd.evaluation.instruction.runner")
     summary = runner.evaluate_instruction_following(
         build_tiny_llama(len(tiny_tokenizer)),
         tiny_tokenizer,

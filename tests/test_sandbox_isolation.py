@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from spectrumkd.evaluation.code import CodeProblem, build_program
-from spectrumkd.evaluation.sandbox import (
+from spectrumkd.evaluation.code import (
+    CodeProblem,
+    build_program,
     landlock_available,
     namespace_available,
     resolve_isolation,
@@ -163,9 +164,9 @@ def test_auto_prefers_the_strongest_isolation_available():
 
 @needs_landlock
 def test_without_namespaces_auto_falls_back_to_landlock(tmp_path, monkeypatch):
-    from spectrumkd.evaluation import sandbox
+    from spectrumkd.evaluation.code import isolation
 
-    monkeypatch.setattr(sandbox, "namespace_available", lambda python=None: False)
+    monkeypatch.setattr(isolation, "namespace_available", lambda python=None: False)
     path, token = outside_canary(tmp_path)
     result = run_program(READS[0].format(path=str(path)), isolation="auto", timeout_s=20)
     assert result.isolation == "landlock"
@@ -175,10 +176,10 @@ def test_without_namespaces_auto_falls_back_to_landlock(tmp_path, monkeypatch):
 
 
 def test_without_namespaces_or_landlock_auto_keeps_the_limits_and_guard(monkeypatch):
-    from spectrumkd.evaluation import sandbox
+    from spectrumkd.evaluation.code import isolation
 
-    monkeypatch.setattr(sandbox, "namespace_available", lambda python=None: False)
-    monkeypatch.setattr(sandbox, "landlock_available", lambda python=None: False)
+    monkeypatch.setattr(isolation, "namespace_available", lambda python=None: False)
+    monkeypatch.setattr(isolation, "landlock_available", lambda python=None: False)
     assert resolve_isolation("auto") == "rlimits"
     with pytest.raises(RuntimeError, match="Landlock isolation is unavailable here"):
         resolve_isolation("landlock")

@@ -1,8 +1,16 @@
-"""Evaluation stage: instruction following as the SpectrumKD paper reports it (MiniLLM protocol:
-ROUGE-L on DollyEval, SelfInst, VicunaEval, S-NI and an UnNI subset, sampled at temperature 1
-over five seeds) and distillation quality without generation (CE on the references, KL to a
-teacher). Other suites plug into the same run through :data:`SUITE_RUNNERS`."""
+"""Evaluation stage, grouped by what it evaluates.
 
+- :mod:`.instruction`: instruction following as the SpectrumKD paper reports it (MiniLLM
+  protocol: ROUGE-L over five sampling seeds) and distillation quality without generation (CE on
+  the references, KL to a teacher); its runner is the ``evaluate`` command's run.
+- :mod:`.maths` (GSM8K, MATH-500) and :mod:`.code` (HumanEval, MBPP, with the sandbox): greedy
+  pass@1 through the one runner of :mod:`.greedy`, joining ``evaluate`` through
+  :data:`SUITE_RUNNERS` (:mod:`.registry`).
+- :mod:`.judge`: the pairwise LLM-as-judge win rate; :mod:`.compare`: paired statistics
+  between two evaluation folders. :mod:`.rouge` is the metric shared with training validation.
+"""
+
+from spectrumkd.evaluation.code import code_suite_runner
 from spectrumkd.evaluation.compare import (
     HIGHER_IS_BETTER,
     Paired,
@@ -14,6 +22,29 @@ from spectrumkd.evaluation.compare import (
     rouge_per_example,
     write_comparison,
 )
+from spectrumkd.evaluation.instruction import (
+    DEFAULT_SEEDS,
+    INSTRUCTION_SUITE_NAMES,
+    INSTRUCTION_SUITES,
+    MAX_PROMPT_TOKENS,
+    Decoding,
+    EvalExample,
+    QualityResult,
+    QualityRow,
+    Suite,
+    SuiteSpec,
+    available_suites,
+    distillation_quality,
+    evaluate_instruction_following,
+    examples_from_rows,
+    filter_prompts,
+    load_rows,
+    load_suite,
+    register_suite,
+    suite_path,
+    summarize_quality,
+    summary_table,
+)
 from spectrumkd.evaluation.judge import (
     DEFAULT_KEY_ENV,
     DEFAULT_MAX_TOKENS,
@@ -22,36 +53,9 @@ from spectrumkd.evaluation.judge import (
     judge_eval_runs,
     run_files,
 )
-from spectrumkd.evaluation.quality import (
-    QualityResult,
-    QualityRow,
-    distillation_quality,
-    summarize_quality,
-)
+from spectrumkd.evaluation.maths import maths_suite_runner
+from spectrumkd.evaluation.registry import SUITE_RUNNERS, SuiteContext
 from spectrumkd.evaluation.rouge import corpus_rouge_l, rouge_l, rouge_l_scores
-from spectrumkd.evaluation.runner import (
-    DEFAULT_SEEDS,
-    MAX_PROMPT_TOKENS,
-    SUITE_RUNNERS,
-    Decoding,
-    SuiteContext,
-    available_suites,
-    evaluate_instruction_following,
-    filter_prompts,
-    register_suite,
-    summary_table,
-)
-from spectrumkd.evaluation.suites import (
-    INSTRUCTION_SUITE_NAMES,
-    INSTRUCTION_SUITES,
-    EvalExample,
-    Suite,
-    SuiteSpec,
-    examples_from_rows,
-    load_rows,
-    load_suite,
-    suite_path,
-)
 from spectrumkd.models.generation import generate
 
 __all__ = [
@@ -102,9 +106,6 @@ __all__ = [
 ]
 
 # The maths and code suites run through the same `evaluate` command and summary.
-from spectrumkd.evaluation.code import code_suite_runner  # noqa: E402
-from spectrumkd.evaluation.maths import maths_suite_runner  # noqa: E402
-
 for _name in ("gsm8k", "math"):
     register_suite(_name, maths_suite_runner(_name))
 for _name in ("humaneval", "mbpp"):

@@ -616,7 +616,7 @@ def load_questions(
 ) -> dict[str, tuple[str, tuple[str, ...]]]:
     """``{id: (question, references)}`` of an instruction set, with the ids the evaluation
     stage gives (its loader's)."""
-    from spectrumkd.evaluation.suites import examples_from_rows, load_rows, suite_path
+    from spectrumkd.evaluation.instruction.suites import examples_from_rows, load_rows, suite_path
 
     if source is None:
         if data_root is None:
@@ -662,7 +662,7 @@ def judge_eval_runs(
     first N pairs of each set. ``judge``: anything with ``complete(messages) -> JudgeReply``
     (default: :class:`OpenAIJudge` of ``config``).
     """
-    from spectrumkd.evaluation.suites import INSTRUCTION_SUITES
+    from spectrumkd.evaluation.instruction.suites import INSTRUCTION_SUITES
 
     student_dir, reference_dir, out = Path(student_eval), Path(reference_eval), Path(out)
     for label, folder in (("student", student_dir), ("reference", reference_dir)):

@@ -30,7 +30,7 @@ from spectrumkd.batching import collate, length_bucketed_batches, logits_at, pre
 from spectrumkd.data.loading import Example
 from spectrumkd.data.tokenize import TokenizedExample, tokenize_examples
 from spectrumkd.distillation.objectives import forward_kl, reverse_kl, scaled_log_probs
-from spectrumkd.evaluation.suites import EvalExample
+from spectrumkd.evaluation.instruction.suites import EvalExample
 from spectrumkd.scoring.scorer import ScoringSettings
 
 SLICE = 1024  # positions per float32 log-softmax

@@ -14,7 +14,8 @@ Layout of an output folder ``OUT`` (a report reads these; every file is written 
 A rerun skips every (set, run) file already finished, after checking that the set's manifest
 matches this run's model, decoding and data: a folder never mixes two configurations.
 
-Other suites (maths, code) join the same command through :data:`SUITE_RUNNERS`.
+Other suites (maths, code) join the same command through
+:data:`spectrumkd.evaluation.registry.SUITE_RUNNERS` (:func:`register_suite`).
 """
 
 from __future__ import annotations
@@ -23,51 +24,27 @@ import hashlib
 import json
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from spectrumkd.batching import prompt_token_ids
-from spectrumkd.evaluation.quality import distillation_quality, summarize_quality
-from spectrumkd.evaluation.rouge import rouge_l_scores
-from spectrumkd.evaluation.suites import (
+from spectrumkd.evaluation.instruction.quality import distillation_quality, summarize_quality
+from spectrumkd.evaluation.instruction.suites import (
     INSTRUCTION_SUITE_NAMES,
     INSTRUCTION_SUITES,
     EvalExample,
     Suite,
     load_suite,
 )
+from spectrumkd.evaluation.registry import SUITE_RUNNERS, SuiteContext, SuiteRunner
+from spectrumkd.evaluation.rouge import rouge_l_scores
 from spectrumkd.io import read_jsonl, write_json, write_jsonl
 from spectrumkd.models.generation import generate
 
 DEFAULT_SEEDS: tuple[int, ...] = (10, 20, 30, 40, 50)
 MAX_PROMPT_TOKENS = 256
-
-
-@dataclass(frozen=True)
-class SuiteContext:
-    """What a registered (non-instruction) suite receives from the ``evaluate`` command."""
-
-    model: Any
-    tokenizer: Any
-    out_dir: Path  # OUT/<suite name>, the suite's own folder
-    data_root: Path | None
-    limit: int | None
-    batch_size: int
-    max_new_tokens: int | None  # None: the suite's own default
-    progress: bool
-    options: Mapping[str, Any] = field(default_factory=dict)
-    precision: str = "auto"  # compute precision of generation (spectrumkd.models.precision)
-
-
-SuiteRunner = Callable[[SuiteContext], dict[str, Any]]
-
-# Extension point: maths/code suites add themselves here (e.g. SUITE_RUNNERS["gsm8k"] = run_gsm8k).
-# A runner writes its files under ctx.out_dir, resumes on its own, and returns a JSON-able dict
-# that lands in summary.json under suites[name]; "metric" and "score" keys, when present, are
-# shown in the summary table.
-SUITE_RUNNERS: dict[str, SuiteRunner] = {}
 
 
 def register_suite(name: str, runner: SuiteRunner) -> None:
@@ -78,7 +55,26 @@ def register_suite(name: str, runner: SuiteRunner) -> None:
 
 
 def available_suites() -> list[str]:
+    """Every name ``--suites`` accepts: the instruction sets first, then registered suites."""
     return [*INSTRUCTION_SUITE_NAMES, *SUITE_RUNNERS]
+
+
+def _check_names(suites: Sequence[str]) -> list[str]:
+    """The requested suite names, stripped; unknown, missing or repeated names raise with the
+    list of choices."""
+    names = [name.strip() for name in suites if name.strip()]
+    if not names:
+        raise ValueError(f"no suites given; choose from {', '.join(available_suites())}")
+    unknown = [
+        name for name in names if name not in INSTRUCTION_SUITES and name not in SUITE_RUNNERS
+    ]
+    if unknown:
+        raise ValueError(
+            f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(available_suites())}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"suite listed twice in {', '.join(names)}")
+    return names
 
 
 @dataclass(frozen=True)
@@ -437,22 +433,6 @@ def _check_run_file(path: Path, ids: list[str]) -> None:
             f"{path} has {len(found)} rows whose ids do not match the {len(ids)} examples of this "
             "run; delete the file to regenerate it"
         )
-
-
-def _check_names(suites: Sequence[str]) -> list[str]:
-    names = [name.strip() for name in suites if name.strip()]
-    if not names:
-        raise ValueError(f"no suites given; choose from {', '.join(available_suites())}")
-    unknown = [
-        name for name in names if name not in INSTRUCTION_SUITES and name not in SUITE_RUNNERS
-    ]
-    if unknown:
-        raise ValueError(
-            f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(available_suites())}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"suite listed twice in {', '.join(names)}")
-    return names
 
 
 def _data_fingerprint(examples: Sequence[EvalExample]) -> str:

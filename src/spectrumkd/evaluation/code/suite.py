@@ -2,7 +2,7 @@
 
 Protocol (spec: appendix C.4, after EvalPlus): greedy decoding; the first fenced Python block of
 the answer is the solution (the whole answer when there is no fence); the solution plus the
-set's tests run in :mod:`spectrumkd.evaluation.sandbox`; a timeout or crash is a failure.
+set's tests run in :mod:`spectrumkd.evaluation.code.sandbox`; a timeout or crash is a failure.
 
 Prompts follow EvalPlus's instruction-model prompts inside the paper's template: the problem
 section is the task in a code fence. HumanEval's task is its ``prompt`` (signature and
@@ -39,23 +39,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spectrumkd.data.templates import render_code
-from spectrumkd.evaluation.maths import (
-    GenerateFn,
+from spectrumkd.evaluation.code.isolation import resolve_isolation
+from spectrumkd.evaluation.code.process import SandboxResult
+from spectrumkd.evaluation.code.sandbox import run_programs
+from spectrumkd.evaluation.greedy import (
     SuiteItem,
-    data_root_of,
     file_digest,
+    first,
     model_name,
+    pass_at_1_result,
     precision_setting,
     resolve_generate,
     run_greedy_suite,
 )
-from spectrumkd.evaluation.sandbox import SandboxResult, resolve_isolation, run_programs
+from spectrumkd.evaluation.registry import data_root_of
 from spectrumkd.io import read_jsonl, write_jsonl
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from spectrumkd.evaluation.runner import SuiteContext
+    from spectrumkd.evaluation.greedy import GenerateFn
+    from spectrumkd.evaluation.registry import SuiteContext
 
 CODE_SETS = ("humaneval", "mbpp")
 HUMANEVAL = "humaneval/HumanEval.jsonl.gz"
@@ -284,10 +288,7 @@ def evaluate_code(
     core). ``limit`` evaluates the first N tasks (not comparable with full-set numbers).
     """
     problems, source = load_code_set(set_name, data_dir, mbpp_file=mbpp_file, mbpp_split=mbpp_split)
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        problems = problems[:limit]
+    problems = first(problems, limit)
     items = [SuiteItem(p.id, render_code(p.problem), p.reference, payload=p) for p in problems]
     settings = {
         "set": set_name,
@@ -367,7 +368,7 @@ def evaluate_code(
 
 
 def code_suite_runner(set_name: str) -> Callable[[SuiteContext], dict[str, Any]]:
-    """A :data:`spectrumkd.evaluation.runner.SUITE_RUNNERS` entry for ``humaneval`` or ``mbpp``.
+    """A :data:`spectrumkd.evaluation.registry.SUITE_RUNNERS` entry for ``humaneval`` or ``mbpp``.
 
     Reads ``ctx.options``: ``timeout_s``, ``memory_mb``, ``workers``, ``isolation``,
     ``mbpp_file`` (relative to the data root), ``mbpp_split``. Files land in ``ctx.out_dir``.
@@ -395,6 +396,6 @@ def code_suite_runner(set_name: str) -> Callable[[SuiteContext], dict[str, Any]]
             progress=ctx.progress,
             precision=ctx.precision,
         )
-        return {"metric": "pass@1", "score": summary["pass_at_1"], **summary}
+        return pass_at_1_result(summary)
 
     return run
