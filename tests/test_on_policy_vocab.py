@@ -16,7 +16,9 @@ from spectrumkd.distillation.on_policy import (
     with_student_responses,
 )
 from spectrumkd.distillation.signals import LiveTeacher
-from spectrumkd.distillation.trainer import TrainConfig, collate_with_ids, step_losses, train
+from spectrumkd.distillation.steps import collate_with_ids, step_losses
+from spectrumkd.distillation.train_config import TrainConfig
+from spectrumkd.distillation.trainer import train
 from spectrumkd.models.generation import generate
 from spectrumkd.models.pairing import VocabAlignment, check_pair, missing_token_ids
 
@@ -188,16 +190,16 @@ def test_samples_end_after_their_first_eos_and_follow_the_global_rng():
 @pytest.mark.parametrize(("mixed_precision", "expected"), [("no", "no"), ("bf16", "bf16")])
 def test_on_policy_samples_in_the_runs_precision(tmp_path, monkeypatch, mixed_precision, expected):
     """A float32 run samples in float32 too (sampling defaults to auto, bf16 on an AMX CPU)."""
-    import spectrumkd.distillation.trainer as trainer_module
+    import spectrumkd.distillation.steps as steps_module
 
     seen = []
-    sample = trainer_module.with_student_responses
+    sample = steps_module.with_student_responses
 
     def recording(*args, **kwargs):
         seen.append(kwargs["precision"])
         return sample(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "with_student_responses", recording)
+    monkeypatch.setattr(steps_module, "with_student_responses", recording)
     vocab = 96
     teacher_model, student = padded_pair(vocab)
     config = TrainConfig(

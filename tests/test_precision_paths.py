@@ -13,18 +13,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from conftest import build_tiny_llama, random_token_examples
-from test_trainer import VOCAB, make_examples
+from test_trainer import VOCAB, KilledTeacher, make_examples
 
 from spectrumkd.distillation.objectives import get_objective
 from spectrumkd.distillation.signals import LiveTeacher
+from spectrumkd.distillation.steps import accumulate_gradients, collate_with_ids, step_losses
 from spectrumkd.distillation.teacher_cache import build_teacher_cache, teacher_cache_dir
-from spectrumkd.distillation.trainer import (
-    TrainConfig,
-    accumulate_gradients,
-    collate_with_ids,
-    step_losses,
-    train,
-)
+from spectrumkd.distillation.train_config import TrainConfig
+from spectrumkd.distillation.trainer import train
 from spectrumkd.models.precision import PRECISIONS, has_fast_bf16
 from spectrumkd.scoring import ScoringSettings
 
@@ -194,6 +190,24 @@ def test_the_trainer_builds_its_accelerator_in_the_configured_precision_and_auto
     assert during == ["no", "bf16"]
     rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").open()]
     assert np.isfinite(rows[-1]["val_ce"]) and np.isfinite(rows[-1]["val_kd"])
+
+
+def test_a_run_that_fails_leaves_the_callers_student_without_the_runs_autocast(
+    tmp_path, fresh_accelerate_state
+):
+    """The unwrap of the student's forward must not depend on the run finishing: a run killed
+    mid-epoch (here by its teacher) hands the model back as plain as a run that ends."""
+    student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    teacher = KilledTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1), die_at=2)
+    config = TrainConfig(epochs=1, batch_size=4, mixed_precision="bf16")
+    with pytest.raises(KeyboardInterrupt):
+        train(student, teacher, make_examples(8), config, tmp_path)
+    # Probed inside the forward: the model's own pre-hook runs before a wrapped forward starts.
+    inner_probe = AutocastProbe(student.model)
+    with torch.no_grad():
+        student(input_ids=torch.tensor([[3, 4, 5]]))
+    inner_probe.remove()
+    assert {enabled for enabled, _ in inner_probe.seen} == {False}
 
 
 def test_mixed_precision_defaults_to_auto_and_refuses_unknown_values(

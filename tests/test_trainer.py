@@ -12,13 +12,9 @@ from spectrumkd.curation import SpectrumKD, SpectrumKDConfig
 from spectrumkd.data import TokenizedExample
 from spectrumkd.distillation.objectives import OBJECTIVES, get_objective
 from spectrumkd.distillation.signals import LiveTeacher
-from spectrumkd.distillation.trainer import (
-    TrainConfig,
-    accumulate_gradients,
-    collate_with_ids,
-    step_losses,
-    train,
-)
+from spectrumkd.distillation.steps import accumulate_gradients, collate_with_ids, step_losses
+from spectrumkd.distillation.train_config import TrainConfig
+from spectrumkd.distillation.trainer import train
 
 VOCAB = 96
 
@@ -94,7 +90,7 @@ def test_each_objective_reduces_its_own_loss_on_a_tiny_model(name, tmp_path):
 
 
 def test_a_curriculum_plan_drives_the_subsets_and_temperatures(tmp_path, monkeypatch):
-    import spectrumkd.distillation.trainer as trainer_module
+    import spectrumkd.distillation.steps as steps_module
 
     examples = make_examples(20)
     ids = [e.id for e in examples]
@@ -102,13 +98,13 @@ def test_a_curriculum_plan_drives_the_subsets_and_temperatures(tmp_path, monkeyp
         ids, np.arange(20.0)
     )
     seen: dict[float, set[str]] = {}
-    real_step_losses = trainer_module.step_losses
+    real_step_losses = steps_module.step_losses
 
     def recording_step_losses(student, teacher, batch, objective, temperature, **options):
         seen.setdefault(temperature, set()).update(batch["ids"])
         return real_step_losses(student, teacher, batch, objective, temperature, **options)
 
-    monkeypatch.setattr(trainer_module, "step_losses", recording_step_losses)
+    monkeypatch.setattr(steps_module, "step_losses", recording_step_losses)
     teacher = LiveTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1))
     student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
     train(
@@ -211,7 +207,7 @@ sys.path.insert(0, sys.argv[3])
 from conftest import build_tiny_llama
 from test_trainer import VOCAB, make_examples
 from spectrumkd.distillation.signals import LiveTeacher
-from spectrumkd.distillation.trainer import TrainConfig, train
+from spectrumkd.distillation import TrainConfig, train
 
 out, batch_size = sys.argv[1], int(sys.argv[2])
 if os.environ.get("RANK") == os.environ.get("SLOW_RANK"):

@@ -18,14 +18,14 @@ from spectrumkd.distillation.on_policy import (
     with_student_responses,
 )
 from spectrumkd.distillation.signals import LiveTeacher
-from spectrumkd.distillation.trainer import (
-    TrainConfig,
-    _full_step_losses,
+from spectrumkd.distillation.steps import (
     accumulate_gradients,
     collate_with_ids,
+    full_step_losses,
     step_losses,
-    train,
 )
+from spectrumkd.distillation.train_config import TrainConfig
+from spectrumkd.distillation.trainer import train
 
 EOS = 2
 
@@ -306,7 +306,7 @@ def test_a_cached_teacher_step_reads_the_top_k_and_equals_the_dense_step(tmp_pat
     objective = get_objective(name)
 
     student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
-    ce, (kd,) = _full_step_losses(student, cached, batch, objective, (1.5,))
+    ce, (kd,) = full_step_losses(student, cached, batch, objective, (1.5,))
     (0.3 * ce + 0.7 * kd).backward()
     top_k_grads = grads(student)
 

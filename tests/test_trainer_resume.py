@@ -12,9 +12,11 @@ from accelerate import Accelerator
 from conftest import build_tiny_llama
 from test_trainer import VOCAB, KilledTeacher, make_examples
 
+import spectrumkd.distillation.checkpoints as checkpoints_module
 import spectrumkd.distillation.trainer as trainer_module
 from spectrumkd.distillation.signals import LiveTeacher
-from spectrumkd.distillation.trainer import TrainConfig, train
+from spectrumkd.distillation.train_config import TrainConfig
+from spectrumkd.distillation.trainer import train
 
 
 @functools.cache
@@ -67,7 +69,7 @@ class StagedSwapKill:
         real = Path.rename
 
         def rename(path: Path, target):
-            if path.name == f".{trainer_module.CHECKPOINT}.tmp":
+            if path.name == f".{checkpoints_module.CHECKPOINT}.tmp":
                 self.seen += 1
                 if self.seen == self.nth:
                     self.old_checkpoint_present = Path(target).exists()
@@ -115,9 +117,9 @@ def test_an_incomplete_staged_checkpoint_is_discarded(tmp_path, monkeypatch):
         patch.setattr(Accelerator, "save_state", dies_after_writing)
         with pytest.raises(KeyboardInterrupt):
             run(tmp_path / "killed", CONFIG)
-    staging = tmp_path / "killed" / f".{trainer_module.CHECKPOINT}.tmp"
+    staging = tmp_path / "killed" / f".{checkpoints_module.CHECKPOINT}.tmp"
     assert (staging / "model.safetensors").exists()  # everything but the state file was written
-    assert not (staging / trainer_module.STATE_FILE).exists()
+    assert not (staging / checkpoints_module.STATE_FILE).exists()
 
     teacher = CountingTeacher(teacher_model())
     state, resumed = run(tmp_path / "killed", CONFIG, teacher)
@@ -137,7 +139,7 @@ def test_a_half_swapped_model_folder_is_restored(tmp_path):
     (staging / "model.safetensors").write_text("half-written")
     best.rename(tmp_path / ".best.old")  # the first step of the swap, then the kill
 
-    trainer_module._recover_folder(best)
+    checkpoints_module.recover_folder(best)
     assert (best / "model.safetensors").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
 
@@ -166,7 +168,7 @@ def test_a_resumed_run_logs_every_step_once(tmp_path, monkeypatch, kill, save_ev
             teacher = KilledTeacher(teacher_model(), die_at=3 + 1 + 3)  # + epoch 1's validation
         else:
             teacher = None
-            real, calls = trainer_module._checkpoint, []
+            real, calls = trainer_module.save_checkpoint, []
 
             def dies_at_the_fourth(*args):
                 calls.append(args)
@@ -174,7 +176,7 @@ def test_a_resumed_run_logs_every_step_once(tmp_path, monkeypatch, kill, save_ev
                     raise KeyboardInterrupt("killed before the epoch-2 checkpoint")
                 return real(*args)
 
-            patch.setattr(trainer_module, "_checkpoint", dies_at_the_fourth)
+            patch.setattr(trainer_module, "save_checkpoint", dies_at_the_fourth)
         with pytest.raises(KeyboardInterrupt):
             run(tmp_path / "killed", config, teacher, validation=validation)
     run(tmp_path / "killed", config, validation=validation)
@@ -199,7 +201,7 @@ def test_a_restart_without_a_checkpoint_drops_the_rows_of_the_killed_attempt(tmp
 def test_a_metric_row_torn_by_the_kill_is_dropped(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "step": 1, "ce": 2.0}\n{"epoch": 1, "step": 2, "c')
-    trainer_module._drop_rows_past(path, epoch=0, step=1)
+    checkpoints_module.drop_rows_past(path, epoch=0, step=1)
     assert path.read_text() == '{"epoch": 1, "step": 1, "ce": 2.0}\n'
 
 
@@ -212,7 +214,7 @@ def test_a_checkpoint_whose_best_val_kd_predates_temperature_1_does_not_compete(
         run(
             tmp_path, config, KilledTeacher(teacher_model(), 2 * (3 + 1) + 1), validation=validation
         )
-    state_file = tmp_path / trainer_module.CHECKPOINT / trainer_module.STATE_FILE
+    state_file = tmp_path / checkpoints_module.CHECKPOINT / checkpoints_module.STATE_FILE
     saved = json.loads(state_file.read_text())
     assert saved["best"]["metric"] == "val_kd"
     saved.pop("val_kd_temperature", None)  # as an older trainer wrote it, with a tau-2 value
@@ -226,7 +228,7 @@ def test_a_checkpoint_whose_best_val_kd_predates_temperature_1_does_not_compete(
 def test_a_torn_line_completed_by_a_later_append_does_not_block_resume(tmp_path):
     """A kill mid-append, then an older trainer appending the next row to the same line: the
     line no longer parses; the resume drops it with the rows past the checkpoint."""
-    from spectrumkd.distillation.trainer import _drop_rows_past
+    from spectrumkd.distillation.checkpoints import drop_rows_past
 
     path = tmp_path / "metrics.jsonl"
     path.write_text(
@@ -234,6 +236,6 @@ def test_a_torn_line_completed_by_a_later_append_does_not_block_resume(tmp_path)
         '{"epoch": 1, "step": 2, "ce"{"epoch": 1, "step": 2, "ce": 0.9}\n'
         '{"epoch": 1, "step": 3, "ce": 0.8}\n'
     )
-    _drop_rows_past(path, epoch=0, step=2)
+    drop_rows_past(path, epoch=0, step=2)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == [{"epoch": 1, "step": 1, "ce": 1.0}]

@@ -21,6 +21,7 @@ from spectrumkd.batching import collate, predicting_positions
 from spectrumkd.distillation.objectives import OBJECTIVES, kd_loss
 from spectrumkd.distillation.reference import reference_kd_loss, reference_truncated_kd_loss
 from spectrumkd.distillation.signals import LiveTeacher
+from spectrumkd.distillation.steps import step_losses
 from spectrumkd.distillation.tail import (
     TAIL_GRID,
     TAIL_GRID_STEP,
@@ -32,7 +33,6 @@ from spectrumkd.distillation.teacher_cache import (
     build_teacher_cache,
     teacher_cache_dir,
 )
-from spectrumkd.distillation.trainer import step_losses
 from spectrumkd.scoring import ScoringSettings
 
 VOCAB = 96

@@ -26,7 +26,7 @@ import yaml
 
 from spectrumkd.curation.config import SpectrumKDConfig
 from spectrumkd.data.config import DataConfig
-from spectrumkd.distillation.trainer import TrainConfig
+from spectrumkd.distillation.train_config import TrainConfig
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,0 +1,166 @@
+"""What a run writes into its output folder, written so that a kill at any instant leaves it
+usable: the resumable checkpoint, the saved student folders (``best``, ``final``) and the metrics
+log.
+
+A folder is replaced through a staging folder and a swap (:func:`_swap_in`) that
+:func:`recover_folder` finishes or undoes at the next start; the metrics log is trimmed back to
+the checkpoint being resumed (:func:`drop_rows_past`), torn lines included, so every step is
+logged once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import PreTrainedTokenizerBase
+
+from spectrumkd.distillation.train_config import TrainConfig
+from spectrumkd.io import write_json, write_jsonl
+
+CHECKPOINT = "checkpoint"
+STATE_FILE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def save_checkpoint(accelerator: Accelerator, output: Path, state: dict) -> None:
+    """Stage the checkpoint, then swap it in; a kill at any instant leaves either a checkpoint
+    or a complete staged one that :func:`recover_folder` adopts (the state file, written last
+    into the staging folder, marks it complete)."""
+    folder = output / CHECKPOINT
+    staging = _staging(folder)
+    # save_state writes on every process: the main one the model, optimiser, scheduler and its
+    # RNG state, each other one its own RNG state (and its shards under FSDP or DeepSpeed). So
+    # every step of the swap is a barrier: no process writes into a staging folder that is
+    # still being cleared, or that was already renamed while it was writing.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(staging / STATE_FILE, state)
+        _swap_in(staging, folder)
+    accelerator.wait_for_everyone()  # nobody reads or stages a checkpoint during the swap
+
+
+def _staging(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.tmp")
+
+
+def _aside(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.old")
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Replace ``folder`` by ``staging``. The old folder is moved aside, not deleted, until the
+    new one is in place, so that :func:`recover_folder` can finish or undo a killed swap."""
+    old = _aside(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(folder: Path, marker: str | None = None) -> None:
+    """Finish or undo a swap (:func:`_swap_in`) that a kill interrupted.
+
+    A staging folder holding ``marker`` (a file written into it last) is complete and newer than
+    ``folder``, so it replaces it; any other staging folder is discarded. A folder moved aside
+    whose successor never arrived comes back.
+    """
+    staging, old = _staging(folder), _aside(folder)
+    if marker is not None and (staging / marker).exists():
+        if folder.exists():
+            shutil.rmtree(folder)  # a kill in here leaves the staged one complete: adopted again
+        staging.rename(folder)
+    elif not folder.exists() and old.exists():
+        old.rename(folder)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model(
+    accelerator: Accelerator,
+    student,
+    folder: Path,
+    tokenizer: PreTrainedTokenizerBase | None,
+) -> None:
+    """The student (and its tokenizer) as an ordinary safetensors model folder
+    (``from_pretrained``), swapped in whole (:func:`_swap_in`)."""
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(student)
+    # Full-state gathering (FSDP, DeepSpeed ZeRO-3) is collective: every process takes part.
+    state_dict = accelerator.get_state_dict(student) if accelerator.num_processes > 1 else None
+    if accelerator.is_main_process:
+        staging = _staging(folder)
+        shutil.rmtree(staging, ignore_errors=True)
+        exported = export_model(model)
+        if state_dict is not None and exported is not model:
+            state_dict = None  # a merged LoRA copy has its own (plain) state
+        exported.save_pretrained(staging, state_dict=state_dict)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        _swap_in(staging, folder)
+    accelerator.wait_for_everyone()
+
+
+def export_model(student: torch.nn.Module) -> torch.nn.Module:
+    """The plain model to save: LoRA adapters merged into a copy (the trained student stays as it
+    is), so every saved student loads with ``AutoModelForCausalLM.from_pretrained``."""
+    from peft import PeftModel
+
+    if isinstance(student, PeftModel):
+        return copy.deepcopy(student).merge_and_unload()
+    return student
+
+
+def log_metrics(accelerator: Accelerator, output: Path, row: dict, config: TrainConfig) -> None:
+    """Append ``row`` to ``output/metrics.jsonl`` (main process) and hand its scalars to the
+    configured trackers."""
+    if config.report_to != "none":
+        scalars = {k: v for k, v in row.items() if k not in ("epoch", "step")}
+        accelerator.log(scalars, step=row["step"])
+    if not accelerator.is_main_process:
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    with (output / METRICS_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def drop_rows_past(path: Path, epoch: int, step: int) -> None:
+    """Keep only the metric rows logged before the checkpoint being resumed (``epoch`` and
+    ``step`` 0: none), since the steps after it are trained and logged again.
+
+    An epoch's validation row shares its last step, but it belongs to the checkpoint only once
+    the epoch is complete in it (a mid-epoch checkpoint at that step comes before it).
+    """
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    whole = [line for line in lines if line.endswith("\n")]  # not an append torn by the kill
+    kept = [
+        row
+        for row in map(_metric_row, filter(str.strip, whole))
+        if row is not None
+        and row["step"] <= step
+        and (row["epoch"] <= epoch or not any(key.startswith("val_") for key in row))
+    ]
+    if len(kept) < len(lines):
+        write_jsonl(path, kept)
+
+
+def _metric_row(line: str) -> dict | None:
+    """A logged row, or None for a line an earlier kill tore and a later append completed (it
+    no longer parses, and keeping it would make every later resume fail)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and "step" in row and "epoch" in row else None
