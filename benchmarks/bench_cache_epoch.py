@@ -15,7 +15,7 @@ Steps, each in a fresh subprocess so that peak RSS is per run:
    in ``--precision`` (``TrainConfig.mixed_precision``: bf16 autocast, the default, or float32)
    with a ``LiveTeacher`` (teacher loaded in that process) and with a ``CachedTeacher`` (the
    teacher never loaded). The epoch time runs from the first step's start to the end-of-epoch
-   checkpoint (noted by wrappers around ``accumulate_gradients`` and ``_checkpoint``); the whole
+   checkpoint (noted by wrappers around ``accumulate_gradients`` and ``save_checkpoint``); the whole
    ``train()`` call (set-up, checkpoint, final save: the same work for both) is shown beside it.
    Peak RSS is the whole process's (``VmHWM``), since holding the teacher or not is the point
    (weights load as mmapped safetensors, so they count once training touches them).
@@ -122,7 +122,7 @@ def _epoch(engine: str, args: argparse.Namespace, work: Path, run: int) -> dict:
     # The epoch proper runs from the first step's start to the end-of-epoch checkpoint; the
     # wrappers only note the time (train() looks both names up in its module at call time).
     marks: dict[str, float] = {}
-    step, checkpoint = kd_trainer.accumulate_gradients, kd_trainer._checkpoint
+    step, checkpoint = kd_trainer.accumulate_gradients, kd_trainer.save_checkpoint
 
     def first_step(*a: Any, **k: Any) -> Any:
         marks.setdefault("first_step", time.perf_counter())
@@ -134,7 +134,7 @@ def _epoch(engine: str, args: argparse.Namespace, work: Path, run: int) -> dict:
         marks.setdefault("epoch_end_cpu", time.process_time())
         return checkpoint(*a, **k)
 
-    kd_trainer.accumulate_gradients, kd_trainer._checkpoint = first_step, epoch_end
+    kd_trainer.accumulate_gradients, kd_trainer.save_checkpoint = first_step, epoch_end
     out = work / f"run-{engine}-{run}"
     start = time.perf_counter()
     try:
@@ -142,7 +142,7 @@ def _epoch(engine: str, args: argparse.Namespace, work: Path, run: int) -> dict:
             student, source, examples, config, out, pad_token_id=tokenizer.pad_token_id
         )
     finally:
-        kd_trainer.accumulate_gradients, kd_trainer._checkpoint = step, checkpoint
+        kd_trainer.accumulate_gradients, kd_trainer.save_checkpoint = step, checkpoint
     total = time.perf_counter() - start
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     metrics = [m for m in metrics if "ce" in m and "step" in m]

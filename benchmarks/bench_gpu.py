@@ -44,7 +44,7 @@ from spectrumkd.data import collate, load_examples, tokenize_examples
 from spectrumkd.data.tokenize import TokenizedExample
 from spectrumkd.distillation.objectives import combine
 from spectrumkd.distillation.signals import LiveTeacher
-from spectrumkd.distillation.trainer import step_losses
+from spectrumkd.distillation.steps import step_losses
 from spectrumkd.models import DEFAULT_TEACHER, load_model, load_tokenizer, shrink_model
 from spectrumkd.models.precision import autocast, resolve_precision
 

@@ -41,7 +41,7 @@ from spectrumkd.curation.spectrum import build_spectrum
 from spectrumkd.data import collate, load_examples, tokenize_examples
 from spectrumkd.distillation.objectives import get_objective
 from spectrumkd.distillation.signals import LiveTeacher
-from spectrumkd.distillation.trainer import step_losses
+from spectrumkd.distillation.steps import step_losses
 from spectrumkd.models import DEFAULT_TEACHER, load_model, load_tokenizer
 from spectrumkd.models.precision import autocast, has_fast_bf16
 from spectrumkd.models.shrink import shrink_model
