@@ -14,8 +14,7 @@ from typing import Any
 
 from spectrumkd.curation import SpectrumKDConfig
 from spectrumkd.data import DataConfig, FieldMap
-from spectrumkd.distillation.run_config import apply_override, read_yaml_mapping
-from spectrumkd.distillation.trainer import TrainConfig
+from spectrumkd.distillation import TrainConfig, apply_override, read_yaml_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "experiments" / "config.yaml"

@@ -10,8 +10,8 @@ from typing import Any
 
 from experiments.cells import shown_path
 from experiments.config import Experiment
-from spectrumkd import jobs
 from spectrumkd.io import write_jsonl
+from spectrumkd.models import resolve_device, resolve_dtype
 
 SUITE = "dolly"  # the test rows are read as the DollyEval suite (MiniLLM format, Figure 5 template)
 
@@ -56,8 +56,8 @@ def quality_rows(exp: Experiment, model: Any, tokenizer: Any, examples: list, te
 
 
 def device_and_dtype(exp: Experiment):
-    device = jobs.resolve_device(exp.device)
-    return device, jobs.resolve_dtype(exp.dtype, device)
+    device = resolve_device(exp.device)
+    return device, resolve_dtype(exp.dtype, device)
 
 
 def evaluate_student(

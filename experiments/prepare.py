@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,10 @@ from experiments.cells import (
 from experiments.config import SETUP, Experiment, data_config
 from experiments.measure import device_and_dtype, load_test, quality_rows
 from spectrumkd import jobs
-from spectrumkd.curation import SpectrumKDConfig
-from spectrumkd.data import DataConfig
-from spectrumkd.distillation.run_config import RunConfig
+from spectrumkd.curation import SpectrumKDConfig, step_parity
+from spectrumkd.data import DataConfig, split_validation
 from spectrumkd.io import write_json, write_jsonl
+from spectrumkd.models import calibration_batches, load_model, shrunk_student
 
 
 def train_file(exp: Experiment) -> Path:
@@ -97,7 +96,7 @@ def prepare_training_rows(exp: Experiment, tokenizer: Any, test_prompts: set[str
     )
     data = training_data(exp)
     dataset = data.load(tokenizer)
-    train, validation = jobs.split_validation(
+    train, validation = split_validation(
         dataset.examples, data.validation_ratio, data.validation_seed
     )
     if not train:
@@ -108,35 +107,30 @@ def prepare_training_rows(exp: Experiment, tokenizer: Any, test_prompts: set[str
     return TrainingRows(len(texts), overlap, dataset, train, validation)
 
 
-def shrunk_student(
+def shrink_teacher(
     exp: Experiment, tokenizer: Any, rows: TrainingRows, device: Any
 ) -> tuple[str, dict[str, Any]]:
     """The teacher cut to ``num_layers`` blocks chosen by measured influence on training rows
-    (reused when a finished one of that size is on disk); its folder and shrink report."""
-    from spectrumkd.models import load_model, shrink
-
+    (the library's reuse: a finished student of that request on disk is kept); its folder and
+    shrink report."""
     assert exp.shrink is not None
-    folder = shrunk_dir(exp)
-    report_file = folder / "shrink_report.json"
-    if report_file.is_file():  # written last by shrink(): a finished student
-        report = json.loads(report_file.read_text(encoding="utf-8"))
-        if len(report["keep_layers"]) == exp.shrink["num_layers"]:
-            return str(folder), report
-    # Layer influence is measured in float32 whatever dtype the teacher runs in later.
-    teacher = load_model(exp.teacher, dtype="float32", device=device)
-    calibration = dataclasses.replace(rows.dataset, examples=rows.train)
-    batches = jobs.calibration_batches(
-        calibration, tokenizer.pad_token_id, rows=exp.shrink["calibration_rows"]
-    )
-    _, report = shrink(
-        teacher,
+
+    def calibration() -> list:
+        train_rows = dataclasses.replace(rows.dataset, examples=rows.train)
+        return calibration_batches(
+            train_rows, tokenizer.pad_token_id, rows=exp.shrink["calibration_rows"]
+        )
+
+    student = shrunk_student(
+        shrunk_dir(exp),
+        # Layer influence is measured in float32 whatever dtype the teacher runs in later.
+        lambda: load_model(exp.teacher, dtype="float32", device=device),
         tokenizer,
-        batches,
+        calibration,
         num_layers=exp.shrink["num_layers"],
         method=exp.shrink["method"],
-        out_dir=folder,
     )
-    return str(folder), report.to_dict()
+    return str(student.folder), student.report.to_dict()
 
 
 def heal_data(exp: Experiment, tokenizer: Any, test_prompts: set[str]):
@@ -164,23 +158,21 @@ def heal_student(
     *,
     progress: bool,
 ) -> dict[str, Any]:
-    """Plain KD of ``student`` on the heal data (``jobs.distill`` without curation, resumable)."""
+    """Plain KD of ``student`` on the heal data (``jobs.heal``, resumable)."""
     assert exp.heal is not None
     config, texts = heal_data(exp, tokenizer, test_prompts)
     data = {k: v for k, v in dataclasses.asdict(config).items() if k != "fields"}
-    run = RunConfig.from_dict(
-        {
-            "teacher": exp.teacher,
-            "student": student,
-            "output_dir": str(exp.setup_dir / "heal"),
-            "dtype": exp.dtype,
-            "device": exp.device,
-            "data": {**data, "fields": config.fields},  # a FieldMap stays one
-            "train": dict(exp.heal.get("train") or {}),
-        }
+    run = jobs.heal_config(
+        exp.teacher,
+        student,
+        exp.setup_dir / "heal",
+        {**data, "fields": config.fields},  # a FieldMap stays one
+        train=dict(exp.heal.get("train") or {}),
+        dtype=exp.dtype,
+        device=exp.device,
     )
     began = time.perf_counter()
-    state = jobs.distill(run, progress=progress)
+    state = jobs.heal(run, progress=progress).state
     tokenized = config.tokenize(texts, tokenizer)
     return {
         "rows": len(texts),
@@ -193,25 +185,21 @@ def heal_student(
     }
 
 
-def parity_epochs(exp: Experiment, ids: Sequence[str], difficulties: Any) -> dict[str, int]:
+def parity_epochs(exp: Experiment, n_examples: int) -> dict[str, int]:
     """Step parity (paper C.3): SpectrumKD trains on a window of M of the N rows per epoch, so
     it gets round(n_baseline N / M) epochs; its warm-up is a fixed share of them."""
-    from spectrumkd.curation.schedule import SpectrumKD, step_parity_epochs
-
     config = SpectrumKDConfig(
         **{k: v for k, v in exp.spectrumkd.items() if k != "warmup_fraction"},
-        epochs=2,  # the zones depend on N and the ratios only
+        epochs=2,  # replaced by step parity: the window depends on N and the ratios only
         warmup_epochs=1,
     )
-    window = SpectrumKD(config).spectrum(ids, difficulties).sizes.window
-    epochs = step_parity_epochs(exp.baseline_epochs, len(ids), window)
-    return {
-        "n_examples": len(ids),
-        "window": window,
-        "baseline_epochs": exp.baseline_epochs,
-        "epochs": epochs,
-        "warmup_epochs": int(exp.spectrumkd["warmup_fraction"] * epochs),
-    }
+    parity = step_parity(
+        config,
+        exp.baseline_epochs,
+        n_examples,
+        warmup_fraction=exp.spectrumkd["warmup_fraction"],
+    )
+    return parity.to_dict()
 
 
 def run_setup(exp: Experiment, *, progress: bool = True) -> dict[str, Any]:
@@ -220,7 +208,7 @@ def run_setup(exp: Experiment, *, progress: bool = True) -> dict[str, Any]:
     from scipy.stats import spearmanr
 
     from spectrumkd.evaluation import summarize_quality
-    from spectrumkd.models import load_model, load_tokenizer
+    from spectrumkd.models import load_tokenizer
     from spectrumkd.scoring import score_examples
 
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -242,7 +230,7 @@ def run_setup(exp: Experiment, *, progress: bool = True) -> dict[str, Any]:
     shrink_report = heal_summary = None
     start_from = exp.student_init
     if exp.shrink is not None:
-        start_from, shrink_report = shrunk_student(exp, tokenizer, rows, device)
+        start_from, shrink_report = shrink_teacher(exp, tokenizer, rows, device)
         log(f"setup: shrunk student in {shown_path(Path(start_from))}")
     if exp.heal is not None:
         assert start_from is not None
@@ -280,7 +268,7 @@ def run_setup(exp: Experiment, *, progress: bool = True) -> dict[str, Any]:
         scores[label] = summarize_quality(quality, len(too_long))
         log(f"setup: {label} CE {scores[label]['ce']:.4f} nats/token on the test rows")
 
-    parity = parity_epochs(exp, tables["student"].ids, tables["student"].loss_mean)
+    parity = parity_epochs(exp, len(tables["student"].ids))
     result = {
         "cell": SETUP,
         "settings": setup_settings(exp),

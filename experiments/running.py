@@ -33,7 +33,7 @@ from experiments.prepare import (
     training_data,
 )
 from spectrumkd import jobs
-from spectrumkd.distillation.run_config import RunConfig
+from spectrumkd.distillation import RunConfig
 from spectrumkd.io import write_json
 
 
