@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spectrumkd.evaluation.judge import run_files
+from spectrumkd.evaluation.judge.answers import run_files
 from spectrumkd.io import read_jsonl, write_json
 
 ZERO_METHOD = "wilcox"
