@@ -76,7 +76,7 @@ from transformers import PreTrainedModel
 from spectrumkd.batching import IGNORE_INDEX
 from spectrumkd.data import DataCollator, load_examples, tokenize_examples
 from spectrumkd.data.tokenize import TokenizedExample
-from spectrumkd.distillation.trainer import TrainConfig
+from spectrumkd.distillation.train_config import TrainConfig
 from spectrumkd.models import DEFAULT_TEACHER, load_model, load_tokenizer, shrink_model
 
 LEARNING_RATE = 5e-5
