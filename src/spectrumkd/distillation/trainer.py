@@ -94,7 +94,7 @@ class PreparedRun:
     sampler: CurriculumSampler
     loader: DataLoader
     optimizer: torch.optim.Optimizer
-    scheduler: Any  # a transformers learning-rate schedule, stepped once per optimiser step
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per optimiser step
     total_steps: int
     pad_token_id: int
     on_policy: OnPolicy | None
