@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM
 
-from spectrumkd.cli import main, parse_layers
+from spectrumkd.cli import main
+from spectrumkd.cli.shrink import parse_layers
 
 
 def write_difficulties(path, n=50, seed=0):

@@ -27,16 +27,6 @@ from spectrumkd.evaluation.maths import NEXT_PROBLEM, evaluate_maths, load_math5
 from spectrumkd.evaluation.rouge import rouge_l_scores
 from spectrumkd.io import read_jsonl, write_jsonl
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a small shared CPU, two spinning OpenMP threads made tiny-model generation ~15x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- pure parts
 
 
@@ -327,7 +317,7 @@ def test_runs_without_shared_seeds_or_summary(two_runs, tmp_path):
 
 
 def parse(argv):
-    from spectrumkd.evaluation.extra_cli import register
+    from spectrumkd.cli.compare import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
+from spectrumkd.cli.evaluate import register
 
 from spectrumkd.evaluation import (
     INSTRUCTION_SUITES,
@@ -24,20 +25,10 @@ from spectrumkd.evaluation import (
     rouge_l,
     rouge_l_scores,
 )
-from spectrumkd.evaluation.cli import register
 from spectrumkd.evaluation.instruction import runner as runner_module
 from spectrumkd.io import read_jsonl
 
 EXPECTED_ROWS = {"dolly": 500, "selfinst": 242, "vicuna": 80, "sni": 1694, "unni_short": 1050}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a small shared CPU, two spinning OpenMP threads made tiny-model generation ~15x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

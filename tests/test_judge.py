@@ -38,15 +38,6 @@ KEY = "sk-test-0123456789-secret"
 KEY_ENV = "SPECTRUMKD_TEST_JUDGE_KEY"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a small shared CPU, two spinning OpenMP threads made small-model generation much slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- loopback server
 
 Responder = Callable[[dict[str, Any], int], tuple[int, dict[str, Any]]]
@@ -395,7 +386,7 @@ def test_answer_sets_must_cover_the_same_examples(shared_data, tmp_path, monkeyp
 
 
 def parse(argv):
-    from spectrumkd.evaluation.extra_cli import register
+    from spectrumkd.cli.judge import register
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--debug", action="store_true")

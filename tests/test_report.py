@@ -23,8 +23,9 @@ from conftest import build_tiny_llama, random_token_examples
 from spectrumkd.curation import SpectrumKDConfig
 from spectrumkd.io import write_json, write_jsonl
 from spectrumkd.report import read_run, write_report
-from spectrumkd.report.cli import register
-from spectrumkd.report.readers import comparison_tables, read_jsonl_tolerant
+from spectrumkd.cli.report import register
+from spectrumkd.report.comparison_tables import comparison_tables
+from spectrumkd.report.readers import read_jsonl_tolerant
 
 VOCAB = 96
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "report"

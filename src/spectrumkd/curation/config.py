@@ -19,34 +19,24 @@ class SpectrumKDConfig:
     Defaults are the paper's instruction-following setting (spec section 1).
     """
 
-    lambda_a: float = field(
-        default=0.1, metadata={"help": "Share of the spectrum in each of the Early and Late zones."}
-    )
-    lambda_b: float = field(
-        default=0.1, metadata={"help": "Share of the hardest examples excluded from training."}
-    )
-    epochs: int = field(
-        default=25, metadata={"help": "Number of training epochs n (numbered 1..n)."}
-    )
-    warmup_epochs: int = field(
-        default=5, metadata={"help": "Warm-up epochs k; epochs 1..k+1 use the first window."}
-    )
-    tau_start: float = field(
-        default=1.0, metadata={"help": "Distillation temperature of epoch 1 (tau_0)."}
-    )
-    tau_end: float = field(
-        default=2.0, metadata={"help": "Distillation temperature of epoch n (tau_n)."}
-    )
-    step_mode: StepMode = field(
-        default="adaptive",
-        metadata={
-            "help": "adaptive (Algorithm 1), drift_free (targets td(0)+j*delta_avg exactly) or linear (ablation)."
-        },
-    )
-    direction: Direction = field(
-        default="forward",
-        metadata={"help": "forward: easy to hard; reverse: hard to easy (ablation)."},
-    )
+    # Each field's "help" is also the help of its ``spectrumkd curate`` flag (spectrumkd.cli.flags
+    # adds the default), so the two cannot drift apart.
+    # Share of the spectrum in each of the Early and Late zones.
+    lambda_a: float = field(default=0.1, metadata={"help": "Early/Late zone share"})
+    # Share of the hardest examples excluded from training.
+    lambda_b: float = field(default=0.1, metadata={"help": "Excluded share"})
+    # Number of training epochs, numbered 1..n.
+    epochs: int = field(default=25, metadata={"help": "epochs n"})
+    # Epochs 1..k+1 use the first window; it slides from epoch k+2.
+    warmup_epochs: int = field(default=5, metadata={"help": "warm-up epochs k"})
+    # The distillation temperature rises linearly from tau_0 (epoch 1) to tau_n (epoch n).
+    tau_start: float = field(default=1.0, metadata={"help": "temperature of epoch 1"})
+    tau_end: float = field(default=2.0, metadata={"help": "temperature of epoch n"})
+    # adaptive (Algorithm 1), drift_free (targets td(0)+j*delta_avg exactly) or linear
+    # (ablation).
+    step_mode: StepMode = field(default="adaptive", metadata={"help": "window step rule"})
+    # forward: easy to hard; reverse: hard to easy (ablation).
+    direction: Direction = field(default="forward", metadata={"help": "slide direction"})
 
     def __post_init__(self) -> None:
         for name in ("lambda_a", "lambda_b"):

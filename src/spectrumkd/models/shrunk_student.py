@@ -80,6 +80,7 @@ def shrunk_student(
     num_layers: int | None = None,
     keep_layers: Sequence[int] | None = None,
     method: str = "block_influence",
+    reuse: bool = True,
 ) -> ShrunkStudent:
     """The student in ``folder``: reused when a finished one matches the request
     (:func:`finished_report`), else cut from ``teacher`` and saved there (replacing whatever
@@ -87,11 +88,17 @@ def shrunk_student(
 
     ``teacher`` and ``calibration`` may be callables, called only when a student must be cut:
     a rerun that reuses the folder then loads no teacher and tokenises no calibration rows.
+    ``reuse=False`` always cuts a new student (``spectrumkd shrink`` does: a user who runs it
+    again means to measure again).
     """
     if (keep_layers is None) == (num_layers is None):
         raise ValueError("give keep_layers (explicit indices) or num_layers (a count), exactly one")
     folder = Path(folder)
-    report = finished_report(folder, num_layers=num_layers, keep_layers=keep_layers, method=method)
+    report = None
+    if reuse:
+        report = finished_report(
+            folder, num_layers=num_layers, keep_layers=keep_layers, method=method
+        )
     if report is not None:
         return ShrunkStudent(folder=folder, report=report, reused=True)
     # A model is callable too: tell them apart by type, not by callable().

@@ -1,19 +1,16 @@
-"""``spectrumkd judge`` and ``spectrumkd compare``: flags over :mod:`spectrumkd.evaluation.judge`
-and :mod:`spectrumkd.evaluation.compare`.
-
-``register(commands)`` adds both subcommands to the main parser's subparsers; user errors raise
-ValueError/FileNotFoundError/OSError, which ``spectrumkd.cli.main`` prints as one line.
-"""
+"""``spectrumkd judge``: flags over :func:`spectrumkd.evaluation.judge_eval_runs`."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from spectrumkd.cli.flags import add_data_root_flag, resolve_data_root
+
 
 def register(commands: Any) -> None:
-    """Add the ``judge`` and ``compare`` subcommands to an ``argparse`` subparsers object."""
-    from spectrumkd.evaluation.judge import DEFAULT_KEY_ENV, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
+    """Add the ``judge`` subcommand to an ``argparse`` subparsers object."""
+    from spectrumkd.evaluation import DEFAULT_KEY_ENV, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
 
     judge = commands.add_parser(
         "judge",
@@ -36,11 +33,7 @@ def register(commands: Any) -> None:
         default=None,
         help="comma list of instruction sets (default: every one both folders hold)",
     )
-    judge.add_argument(
-        "--data-root",
-        default=None,
-        help="folder holding minillm_eval/, for the questions (default: ../shared/data)",
-    )
+    add_data_root_flag(judge, ", for the questions")
     judge.add_argument(
         "--run",
         dest="generation_run",  # args.run is the subcommand's handler
@@ -92,27 +85,11 @@ def register(commands: Any) -> None:
     judge.add_argument("--quiet", action="store_true")
     judge.set_defaults(run=cmd_judge)
 
-    compare = commands.add_parser(
-        "compare",
-        help="per-set differences, relative gains and Wilcoxon tests of two evaluation folders",
-    )
-    compare.add_argument("run_a", metavar="RUN_A", help="base evaluation folder")
-    compare.add_argument("run_b", metavar="RUN_B", help="new evaluation folder")
-    compare.add_argument(
-        "--out",
-        default=None,
-        metavar="FILE.json",
-        help="where to write the comparison (default RUN_B/compare_<name of RUN_A>.json)",
-    )
-    compare.add_argument("--quiet", action="store_true")
-    compare.set_defaults(run=cmd_compare)
-
 
 def cmd_judge(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from spectrumkd.evaluation.cli import resolve_data_root
-    from spectrumkd.evaluation.judge import JudgeConfig, judge_eval_runs
+    from spectrumkd.evaluation import JudgeConfig, judge_eval_runs
 
     checks = {
         "--temperature": (args.temperature, 0, ">= 0"),
@@ -151,22 +128,3 @@ def cmd_judge(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         console=Console(quiet=args.quiet),
     )
-
-
-def cmd_compare(args: argparse.Namespace) -> None:
-    from rich.console import Console
-
-    from spectrumkd.evaluation.compare import (
-        compare_runs,
-        comparison_table,
-        default_out_path,
-        write_comparison,
-    )
-
-    result = compare_runs(args.run_a, args.run_b)
-    path = write_comparison(
-        result, args.out if args.out is not None else default_out_path(args.run_a, args.run_b)
-    )
-    console = Console(quiet=args.quiet)
-    console.print(comparison_table(result))
-    console.print(f"wrote {path}")

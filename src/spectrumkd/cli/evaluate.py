@@ -1,20 +1,15 @@
-"""``spectrumkd evaluate``: flags over :func:`spectrumkd.evaluation.evaluate_instruction_following`.
-
-``register(commands)`` adds the subcommand to the main parser's subparsers; user errors raise
-ValueError/FileNotFoundError/OSError, which ``spectrumkd.cli.main`` prints as one line.
-"""
+"""``spectrumkd evaluate``: flags over :func:`spectrumkd.jobs.evaluate`."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATA_ROOT = Path("..") / "shared" / "data"
+from spectrumkd.cli.flags import add_data_root_flag, add_model_flags, resolve_data_root
 
 
-def _int_list(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -23,7 +18,7 @@ def _int_list(text: str) -> list[int]:
         ) from None
 
 
-def _source(text: str) -> tuple[str, str]:
+def named_source(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip() or not value.strip():
         raise argparse.ArgumentTypeError(
@@ -32,7 +27,7 @@ def _source(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def _option(text: str) -> tuple[str, Any]:
+def suite_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(
@@ -46,8 +41,6 @@ def _option(text: str) -> tuple[str, Any]:
 
 def register(commands: Any) -> None:
     """Add the ``evaluate`` subcommand to an ``argparse`` subparsers object."""
-    # Imported here, not at module level: spectrumkd.cli imports this module to register it.
-    from spectrumkd.cli import add_model_flags
     from spectrumkd.evaluation import DEFAULT_SEEDS, INSTRUCTION_SUITE_NAMES, MAX_PROMPT_TOKENS
 
     parser = commands.add_parser(
@@ -67,14 +60,10 @@ def register(commands: Any) -> None:
         default=",".join(INSTRUCTION_SUITE_NAMES),
         help="comma list (default %(default)s); other registered suites too",
     )
-    parser.add_argument(
-        "--data-root",
-        default=None,
-        help=f"folder holding minillm_eval/ (default: {DEFAULT_DATA_ROOT} when it exists)",
-    )
+    add_data_root_flag(parser)
     parser.add_argument(
         "--source",
-        type=_source,
+        type=named_source,
         action="append",
         default=[],
         metavar="NAME=FILE",
@@ -82,7 +71,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--seeds",
-        type=_int_list,
+        type=int_list,
         default=None,
         help=f"sampling seeds (default {','.join(map(str, DEFAULT_SEEDS))})",
     )
@@ -114,7 +103,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--suite-option",
-        type=_option,
+        type=suite_option,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -122,54 +111,24 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--out", required=True, help="output folder (a rerun resumes there)")
     add_model_flags(parser)
-    # The shared model flags may come to define it; then theirs stands.
-    with contextlib.suppress(argparse.ArgumentError):
-        parser.add_argument(
-            "--precision",
-            default="auto",
-            help="compute precision of generation: auto (bf16 where the device has fast bf16: "
-            "a CUDA GPU, a CPU with AMX or AVX512-BF16; else float32), float32, bf16, fp16 "
-            "(CUDA). --dtype is the weights' storage type; --precision is the autocast the "
-            "forwards run under (float32 weights, bf16 matrix products)",
-        )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="compute precision of generation: auto (bf16 where the device has fast bf16: "
+        "a CUDA GPU, a CPU with AMX or AVX512-BF16; else float32), float32, bf16, fp16 "
+        "(CUDA). --dtype is the weights' storage type; --precision is the autocast the "
+        "forwards run under (float32 weights, bf16 matrix products)",
+    )
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(run=cmd_evaluate)
-
-
-def resolve_data_root(data_root: str | None, needed: bool) -> Path | None:
-    """The --data-root folder, or ../shared/data when it exists; None when nothing needs it."""
-    if data_root is not None:
-        path = Path(data_root).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"--data-root {data_root}: no such folder")
-        return path
-    if DEFAULT_DATA_ROOT.is_dir():
-        return DEFAULT_DATA_ROOT
-    if needed:
-        raise ValueError(
-            f"no evaluation data: {DEFAULT_DATA_ROOT} does not exist here; give --data-root "
-            "(the folder holding minillm_eval/) or --source NAME=FILE for each suite"
-        )
-    return None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from spectrumkd.data.loading import refuse_empty_file
-    from spectrumkd.evaluation import (
-        DEFAULT_SEEDS,
-        INSTRUCTION_SUITES,
-        Decoding,
-        evaluate_instruction_following,
-    )
-    from spectrumkd.models import (
-        check_pair,
-        load_model,
-        load_tokenizer,
-        resolve_device,
-        resolve_dtype,
-    )
+    from spectrumkd.data import refuse_empty_file
+    from spectrumkd.evaluation import DEFAULT_SEEDS, INSTRUCTION_SUITES, Decoding
+    from spectrumkd.jobs import evaluate
 
     if args.greedy and args.seeds is not None:
         raise ValueError("give --greedy or --seeds, not both (greedy decoding uses no seed)")
@@ -182,7 +141,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     needs_root = any(n not in sources for n in suites if n in INSTRUCTION_SUITES) or any(
         n not in INSTRUCTION_SUITES for n in suites
     )
-    data_root = resolve_data_root(args.data_root, needs_root)
+    data_root = resolve_data_root(
+        args.data_root, needs_root, alternative="give --source NAME=FILE for each suite"
+    )
     for source in sources.values():
         # An empty JSONL file would read as an instruction set of no rows; say so before the
         # model loads.
@@ -195,35 +156,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         precision=args.precision,
     )
-
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    load = {"trust_remote_code": args.trust_remote_code, "gguf_file": args.gguf_file}
-    tokenizer = load_tokenizer(args.model, **load)
-    model = load_model(args.model, dtype=dtype, device=device, **load)
-    teacher = None
-    if args.teacher is not None:
-        teacher_tokenizer = load_tokenizer(args.teacher, trust_remote_code=args.trust_remote_code)
-        teacher = load_model(
-            args.teacher, dtype=dtype, device=device, trust_remote_code=args.trust_remote_code
-        )
-        check_pair(teacher_tokenizer, tokenizer, teacher.config, model.config)
-
-    evaluate_instruction_following(
-        model,
-        tokenizer,
+    evaluate(
+        args.model,
         args.out,
+        teacher=args.teacher,
+        dtype=args.dtype,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+        gguf_file=args.gguf_file,
         suites=suites,
         data_root=data_root,
         sources=sources,
         decoding=decoding,
         max_prompt_tokens=args.max_prompt_tokens,
         limit=args.limit,
-        teacher=teacher,
         quality=not args.no_quality,
         quality_max_length=args.quality_max_length,
-        model_spec=args.model,
-        teacher_spec=args.teacher,
         suite_options=dict(args.suite_option),
         other_max_new_tokens=args.max_new_tokens,
         progress=not args.quiet,

@@ -1,4 +1,4 @@
-"""``spectrumkd report RUN_DIR [RUN_DIR ...]``: the subcommand, registered by ``spectrumkd.cli``.
+"""``spectrumkd report RUN_DIR [RUN_DIR ...]``: flags over :mod:`spectrumkd.report`.
 
 One folder: its own page. Several: one page comparing them, the first as the base
 (:mod:`spectrumkd.report.comparison`).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 
 def _names(folders: list[Path]) -> list[str]:
@@ -22,14 +23,11 @@ def _names(folders: list[Path]) -> list[str]:
 def cmd_report(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from spectrumkd.report.page import write_report
-    from spectrumkd.report.readers import read_run
+    from spectrumkd.report import read_run, write_comparison_report, write_report
 
     console = Console(quiet=args.quiet)
     folders: list[Path] = args.run_dir
     if len(folders) > 1:
-        from spectrumkd.report.comparison import write_comparison_report
-
         # Every folder is read before anything is written: a typo is one line, no page.
         out = args.out or Path(os.path.commonpath([f.resolve() for f in folders])) / "comparison"
         page = write_comparison_report(list(zip(_names(folders), folders, strict=True)), out)
@@ -43,7 +41,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     console.print(f"wrote {page}", highlight=False)
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: Any) -> None:
     """Add ``report`` to the CLI's subcommands."""
     report = commands.add_parser(
         "report",

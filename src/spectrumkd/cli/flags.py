@@ -1,0 +1,247 @@
+"""Flags that several commands share, and their translation into the jobs' config records.
+
+The data flags become a :class:`~spectrumkd.data.DataConfig`, the schedule flags a
+:class:`~spectrumkd.curation.SpectrumKDConfig` (their help is that dataclass's field metadata),
+the model flags the ``dtype``/``device``/loading arguments of the jobs. Nothing here imports
+torch: ``spectrumkd --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from spectrumkd.curation.config import DIRECTIONS, STEP_MODES, SpectrumKDConfig
+from spectrumkd.data.config import DataConfig
+
+# spectrumkd.models.precision.PRECISIONS, spelled out: importing it loads torch, and the parser
+# (--help) should not wait for that (tests/test_cli.py checks they agree).
+PRECISIONS = ("auto", "float32", "bf16", "fp16")
+
+# Where the evaluation suites' data lives when --data-root is not given.
+DATA_ROOT_ENV = "SPECTRUMKD_DATA_ROOT"
+
+
+def add_data_flags(parser: argparse.ArgumentParser, default_data: str | None = None) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        required=default_data is None,
+        default=default_data,
+        help="JSONL/JSON/Parquet/CSV file, dataset folder, hub name, or embedded:dolly",
+    )
+    group.add_argument(
+        "--fields",
+        default=None,
+        help="column preset: dolly, alpaca, prompt_response, messages (default: detect)",
+    )
+    group.add_argument(
+        "--template",
+        default="instruction",
+        help="instruction (paper Fig. 5), math (Fig. 7), code (Fig. 8), chat, none",
+    )
+    group.add_argument(
+        "--split", default="train", help="split of a hub dataset or saved DatasetDict"
+    )
+    group.add_argument(
+        "--id-field", default=None, help="column holding a unique example id (default: row number)"
+    )
+    group.add_argument("--limit", type=int, default=None, help="use only the first N rows")
+    group.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="drop (never truncate) examples longer than this",
+    )
+    group.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=None,
+        help="drop examples whose prompt is longer than this",
+    )
+
+
+def data_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The data flags as :class:`~spectrumkd.data.DataConfig` fields."""
+    return {
+        "source": args.data,
+        "fields": args.fields,
+        "template": args.template,
+        "split": args.split,
+        "id_field": args.id_field,
+        "limit": args.limit,
+        "max_length": args.max_length,
+        "max_prompt_length": args.max_prompt_length,
+    }
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    return DataConfig(**data_settings(args))
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gguf-file", default=None, help="a GGUF file inside the model folder or hub repository"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run code shipped in a model repository (off by default)",
+    )
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model flags as the jobs' keyword arguments."""
+    return {
+        "dtype": args.dtype,
+        "device": args.device,
+        "trust_remote_code": args.trust_remote_code,
+        "gguf_file": args.gguf_file,
+    }
+
+
+def lambda_b_value(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--lambda-b {text!r}: give a number in [0, 1) or 'auto'"
+        ) from None
+
+
+def config_help(name: str) -> str:
+    """The help of :class:`SpectrumKDConfig`'s field ``name``, written once, in its metadata."""
+    return next(f for f in dataclasses.fields(SpectrumKDConfig) if f.name == name).metadata["help"]
+
+
+def add_schedule_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = SpectrumKDConfig()
+    group = parser.add_argument_group("SpectrumKD schedule")
+    group.add_argument(
+        "--lambda-a",
+        type=float,
+        default=defaults.lambda_a,
+        help=f"{config_help('lambda_a')} (default %(default)s)",
+    )
+    group.add_argument(
+        "--lambda-b",
+        type=lambda_b_value,
+        default=defaults.lambda_b,
+        help=f"{config_help('lambda_b')} (default %(default)s), or 'auto': chosen from a "
+        "log-normal fit of the losses",
+    )
+    group.add_argument(
+        "--auto-quantile",
+        type=float,
+        default=0.9,
+        help="with --lambda-b auto: exclude losses above this quantile of the fit (default %(default)s)",
+    )
+    group.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"{config_help('epochs')} (default {defaults.epochs})",
+    )
+    group.add_argument(
+        "--baseline-epochs",
+        type=int,
+        default=None,
+        help="instead of --epochs: match this many full-data epochs' optimiser steps (step parity)",
+    )
+    group.add_argument(
+        "--warmup",
+        type=int,
+        default=defaults.warmup_epochs,
+        help=f"{config_help('warmup_epochs')} (default %(default)s)",
+    )
+    for flag, name in (("--tau-start", "tau_start"), ("--tau-end", "tau_end")):
+        group.add_argument(
+            flag,
+            type=float,
+            default=getattr(defaults, name),
+            help=f"{config_help(name)} (default %(default)s)",
+        )
+    group.add_argument(
+        "--step-mode",
+        choices=STEP_MODES,
+        default=defaults.step_mode,
+        help=f"{config_help('step_mode')} (default %(default)s)",
+    )
+    group.add_argument(
+        "--direction",
+        choices=DIRECTIONS,
+        default=defaults.direction,
+        help=f"{config_help('direction')} (default %(default)s)",
+    )
+
+
+def schedule_config(args: argparse.Namespace, n_examples: int) -> SpectrumKDConfig:
+    """The schedule flags as a config for ``n_examples`` rows; with ``--baseline-epochs`` the
+    epochs come from step parity (:func:`spectrumkd.curation.step_parity`) and ``--warmup``
+    stands as given."""
+    from spectrumkd.curation import step_parity
+
+    if args.epochs is not None and args.baseline_epochs is not None:
+        raise ValueError("give --epochs or --baseline-epochs, not both")
+    if args.baseline_epochs is not None and args.lambda_b == "auto":
+        raise ValueError(
+            "--baseline-epochs needs a fixed --lambda-b (the window size decides the epochs)"
+        )
+    epochs = args.epochs if args.epochs is not None else SpectrumKDConfig().epochs
+    if args.baseline_epochs is not None:
+        # Replaced by step parity: any count the warm-up fits in, so the config validates.
+        epochs = max(epochs, args.warmup + 1)
+    config = SpectrumKDConfig(
+        lambda_a=args.lambda_a,
+        lambda_b=SpectrumKDConfig().lambda_b if args.lambda_b == "auto" else args.lambda_b,
+        epochs=epochs,
+        warmup_epochs=args.warmup,
+        tau_start=args.tau_start,
+        tau_end=args.tau_end,
+        step_mode=args.step_mode,
+        direction=args.direction,
+    )
+    if args.baseline_epochs is not None:
+        config = step_parity(config, args.baseline_epochs, n_examples).config
+    return config
+
+
+def add_data_root_flag(parser: argparse.ArgumentParser, purpose: str = "") -> None:
+    """``--data-root``: where the evaluation suites' files are (no default relative to the
+    working directory: a command run from elsewhere would silently find nothing)."""
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help=f"folder holding minillm_eval/{purpose} (default: ${DATA_ROOT_ENV})",
+    )
+
+
+def resolve_data_root(data_root: str | None, needed: bool, alternative: str = "") -> Path | None:
+    """The ``--data-root`` folder, else ``$SPECTRUMKD_DATA_ROOT``; None when neither is set
+    and nothing needs it, a one-line error when something does (``alternative``: what else
+    the command accepts instead, e.g. ``give --source NAME=FILE for each suite``)."""
+    flag = "--data-root" if data_root is not None else f"${DATA_ROOT_ENV}"
+    data_root = data_root if data_root is not None else os.environ.get(DATA_ROOT_ENV) or None
+    if data_root is not None:
+        path = Path(data_root).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{flag} {data_root}: no such folder")
+        return path
+    if needed:
+        raise ValueError(
+            "the evaluation suites' data root is not set: pass --data-root DIR (the folder "
+            f"holding minillm_eval/) or set {DATA_ROOT_ENV}"
+            + (f", or {alternative}" if alternative else "")
+        )
+    return None

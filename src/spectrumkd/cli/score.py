@@ -1,0 +1,87 @@
+"""``spectrumkd score``: flags over :func:`spectrumkd.jobs.score`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from spectrumkd.cli.flags import (
+    PRECISIONS,
+    add_data_flags,
+    add_model_flags,
+    data_config,
+    model_options,
+)
+
+
+def register(commands: Any) -> None:
+    score = commands.add_parser("score", help="model + data -> difficulty table (spectrum.jsonl)")
+    score.add_argument(
+        "--model",
+        default="smollm2",
+        help="initial student: smollm2, a .gguf file, a local folder or a hub id",
+    )
+    score.add_argument("--out", required=True, help="output folder (a rerun resumes there)")
+    add_data_flags(score)
+    add_model_flags(score)
+    score.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="padded tokens per batch (default: 1024 on CPU, 16384 on GPU)",
+    )
+    score.add_argument("--max-batch-size", type=int, default=64)
+    score.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="compute precision of the forward: auto picks bf16 autocast where the device has "
+        "fast bf16 (a CUDA GPU with bf16; a CPU with AMX or AVX512-BF16, detected) and float32 "
+        "elsewhere; the cross-entropy is float32 in all (a rerun resumes only at the same one)",
+    )
+    score.add_argument(
+        "--reduction",
+        choices=("mean", "sum"),
+        default="mean",
+        help="difficulty = mean or sum of response CE",
+    )
+    score.add_argument(
+        "--lambda-a", type=float, default=0.1, help="zones written into spectrum.jsonl"
+    )
+    score.add_argument("--lambda-b", type=float, default=0.1)
+    score.add_argument("--quiet", action="store_true")
+    score.set_defaults(run=cmd_score)
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from spectrumkd.jobs import score
+    from spectrumkd.scoring import ScoringSettings
+
+    console = Console(quiet=args.quiet)
+    result = score(
+        args.model,
+        data_config(args),
+        args.out,
+        settings=ScoringSettings(
+            max_tokens_per_batch=args.batch_tokens,
+            max_batch_size=args.max_batch_size,
+            precision=args.precision,
+        ),
+        reduction=args.reduction,
+        lambda_a=args.lambda_a,
+        lambda_b=args.lambda_b,
+        progress=not args.quiet,
+        console=console,
+        **model_options(args),
+    )
+    losses = result.table.difficulties(args.reduction)
+    console.print(
+        f"scored {len(result.table)} examples ({result.tokens:,} tokens, "
+        f"{result.tokens_per_second:,.0f} tokens/s, {result.precision}); "
+        f"loss min {losses.min():.3f} median {float(sorted(losses)[len(losses) // 2]):.3f} "
+        f"max {losses.max():.3f}"
+    )
+    console.print(f"wrote {Path(args.out) / 'spectrum.jsonl'}")
