@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from experiments.cells import shown_path
 from experiments.config import Experiment
 from spectrumkd.io import write_jsonl
 from spectrumkd.models import resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+    from spectrumkd.evaluation import EvalExample, Suite
 
 SUITE = "dolly"  # the test rows are read as the DollyEval suite (MiniLLM format, Figure 5 template)
 
@@ -31,7 +36,9 @@ METRIC_LABELS = {
 }
 
 
-def load_test(exp: Experiment, tokenizer: Any):
+def load_test(
+    exp: Experiment, tokenizer: Any
+) -> tuple[Suite, list[EvalExample], list[dict[str, Any]]]:
     """The test suite and its rows whose prompt fits (the others as dropped rows)."""
     from spectrumkd.evaluation import filter_prompts, load_suite
 
@@ -40,7 +47,9 @@ def load_test(exp: Experiment, tokenizer: Any):
     return suite, kept, dropped
 
 
-def quality_rows(exp: Experiment, model: Any, tokenizer: Any, examples: list, teacher: Any):
+def quality_rows(
+    exp: Experiment, model: Any, tokenizer: Any, examples: list[EvalExample], teacher: Any
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Per-example CE (and KL to ``teacher``) on the test rows, and the rows too long to score."""
     from spectrumkd.evaluation import distillation_quality
 
@@ -55,7 +64,9 @@ def quality_rows(exp: Experiment, model: Any, tokenizer: Any, examples: list, te
     return [row.as_dict() for row in result.rows], result.dropped
 
 
-def device_and_dtype(exp: Experiment):
+def device_and_dtype(exp: Experiment) -> tuple[torch.device, torch.dtype]:
+    """Where the experiment's models run and the dtype the teacher loads in (students stay
+    float32: they are trained)."""
     device = resolve_device(exp.device)
     return device, resolve_dtype(exp.dtype, device)
 

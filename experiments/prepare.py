@@ -25,7 +25,7 @@ from experiments.config import SETUP, Experiment, data_config
 from experiments.measure import device_and_dtype, load_test, quality_rows
 from spectrumkd import jobs
 from spectrumkd.curation import SpectrumKDConfig, step_parity
-from spectrumkd.data import DataConfig, split_validation
+from spectrumkd.data import DataConfig, Example, split_validation
 from spectrumkd.io import write_json, write_jsonl
 from spectrumkd.models import calibration_batches, load_model, shrunk_student
 
@@ -133,7 +133,9 @@ def shrink_teacher(
     return str(student.folder), student.report.to_dict()
 
 
-def heal_data(exp: Experiment, tokenizer: Any, test_prompts: set[str]):
+def heal_data(
+    exp: Experiment, tokenizer: Any, test_prompts: set[str]
+) -> tuple[DataConfig, list[Example]]:
     """The heal data's config and texts, refused when a prompt is also a train or test prompt."""
     assert exp.heal is not None
     config = data_config(exp.heal.get("data") or {}, "heal.data")

@@ -111,6 +111,7 @@ def mtimes(folder: Path) -> dict[str, int]:
 def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
     world, monkeypatch, capsys
 ):
+    from spectrumkd import distillation
     from spectrumkd.distillation import teacher_cache
 
     tmp, args = world
@@ -173,7 +174,7 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
     (results / "fkl-baseline-seed1.json").unlink()
     shutil.rmtree(tmp / "runs" / "fkl-baseline-seed1")
 
-    class KilledTeacher(teacher_cache.CachedTeacher):
+    class KilledTeacher(distillation.CachedTeacher):
         calls = 0
 
         def top_k(self, batch, temperature):  # what the trainer reads of a cache per step
@@ -182,6 +183,8 @@ def test_cells_run_once_are_skipped_selected_by_name_and_resume_after_a_kill(
                 raise KeyboardInterrupt("killed")
             return super().top_k(batch, temperature)
 
+    # jobs.distill takes the cache reader from the distillation package (or its module).
+    monkeypatch.setattr(distillation, "CachedTeacher", KilledTeacher)
     monkeypatch.setattr(teacher_cache, "CachedTeacher", KilledTeacher)
     with pytest.raises(KeyboardInterrupt):
         main([*args, "run", "--cell", "fkl-baseline-*"])
