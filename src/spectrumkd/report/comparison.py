@@ -21,18 +21,18 @@ from typing import Any
 
 from spectrumkd.evaluation.compare import HIGHER_IS_BETTER, compare_runs, relative_gain
 from spectrumkd.report import figures
-from spectrumkd.report.page import (
-    HEADLINE_METRICS,
+from spectrumkd.report.html import (
     PAGE,
     RenderedFigure,
-    _e,
-    _render,
-    _section,
-    _set_name,
-    _table,
+    escape,
     html_document,
+    html_section,
+    html_table,
+    render_figure,
+    set_label,
     write_page,
 )
+from spectrumkd.report.page import HEADLINE_METRICS
 from spectrumkd.report.readers import EVAL_DIRS, RunData, as_number, read_run
 
 # Every PNG name this module writes (stale ones are removed after a rewrite, nothing else).
@@ -108,10 +108,10 @@ def comparison_rows(runs: Sequence[tuple[str, RunData]]) -> list[dict[str, Any]]
         ("validation tokens", None, {n: value(r, "val_tokens") for n, r in last.items()}),
     ]
     units = dict(HEADLINE_METRICS)
-    set_names = list(dict.fromkeys(_set_name(s) for _, run in runs for s in run.eval_sets))
+    set_names = list(dict.fromkeys(set_label(s) for _, run in runs for s in run.eval_sets))
     for set_name in set_names:
         entries = {
-            n: next((s for s in run.eval_sets if _set_name(s) == set_name), None) for n, run in runs
+            n: next((s for s in run.eval_sets if set_label(s) == set_name), None) for n, run in runs
         }
         metric = next(
             (
@@ -205,9 +205,9 @@ def _evaluation_part(
         for r in result["rows"]
     ]
     parts = [
-        f"<p>{_e(result['test'])}; {_e(result['gain'])}. Base {_e(runs[0][0])}, "
-        f"new {_e(runs[1][0])}.</p>",
-        _table(rows),
+        f"<p>{escape(result['test'])}; {escape(result['gain'])}. Base {escape(runs[0][0])}, "
+        f"new {escape(runs[1][0])}.</p>",
+        html_table(rows),
     ]
     rendered = []
     gains = {
@@ -218,7 +218,7 @@ def _evaluation_part(
     if gains:
         pvalues = {f"{r['set']} {r['metric']}": r.get("p_value") for r in result["rows"]}
         rendered.append(
-            _render(
+            render_figure(
                 "evaluation-comparison.png",
                 figures.comparison_figure(gains, pvalues, "% relative"),
                 "per-set relative gains with p-values",
@@ -239,9 +239,9 @@ def _runs_html(runs: Sequence[tuple[str, RunData]], out_dir: Path | None) -> str
         link = ""
         if out_dir is not None and page.is_file():
             href = Path(os.path.relpath(page.resolve(), out_dir.resolve())).as_posix()
-            link = f'<a href="{_e(href)}">its report</a>'
+            link = f'<a href="{escape(href)}">its report</a>'
         rows.append(
-            f'<tr><th class="l">{_e(name)}</th><td class="l">{_e(run.run_dir.resolve())}</td>'
+            f'<tr><th class="l">{escape(name)}</th><td class="l">{escape(run.run_dir.resolve())}</td>'
             f'<td class="l">{link}</td></tr>'
         )
     return f"<table>{''.join(rows)}</table>"
@@ -260,7 +260,7 @@ def render_comparison(
         {name: run.epochs for name, run in runs}, kept, kd_name=kd_name
     )
     names = " vs ".join(name for name, _ in runs)
-    curve_figure = _render(
+    curve_figure = render_figure(
         "validation-comparison.png",
         curves,
         f"validation CE and {kd_name} of {names} per epoch",
@@ -273,24 +273,24 @@ def render_comparison(
     columns = ["metric", *(name for name, _ in runs)]
     if len(runs) == 2:
         columns += ["diff", "gain %", "better"]
-    table = _table(comparison_rows(runs), columns)
+    table = html_table(comparison_rows(runs), columns)
     if len(runs) == 2:
         table = (
-            f"<p>diff = {_e(runs[1][0])} - {_e(runs[0][0])}; gain % = diff / "
-            f"{_e(runs[0][0])} x 100; CE and KD per response token in nats, lower is better."
+            f"<p>diff = {escape(runs[1][0])} - {escape(runs[0][0])}; gain % = diff / "
+            f"{escape(runs[0][0])} x 100; CE and KD per response token in nats, lower is better."
             "</p>" + table
         )
     sections = [
-        _section("Validation curves", [], [curve_figure], []),
-        _section("Metrics side by side", [table], [], _notes(runs)),
+        html_section("Validation curves", [], [curve_figure], []),
+        html_section("Metrics side by side", [table], [], _notes(runs)),
     ]
     parts, evaluation_figures, notes = _evaluation_part(runs)
-    sections.append(_section("Evaluation (per example)", parts, evaluation_figures, notes))
+    sections.append(html_section("Evaluation (per example)", parts, evaluation_figures, notes))
     all_figures = [curve_figure, *evaluation_figures]
     page = html_document(
         f"SpectrumKD comparison: {names}",
         "",
-        f" &middot; {len(all_figures)} figure(s); base: {_e(runs[0][0])}",
+        f" &middot; {len(all_figures)} figure(s); base: {escape(runs[0][0])}",
         f"{_runs_html(runs, out_dir)}{''.join(sections)}",
     )
     return page, all_figures

@@ -8,31 +8,30 @@ half-written image.
 
 from __future__ import annotations
 
-import datetime as _dt
-import html
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure as MplFigure
 
-from spectrumkd import __version__
 from spectrumkd.curation.analyzer import LogNormalFit, fit_lognormal
-from spectrumkd.io import atomic_write_bytes, atomic_write_text
 from spectrumkd.report import figures
-from spectrumkd.report.readers import (
-    RunData,
-    as_number,
-    comparison_tables,
-    find_key,
-    read_run,
+from spectrumkd.report.comparison_tables import comparison_tables, find_key
+from spectrumkd.report.html import (
+    RenderedFigure,
+    escape,
+    format_value,
+    html_document,
+    html_section,
+    html_table,
+    render_figure,
+    safe_name,
+    set_label,
+    write_page,
 )
+from spectrumkd.report.readers import RunData, as_number, read_run
 
 REPORT_DIR = "report"
-PAGE = "index.html"
 # Every PNG name this module writes: stale ones from an earlier report of the same folder are
 # removed, and nothing else in a user-chosen --out folder is touched.
 OWN_PNG = re.compile(
@@ -46,92 +45,6 @@ HEADLINE_METRICS = (
     ("win_rate", "share of judged pairs won"),
     ("ce", figures.LOSS_UNIT),
 )
-
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
-       margin: 0 auto; max-width: 1100px; padding: 1.5rem; color: #222; line-height: 1.45; }
-h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem;
-     margin-top: 2.2rem; }
-.meta { color: #666; font-size: 0.9rem; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { font-size: 0.9rem; color: #444; margin-top: 0.3rem; }
-table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.88rem; }
-th, td { border: 1px solid #ddd; padding: 0.25rem 0.55rem; text-align: right; }
-th { background: #f4f6f8; } td.l, th.l { text-align: left; }
-.missing { background: #fff8e5; border-left: 4px solid #f0ad4e; padding: 0.4rem 0.8rem;
-           margin: 0.6rem 0; font-size: 0.9rem; }
-.missing ul { margin: 0.2rem 0; padding-left: 1.2rem; }
-.ok { color: #2e7d32; } .warn { color: #b26a00; }
-details { margin: 0.5rem 0; } summary { cursor: pointer; color: #336; }
-"""
-
-
-@dataclass(frozen=True)
-class RenderedFigure:
-    """A rendered figure for the page: file name, PNG bytes, alt text and one-line caption."""
-
-    name: str
-    png: bytes
-    alt: str
-    caption: str
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value: Any) -> str:
-    """Numbers compactly (4 significant digits, integers whole); other values as text."""
-    if isinstance(value, bool) or value is None:
-        return "" if value is None else str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e15:
-            return f"{int(value):,}"
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    if not rows:
-        return ""
-    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
-    head = "".join(
-        f'<th class="{"l" if i == 0 else ""}">{_e(c)}</th>' for i, c in enumerate(columns)
-    )
-    body = []
-    for row in rows:
-        cells = "".join(
-            f'<td class="{"l" if i == 0 else ""}">{_e(_fmt(row.get(c)))}</td>'
-            for i, c in enumerate(columns)
-        )
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _missing(notes: Iterable[str]) -> str:
-    items = "".join(f"<li>{_e(n)}</li>" for n in notes)
-    return (
-        f'<div class="missing"><strong>Missing or incomplete</strong><ul>{items}</ul></div>'
-        if items
-        else ""
-    )
-
-
-def _figure_html(figure: RenderedFigure) -> str:
-    return (
-        f'<figure><img src="{_e(figure.name)}" alt="{_e(figure.alt)}">'
-        f"<figcaption>{_e(figure.caption)}</figcaption></figure>"
-    )
-
-
-def _render(name: str, figure: MplFigure, alt: str, caption: str) -> RenderedFigure:
-    try:
-        return RenderedFigure(name, figures.png_bytes(figure), alt, caption)
-    finally:
-        figure.clear()  # the Figure holds its arrays until collected; free them now
-
 
 # ---- sections: each returns (html, figures) ---------------------------------------------------
 
@@ -159,7 +72,7 @@ def _difficulty_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
         else:
             caption += "."
         rendered.append(
-            _render(
+            render_figure(
                 "difficulty.png",
                 figures.difficulty_figure(values, fit),
                 "histogram of the losses with a log-normal fit",
@@ -173,8 +86,8 @@ def _difficulty_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
             "mean": float(values.mean()),
             "max": float(values.max()),
         }
-        parts.append(_table([stats]))
-    return _section("Difficulty distribution", parts, rendered, notes), rendered
+        parts.append(html_table([stats]))
+    return html_section("Difficulty distribution", parts, rendered, notes), rendered
 
 
 def _spectrum_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
@@ -197,7 +110,7 @@ def _spectrum_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
             + (f" ({zone_text})." if zone_text else ".")
         )
         rendered.append(
-            _render(
+            render_figure(
                 "spectrum.png",
                 figures.spectrum_figure(spectrum.difficulties, spectrum.zones),
                 "sorted losses with the four zones shaded",
@@ -217,8 +130,8 @@ def _spectrum_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
                             "max loss": zone.get("max_difficulty"),
                         }
                     )
-            parts.append(_table(rows))
-    return _section("Difficulty spectrum", parts, rendered, notes), rendered
+            parts.append(html_table(rows))
+    return html_section("Difficulty spectrum", parts, rendered, notes), rendered
 
 
 def _schedule_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
@@ -252,7 +165,7 @@ def _schedule_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
                 f"temperature {first['temperature']:g} -> {last['temperature']:g}."
             )
             rendered.append(
-                _render(
+                render_figure(
                     "schedule.png",
                     figures.schedule_figure(epochs, n, zones),
                     "per-epoch window span, mean difficulty and temperature",
@@ -269,8 +182,8 @@ def _schedule_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
                 }
                 for e in epochs
             ]
-            parts.append(f"<details><summary>Epoch table</summary>{_table(rows)}</details>")
-    return _section("Curriculum schedule", parts, rendered, notes), rendered
+            parts.append(f"<details><summary>Epoch table</summary>{html_table(rows)}</details>")
+    return html_section("Curriculum schedule", parts, rendered, notes), rendered
 
 
 def _training_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
@@ -285,7 +198,7 @@ def _training_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
         if isinstance(done, int):
             # "epoch 4 of 3" would mean the total is not this run's: say so instead.
             total = f" of {planned}" if planned and done <= planned else ""
-            status.append(_e(f"epoch {done}{total} finished (step {state.get('step', '?')})"))
+            status.append(escape(f"epoch {done}{total} finished (step {state.get('step', '?')})"))
             if planned and done < planned:
                 status.append('<span class="warn">in progress or stopped</span>')
             elif planned and done == planned:
@@ -293,7 +206,9 @@ def _training_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
             elif planned:
                 status.append(
                     '<span class="warn">'
-                    + _e(f"more than the {planned} epochs of {run.schedule_source or 'its config'}")
+                    + escape(
+                        f"more than the {planned} epochs of {run.schedule_source or 'its config'}"
+                    )
                     + "</span>"
                 )
         if best:
@@ -307,13 +222,13 @@ def _training_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
             }.get(str(metric))
             order = "highest" if metric == "val_rouge" else "lowest"
             status.append(
-                _e(
+                escape(
                     f"kept epoch {best.get('epoch')}: {order} validation "
                     f"{named + f' ({metric})' if named else metric} = "
-                    f"{_fmt(best.get('value'))} ({where})"
+                    f"{format_value(best.get('value'))} ({where})"
                 )
             )
-        status.append(_e("final student in final/" if run.has_final else "no final/ yet"))
+        status.append(escape("final student in final/" if run.has_final else "no final/ yet"))
         parts.append(f"<p>{'; '.join(status)}.</p>")
         logged_alpha = bool(run.steps) and all(
             as_number(r.get("alpha")) is not None for r in run.steps
@@ -360,7 +275,7 @@ def _training_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
             + "."
         )
         rendered.append(
-            _render(
+            render_figure(
                 "training.png",
                 figures.training_figure(
                     run.steps, run.epochs, alpha=run.alpha, best=best, kd_name=kd_name
@@ -388,10 +303,10 @@ def _training_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
             ]
             parts.append(
                 "<details><summary>Validation table (per response token, nats; "
-                f"{_e(kd_name)} {at_eval} whatever the epoch trained at)</summary>"
-                f"{_table(rows)}</details>"
+                f"{escape(kd_name)} {at_eval} whatever the epoch trained at)</summary>"
+                f"{html_table(rows)}</details>"
             )
-    return _section("Training", parts, rendered, notes), rendered
+    return html_section("Training", parts, rendered, notes), rendered
 
 
 def _training_temperatures(run: RunData) -> dict[Any, float]:
@@ -407,14 +322,6 @@ def _training_temperatures(run: RunData) -> dict[Any, float]:
     return tau
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", text) or "metric"
-
-
-def _set_name(entry) -> str:
-    return entry.label if entry.label and entry.label != entry.name else entry.name
-
-
 def _evaluation_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
     notes = list(run.notes.get("Evaluation", []))
     parts, rendered = [], []
@@ -423,32 +330,32 @@ def _evaluation_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
         # Headline metrics first, in HEADLINE_METRICS order, then the rest as found.
         ordered = [m for m, _ in HEADLINE_METRICS if m in columns]
         ordered += [c for c in columns if c not in ordered]
-        rows = [{"set": _set_name(s), **s.metrics} for s in run.eval_sets]
-        parts.append(_table(rows, ["set", *ordered]))
-        per_run = [{"set": _set_name(s), **s.per_run} for s in run.eval_sets if s.per_run]
+        rows = [{"set": set_label(s), **s.metrics} for s in run.eval_sets]
+        parts.append(html_table(rows, ["set", *ordered]))
+        per_run = [{"set": set_label(s), **s.per_run} for s in run.eval_sets if s.per_run]
         if per_run:
             parts.append(
                 "<details><summary>Per generation run (mean ROUGE-L of each sampling seed, "
-                f"or greedy)</summary>{_table(per_run)}</details>"
+                f"or greedy)</summary>{html_table(per_run)}</details>"
             )
         groups: dict[str, dict[str, float]] = {}
         for entry in run.eval_sets:
             for metric, _ in HEADLINE_METRICS:
                 if metric in entry.metrics:
-                    groups.setdefault(metric, {})[_set_name(entry)] = entry.metrics[metric]
+                    groups.setdefault(metric, {})[set_label(entry)] = entry.metrics[metric]
                     break
         units = dict(HEADLINE_METRICS)
         for metric, values in groups.items():
             rendered.append(
-                _render(
-                    f"evaluation-{_safe_name(metric)}.png",
+                render_figure(
+                    f"evaluation-{safe_name(metric)}.png",
                     figures.evaluation_figure(values, metric, units[metric]),
                     f"{metric} per evaluation set",
                     f"{metric} ({units[metric]}) on {len(values)} set(s), from {run.eval_source}/"
                     + (" (mean over sampling seeds)." if metric == "rougeL" else "."),
                 )
             )
-    return _section("Evaluation", parts, rendered, notes), rendered
+    return html_section("Evaluation", parts, rendered, notes), rendered
 
 
 def _comparison_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
@@ -456,15 +363,17 @@ def _comparison_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
     parts, rendered = [], []
     for source, value in run.comparisons:
         header, tables = comparison_tables(value)
-        parts.append(f"<h3>{_e(source)}</h3>")
+        parts.append(f"<h3>{escape(source)}</h3>")
         if header:
             parts.append(
-                "<p>" + "; ".join(f"{_e(k)}: {_e(_fmt(v))}" for k, v in header.items()) + "</p>"
+                "<p>"
+                + "; ".join(f"{escape(k)}: {escape(format_value(v))}" for k, v in header.items())
+                + "</p>"
             )
         if not tables:
             notes.append(f"{source}: no per-set table found in it")
         for rows in tables:
-            parts.append(_table(rows))
+            parts.append(html_table(rows))
             gain = find_key(rows, "gain", "delta", "diff")
             p_key = find_key(rows, "p_value", "pvalue", "p-value") or (
                 "p" if any(as_number(r.get("p")) is not None for r in rows) else None
@@ -485,7 +394,7 @@ def _comparison_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
                 unit = "% relative" if any(r in gain.lower() for r in relative) else "metric units"
                 index = len(rendered) + 1
                 rendered.append(
-                    _render(
+                    render_figure(
                         f"comparison-{index}.png",
                         figures.comparison_figure(gains, pvalues, unit),
                         "per-set gains with p-values",
@@ -499,22 +408,14 @@ def _comparison_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
                 )
     if not run.comparisons:
         notes.append("no compare*.json / comparison*.json: no comparison with another run")
-    return _section("Comparison", parts, rendered, notes), rendered
-
-
-def _section(title: str, parts: list[str], rendered: list[RenderedFigure], notes: list[str]) -> str:
-    body = "".join(_figure_html(f) for f in rendered) + "".join(parts) + _missing(notes)
-    if not body:
-        body = _missing(["nothing to show"])
-    anchor = _safe_name(title.lower())
-    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{body}</section>'
+    return html_section("Comparison", parts, rendered, notes), rendered
 
 
 def _facts_html(run: RunData) -> str:
     if not run.facts:
         return ""
     rows = "".join(
-        f'<tr><th class="l">{_e(k)}</th><td class="l">{_e(v)}</td></tr>'
+        f'<tr><th class="l">{escape(k)}</th><td class="l">{escape(v)}</td></tr>'
         for k, v in run.facts.items()
     )
     return f"<table>{rows}</table>"
@@ -536,43 +437,11 @@ def render_page(run: RunData) -> tuple[str, list[RenderedFigure]]:
         all_figures.extend(rendered)
     page = html_document(
         f"SpectrumKD report: {run.run_dir.resolve().name}",
-        f"{_e(run.run_dir.resolve())} &middot; ",
+        f"{escape(run.run_dir.resolve())} &middot; ",
         f" &middot; {len(all_figures)} figure(s)",
         f"{_facts_html(run)}{''.join(sections)}",
     )
     return page, all_figures
-
-
-def html_document(title: str, meta_before: str, meta_after: str, body: str) -> str:
-    """A self-contained page: ``title`` (escaped here), a meta line of escaped HTML around
-    "generated <time> by spectrumkd <version>", then ``body`` (HTML)."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{_e(title)}</h1>"
-        f'<p class="meta">{meta_before}generated {_e(stamp)} by spectrumkd {_e(__version__)}'
-        f"{meta_after}</p>{body}</body></html>\n"
-    )
-
-
-def write_page(
-    out: Path, page: str, rendered: list[RenderedFigure], own_png: re.Pattern = OWN_PNG
-) -> Path:
-    """Write the figures and ``out/index.html``, then remove the PNGs of this kind of page
-    (named as ``own_png`` matches) that the new page no longer shows; returns the page's path."""
-    out.mkdir(parents=True, exist_ok=True)
-    for figure in rendered:
-        atomic_write_bytes(out / figure.name, figure.png)
-    atomic_write_text(out / PAGE, page)
-    # Only now that the new page is in place: the previous page may still have shown these.
-    written = {f.name for f in rendered}
-    for old in out.glob("*.png"):
-        if own_png.match(old.name) and old.name not in written:
-            old.unlink(missing_ok=True)
-    return out / PAGE
 
 
 def write_report(
@@ -585,4 +454,4 @@ def write_report(
     run = run if run is not None else read_run(run_dir)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    return write_page(out, *render_page(run))
+    return write_page(out, *render_page(run), own_png=OWN_PNG)
