@@ -11,7 +11,7 @@ from conftest import build_tiny_llama
 from transformers import AutoModelForCausalLM
 
 from spectrumkd.cli import main
-from spectrumkd.distillation.run_config import RunConfig, apply_override
+from spectrumkd.distillation import RunConfig, apply_override
 
 
 @pytest.fixture()
@@ -146,8 +146,8 @@ def test_heal_is_plain_kd_and_keeps_the_best_epoch(tmp_path, tiny_pair, capsys):
 def test_validation_rouge_selects_the_best_epoch(tmp_path, tiny_pair, tiny_tokenizer):
     from rouge_score import rouge_scorer
 
+    from spectrumkd.data import split_validation
     from spectrumkd.data.config import DataConfig
-    from spectrumkd.jobs import split_validation
 
     teacher, student = tiny_pair
     data = {"source": str(tmp_path / "train.jsonl"), "max_length": 128, "validation_ratio": 0.25}

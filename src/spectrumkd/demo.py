@@ -32,10 +32,9 @@ from spectrumkd.curation import (
     write_curation,
 )
 from spectrumkd.data import TokenizedExample, load_examples, tokenize_examples
-from spectrumkd.distillation.signals import LiveTeacher
-from spectrumkd.distillation.trainer import TrainConfig, train
+from spectrumkd.distillation import TrainConfig
 from spectrumkd.io import read_jsonl, write_json
-from spectrumkd.jobs import ScoreResult, score_dataset
+from spectrumkd.jobs import DistillInputs, ScoreResult, score_dataset, train_student
 from spectrumkd.models import (
     DEFAULT_TEACHER,
     calibration_batches,
@@ -44,9 +43,12 @@ from spectrumkd.models import (
     load_tokenizer,
     shrunk_student,
 )
-from spectrumkd.report import write_report
-from spectrumkd.report.comparison import write_comparison_report
-from spectrumkd.report.figures import EVAL_TEMPERATURE, divergence_name
+from spectrumkd.report import (
+    EVAL_TEMPERATURE,
+    divergence_name,
+    write_comparison_report,
+    write_report,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -263,7 +265,7 @@ def distill_stage(
         log_every=1,
         select_metric=SELECT_METRIC,
     )
-    signal = LiveTeacher(teacher if teacher is not None else load_model(DEFAULT_TEACHER))
+    teacher = teacher if teacher is not None else load_model(DEFAULT_TEACHER)
     results = []
     for name, run_plan in (("baseline", None), ("spectrumkd", plan)):
         folder = out / "distill" / name
@@ -273,19 +275,16 @@ def distill_stage(
             # unchanged).
             write_curation(run_plan, spectrum, folder, score.table)
         began = time.perf_counter()
-        state = train(
-            load_model(student_dir),
-            signal,
-            training,
-            config,
-            folder,
-            plan=run_plan,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            validation=validation,
-            progress=progress,
+        # The rows and the plan are the demo's own (a seeded subset, step parity with the
+        # baseline); the training is spectrumkd distill's (jobs.train_student).
+        inputs = DistillInputs(
             tokenizer=tokenizer,  # best/ and final/ each load with their tokenizer
+            teacher=teacher,
+            student=load_model(student_dir),
+            train_examples=training,
+            validation=validation,
         )
+        state = train_student(inputs, config, folder, plan=run_plan, progress=progress)
         best = state["best"]
         epoch_rows = [r for r in read_jsonl(folder / "metrics.jsonl") if "val_kd" in r]
         best_row = next(r for r in reversed(epoch_rows) if r["epoch"] == best["epoch"])

@@ -280,8 +280,8 @@ class DistillInputs:
     student: torch.nn.Module
     train_examples: list[TokenizedExample]
     validation: list[TokenizedExample]
-    device: torch.device
     alignment: VocabAlignment | None = None  # None: the two vocabularies are used as they are
+    device: torch.device | None = None  # where a teacher cache's tensors go
     # The rendered texts by id, for validation by generation (``train.val_rouge``).
     texts: dict[str, Example] = dataclasses.field(default_factory=dict)
 
