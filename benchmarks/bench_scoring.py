@@ -18,8 +18,14 @@ import torch.nn.functional as F
 
 from spectrumkd.batching import length_bucketed_batches
 from spectrumkd.data import collate, load_examples, tokenize_examples
-from spectrumkd.jobs import calibration_batches
-from spectrumkd.models import DEFAULT_TEACHER, cache_dir, load_model, load_tokenizer, shrink
+from spectrumkd.models import (
+    DEFAULT_TEACHER,
+    cache_dir,
+    calibration_batches,
+    load_model,
+    load_tokenizer,
+    shrink,
+)
 from spectrumkd.scoring import ScoringSettings, score_examples
 
 
