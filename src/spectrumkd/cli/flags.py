@@ -2,8 +2,7 @@
 
 The data flags become a :class:`~spectrumkd.data.DataConfig`, the schedule flags a
 :class:`~spectrumkd.curation.SpectrumKDConfig` (their help is that dataclass's field metadata),
-the model flags the ``dtype``/``device``/loading arguments of the jobs. Nothing here imports
-torch: ``spectrumkd --help`` stays fast.
+the model flags the ``dtype``/``device``/loading arguments of the jobs.
 """
 
 from __future__ import annotations

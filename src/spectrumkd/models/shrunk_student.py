@@ -93,6 +93,7 @@ def shrunk_student(
     """
     if (keep_layers is None) == (num_layers is None):
         raise ValueError("give keep_layers (explicit indices) or num_layers (a count), exactly one")
+    out_dir = folder  # as given: the report records the path the way the caller wrote it
     folder = Path(folder)
     report = None
     if reuse:
@@ -111,6 +112,6 @@ def shrunk_student(
         keep_layers=keep_layers,
         num_layers=num_layers,
         method=method,
-        out_dir=folder,
+        out_dir=out_dir,
     )
     return ShrunkStudent(folder=folder, report=report, reused=False, model=student)
