@@ -24,15 +24,31 @@ EMBEDDED_DOLLY = (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread_for_tiny_models(request):
+# torch's own choice, read before any fixture changes it: what tests with the real model get.
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread_per_module(request):
     """Tiny models run many small kernels: on this 2-core machine one torch thread was about 15x
-    faster than two (thread hand-offs dominate). Tests with the real SmolLM2 keep the default."""
+    faster than two (thread hand-offs dominate). Set for the whole module because module-scoped
+    model fixtures are built (and may generate) before any function-scoped fixture runs; a
+    module marked ``slow`` keeps the default."""
     if request.node.get_closest_marker("slow"):
         yield
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_thread_for_tiny_models(request):
+    """One thread per test as well (a test may have changed it); tests marked ``slow`` (the real
+    SmolLM2) get torch's default instead, also inside a one-thread module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_THREADS if request.node.get_closest_marker("slow") else 1)
     yield
     torch.set_num_threads(threads)
 

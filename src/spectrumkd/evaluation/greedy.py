@@ -31,7 +31,7 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def first(problems: list[Problem], limit: int | None) -> list[Problem]:
+def apply_limit(problems: list[Problem], limit: int | None) -> list[Problem]:
     """The first ``limit`` problems (all when None): a quick look, not comparable with full-set
     numbers."""
     if limit is None:

@@ -27,20 +27,21 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spectrumkd.data.templates import render_math
 from spectrumkd.evaluation.greedy import (
+    GenerateFn,
     SuiteItem,
+    apply_limit,
     file_digest,
-    first,
     model_name,
     pass_at_1_result,
     precision_setting,
     resolve_generate,
     run_greedy_suite,
 )
-from spectrumkd.evaluation.registry import data_root_of
+from spectrumkd.evaluation.registry import SuiteContext, data_root_of
 from spectrumkd.io import read_jsonl
 
 MATH_SETS = ("gsm8k", "math")
@@ -51,10 +52,6 @@ MATH500 = "math/math500_test.jsonl"
 MATH_MAX_NEW_TOKENS = 1024
 # Where a few-shot continuation starts inventing the next problem (see the module docstring).
 NEXT_PROBLEM = "### Problem:"
-
-if TYPE_CHECKING:
-    from spectrumkd.evaluation.greedy import GenerateFn
-    from spectrumkd.evaluation.registry import SuiteContext
 
 
 @dataclass(frozen=True)
@@ -311,7 +308,7 @@ def evaluate_maths(
     numbers). ``name`` records the model in the settings when ``generate_fn`` is used.
     """
     problems, source = load_math_set(set_name, data_dir)
-    problems = first(problems, limit)
+    problems = apply_limit(problems, limit)
     k = DEFAULT_SHOTS[set_name] if num_shots is None else num_shots
     if few_shot_path is not None:
         pool, pool_source = load_few_shot_file(few_shot_path), str(few_shot_path)

@@ -33,33 +33,28 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spectrumkd.data.templates import render_code
 from spectrumkd.evaluation.code.isolation import resolve_isolation
 from spectrumkd.evaluation.code.process import SandboxResult
 from spectrumkd.evaluation.code.sandbox import run_programs
 from spectrumkd.evaluation.greedy import (
+    GenerateFn,
     SuiteItem,
+    apply_limit,
     file_digest,
-    first,
     model_name,
     pass_at_1_result,
     precision_setting,
     resolve_generate,
     run_greedy_suite,
 )
-from spectrumkd.evaluation.registry import data_root_of
+from spectrumkd.evaluation.registry import SuiteContext, data_root_of
 from spectrumkd.io import read_jsonl, write_jsonl
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from spectrumkd.evaluation.greedy import GenerateFn
-    from spectrumkd.evaluation.registry import SuiteContext
 
 CODE_SETS = ("humaneval", "mbpp")
 HUMANEVAL = "humaneval/HumanEval.jsonl.gz"
@@ -288,7 +283,7 @@ def evaluate_code(
     core). ``limit`` evaluates the first N tasks (not comparable with full-set numbers).
     """
     problems, source = load_code_set(set_name, data_dir, mbpp_file=mbpp_file, mbpp_split=mbpp_split)
-    problems = first(problems, limit)
+    problems = apply_limit(problems, limit)
     items = [SuiteItem(p.id, render_code(p.problem), p.reference, payload=p) for p in problems]
     settings = {
         "set": set_name,
