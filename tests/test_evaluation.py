@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
-from spectrumkd.cli.evaluate import register
 
+from spectrumkd.cli.evaluate import register
 from spectrumkd.evaluation import (
     INSTRUCTION_SUITES,
     SUITE_RUNNERS,

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from conftest import build_tiny_llama, random_token_examples
 
+from spectrumkd.cli.report import register
 from spectrumkd.curation import SpectrumKDConfig
 from spectrumkd.io import write_json, write_jsonl
 from spectrumkd.report import read_run, write_report
-from spectrumkd.cli.report import register
 from spectrumkd.report.comparison_tables import comparison_tables
 from spectrumkd.report.readers import read_jsonl_tolerant
 
