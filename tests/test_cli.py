@@ -341,3 +341,24 @@ def test_score_rescores_a_shard_cut_mid_line_with_one_warning(tmp_path, capfd, t
     err = capfd.readouterr().err
     assert len(err.splitlines()) == 1 and shard.name in err and "rescoring" in err
     assert (tmp_path / "s" / "spectrum.jsonl").read_bytes() == first
+
+
+def test_the_evaluation_data_root_is_a_flag_or_a_variable_never_the_working_directory(
+    tmp_path, capsys, monkeypatch
+):
+    # A ../shared/data beside the working directory, as the old default looked for: not used.
+    (tmp_path / "shared" / "data" / "minillm_eval").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.delenv("SPECTRUMKD_DATA_ROOT", raising=False)
+    argv = ["evaluate", "--out", str(tmp_path / "eval"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert "data root is not set: pass --data-root DIR" in err and "SPECTRUMKD_DATA_ROOT" in err
+    monkeypatch.setenv("SPECTRUMKD_DATA_ROOT", str(tmp_path / "missing"))
+    assert main(argv) == 2
+    assert "$SPECTRUMKD_DATA_ROOT" in capsys.readouterr().err  # names where the path came from
+    judge = ["judge", "--student-eval", "a", "--reference-eval", "b", "--base-url", "http://x"]
+    assert main([*judge, "--model", "m", "--data-root", str(tmp_path / "nothing"), "--quiet"]) == 2
+    assert "no such folder" in capsys.readouterr().err
