@@ -16,8 +16,8 @@ from typing import Any
 from spectrumkd.curation.config import DIRECTIONS, STEP_MODES, SpectrumKDConfig
 from spectrumkd.data.config import DataConfig
 
-# spectrumkd.models.precision.PRECISIONS, spelled out: importing it loads torch, and the parser
-# (--help) should not wait for that (tests/test_cli.py checks they agree).
+# spectrumkd.models.precision.PRECISIONS, spelled out so that defining the flags does not load
+# the models package (tests/test_precision_paths.py checks that the two agree).
 PRECISIONS = ("auto", "float32", "bf16", "fp16")
 
 # Where the evaluation suites' data lives when --data-root is not given.
