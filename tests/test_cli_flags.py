@@ -1,8 +1,8 @@
 """Every command's flags (names, defaults, choices, help) against the list recorded in
-``tests/artifacts/cli_flags.json``: moving the command line around must not change it.
+``tests/recorded/cli_flags.json``: moving the command line around must not change it.
 
 After a deliberate change to a flag, record the list again with
-``python tests/test_cli_flags.py > tests/artifacts/cli_flags.json``.
+``python tests/test_cli_flags.py > tests/recorded/cli_flags.json``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-RECORDED = Path(__file__).resolve().parent / "artifacts" / "cli_flags.json"
+RECORDED = Path(__file__).resolve().parent / "recorded" / "cli_flags.json"
 PLAIN = (str, int, float, bool, type(None), list)
 
 

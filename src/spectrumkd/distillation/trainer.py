@@ -129,7 +129,7 @@ def train(
     ``output_dir/best`` (the paper selects checkpoints on validation). ``eos_token_id``
     (default: the student's) ends on-policy samples.
     ``validators`` are extra per-epoch metrics of the unwrapped student (for example ROUGE-L of
-    generated answers, see :func:`spectrumkd.jobs.rouge_validator`), run on the main process.
+    generated answers, see :func:`spectrumkd.evaluation.validation.rouge_validator`), run on the main process.
     """
     output = Path(output_dir)
     if accelerator is None:
