@@ -183,3 +183,27 @@ def test_the_written_run_config_reads_back_as_the_same_run(tmp_path, run_yaml, w
     else:
         assert flat["curation"] is None
     assert flat["train"]["learning_rate"] == 1e-4 and flat["train"]["alpha"] == 0.3
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs=three", "train.epochs takes int, not 'three'"),
+        ("train.epochs=2.5", "train.epochs takes int, not 2.5"),
+        ("train.learning_rate=fast", "train.learning_rate takes float, not 'fast'"),
+        ("train.alpha=high", "train.alpha takes float or null, not 'high'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_gets_one_line_naming_the_setting(override, message):
+    values = dict(MINIMAL)
+    apply_override(values, override)
+    with pytest.raises(ValueError) as caught:
+        RunConfig.from_dict(values)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_integer_where_a_float_belongs_is_accepted_as_that_number():
+    values = dict(MINIMAL)
+    apply_override(values, "train.learning_rate=1")
+    assert RunConfig.from_dict(values).train.learning_rate == 1

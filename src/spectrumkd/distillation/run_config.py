@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,8 +144,47 @@ def _refuse_unknown(where: str, values: dict, cls: type) -> None:
         )
 
 
+SCALARS = (bool, int, float, str)
+
+
+def _scalar_types(annotation: Any) -> tuple[type, ...] | None:
+    """The scalar types a field takes (``int``, ``float | None``, ...), or None for anything
+    richer (lists, mappings, literals), which the dataclass checks itself."""
+    if annotation in SCALARS:
+        return (annotation,)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        if all(member in SCALARS or member is type(None) for member in members):
+            return members
+    return None
+
+
+def _refuse_wrong_types(where: str, values: dict, cls: type) -> None:
+    # YAML and --set give a word or a fraction where a count belongs without complaint, and
+    # the dataclass's range checks would then fail with a TypeError (or, for 2.5 epochs, not
+    # at all): one line naming the setting instead.
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation this Python cannot resolve: no check
+        return
+    for name, value in values.items():
+        allowed = _scalar_types(hints.get(name))
+        if allowed is None or (value is None and type(None) in allowed):
+            continue
+        if isinstance(value, bool):
+            fits = bool in allowed
+        elif isinstance(value, int):
+            fits = int in allowed or float in allowed  # 3 is a fine learning-rate-like float
+        else:
+            fits = isinstance(value, allowed)
+        if not fits:
+            kinds = " or ".join(t.__name__ if t is not type(None) else "null" for t in allowed)
+            raise ValueError(f"{where}.{name} takes {kinds}, not {value!r}")
+
+
 def _build(cls: type, values: dict, where: str):
     if not isinstance(values, dict):
         raise ValueError(f"'{where}' must be a mapping of settings")
     _refuse_unknown(f"{where}", values, cls)
+    _refuse_wrong_types(where, values, cls)
     return cls(**values)
