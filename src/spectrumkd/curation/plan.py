@@ -57,9 +57,17 @@ class EpochPlan:
     temperature: float
     kd_weight: float | None = None  # None: the trainer's own alpha decides
     info: dict[str, Any] = field(default_factory=dict)  # strategy-specific facts, e.g. window ranks
+    # Staged curricula (POCL, SRD, Baby Step): the 1-based stage this epoch belongs to, and
+    # whether the optimiser and the LR schedule start afresh here (the first epoch of every
+    # stage after the first). The weights always carry over from the previous epoch.
+    stage: int = 1
+    restart: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {"epoch": self.epoch, **self.info, "temperature": self.temperature}
+        if self.stage != 1 or self.restart:  # a plan without stages keeps its old rows
+            row["stage"] = self.stage
+            row["restart"] = self.restart
         if self.kd_weight is not None:
             row["kd_weight"] = self.kd_weight
         row["num_examples"] = len(self.ids)
@@ -85,6 +93,14 @@ class CurriculumPlan:
                 f"epoch {epoch} is outside this {self.strategy} plan's epochs 1..{self.num_epochs}"
             )
         return self.epochs[epoch - 1]
+
+    @property
+    def num_stages(self) -> int:
+        return max((e.stage for e in self.epochs), default=0)
+
+    def stage_epochs(self, stage: int) -> tuple[EpochPlan, ...]:
+        """The epochs of one 1-based stage, in order."""
+        return tuple(e for e in self.epochs if e.stage == stage)
 
     def to_dict(self) -> dict[str, Any]:
         return {
