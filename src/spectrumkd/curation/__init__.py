@@ -1,9 +1,18 @@
 """Curation: from per-example difficulties to a per-epoch curriculum (pure functions)."""
 
 from spectrumkd.curation.analyzer import ChosenRatios, LogNormalFit, choose_ratios, fit_lognormal
+from spectrumkd.curation.classic import BabyStep, ClassicCurriculumConfig, OnePass
 from spectrumkd.curation.config import SpectrumKDConfig
 from spectrumkd.curation.files import SCHEDULE_FILE, SPECTRUM_FILE, spectrum_rows, write_curation
 from spectrumkd.curation.plan import CurationStrategy, CurriculumPlan, EpochPlan, RankSlice
+from spectrumkd.curation.pocl import POCL, POCLConfig, baby_step_prefixes
+from spectrumkd.curation.ranking import (
+    Ranking,
+    bucket_bounds,
+    easy_to_hard,
+    equal_buckets,
+    rank_easy_to_hard,
+)
 from spectrumkd.curation.schedule import (
     SpectrumKD,
     StepParity,
@@ -21,6 +30,23 @@ from spectrumkd.curation.spectrum import (
     build_spectrum,
     round_half_up,
     zone_sizes,
+)
+from spectrumkd.curation.srd import SRD, SRDConfig
+from spectrumkd.curation.staged import (
+    Stage,
+    covered_ranks,
+    epochs_per_stage_for_budget,
+    linear_ramp,
+    staged_plan,
+)
+from spectrumkd.curation.strategies import (
+    STRATEGIES,
+    StrategySpec,
+    build_strategy,
+    settings_for_visit_budget,
+    strategy_names,
+    strategy_settings,
+    strategy_spec,
 )
 
 __all__ = [
@@ -51,4 +77,31 @@ __all__ = [
     "window_starts",
     "window_totals",
     "zone_sizes",
+    # staged curricula: POCL, SRD, the classic Baby Step and One-Pass
+    "BabyStep",
+    "ClassicCurriculumConfig",
+    "OnePass",
+    "POCL",
+    "POCLConfig",
+    "SRD",
+    "SRDConfig",
+    "Ranking",
+    "Stage",
+    "baby_step_prefixes",
+    "bucket_bounds",
+    "covered_ranks",
+    "easy_to_hard",
+    "epochs_per_stage_for_budget",
+    "equal_buckets",
+    "linear_ramp",
+    "rank_easy_to_hard",
+    "staged_plan",
+    # strategies by name
+    "STRATEGIES",
+    "StrategySpec",
+    "build_strategy",
+    "settings_for_visit_budget",
+    "strategy_names",
+    "strategy_settings",
+    "strategy_spec",
 ]

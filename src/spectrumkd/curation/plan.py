@@ -95,6 +95,12 @@ class CurriculumPlan:
         return self.epochs[epoch - 1]
 
     @property
+    def total_visits(self) -> int:
+        """Example visits over all epochs (the sum of the epochs' sizes): at one batch size this
+        sets the optimiser steps, so two plans with equal visits train for the same budget."""
+        return sum(len(e.ids) for e in self.epochs)
+
+    @property
     def num_stages(self) -> int:
         return max((e.stage for e in self.epochs), default=0)
 

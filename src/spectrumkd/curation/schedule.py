@@ -228,6 +228,7 @@ class SpectrumKD(CurationStrategy):
         assert tuple(zones) == ZONES
         metadata = {
             "config": config.to_dict(),
+            "settings": config.to_dict(),  # the key every strategy's plan records its settings in
             "n_examples": spectrum.n,
             "window_size": sizes.window,
             "zones": zones,

@@ -15,9 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from spectrumkd.curation.classic import BabyStep, ClassicCurriculumConfig, OnePass
 from spectrumkd.curation.config import SpectrumKDConfig
 from spectrumkd.curation.plan import CurationStrategy
-from spectrumkd.curation.schedule import SpectrumKD
+from spectrumkd.curation.pocl import POCL, POCLConfig
+from spectrumkd.curation.schedule import SpectrumKD, step_parity
+from spectrumkd.curation.srd import SRD, SRDConfig
+from spectrumkd.curation.staged import epochs_per_stage_for_budget
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,30 @@ STRATEGIES: dict[str, StrategySpec] = {
         build=SpectrumKD,
         default_metric="ce_mean",
         summary="difficulty spectrum, zones, a window sliding easy to hard, rising temperature",
+    ),
+    "pocl": StrategySpec(
+        settings=POCLConfig,
+        build=POCL,
+        default_metric="reflection_rrf",
+        summary="POCL: nested easy-to-hard stages 25/50/75/100 %, rising temperature and KD weight",
+    ),
+    "srd": StrategySpec(
+        settings=SRDConfig,
+        build=SRD,
+        default_metric="reflection_rrf",
+        summary="SRD: the easiest 75 % only, in three nested stages; the hardest never trained on",
+    ),
+    "baby_step": StrategySpec(
+        settings=ClassicCurriculumConfig,
+        build=BabyStep,
+        default_metric="length",
+        summary="classic Baby Step: stage s trains on buckets 1..s of k equal buckets",
+    ),
+    "one_pass": StrategySpec(
+        settings=ClassicCurriculumConfig,
+        build=OnePass,
+        default_metric="length",
+        summary="classic One-Pass: stage s trains on bucket s of k equal buckets only",
     ),
 }
 
@@ -74,3 +102,35 @@ def build_strategy(name: str, values: Mapping[str, Any] | Any = None) -> Curatio
     spec = strategy_spec(name)
     settings = values if isinstance(values, spec.settings) else strategy_settings(name, values)
     return spec.build(settings)
+
+
+def settings_for_visit_budget(
+    name: str,
+    values: Mapping[str, Any] | Any,
+    num_examples: int,
+    baseline_epochs: int,
+    *,
+    warmup_fraction: float | None = None,
+) -> Any:
+    """The settings of ``name`` (from ``values``) with as many epochs as give the strategy the
+    example visits, and so at one batch size the optimiser steps, of ``baseline_epochs``
+    full-data epochs over ``num_examples`` rows: the same budget for every strategy.
+
+    SpectrumKD: its step parity (``epochs``; ``warmup_fraction`` as in
+    :func:`~spectrumkd.curation.schedule.step_parity`). A staged strategy: ``epochs_per_stage``
+    = round(E N / sum of its stage sizes), exact when the stage sizes divide E N.
+    """
+    spec = strategy_spec(name)
+    settings = values if isinstance(values, spec.settings) else strategy_settings(name, values)
+    if isinstance(settings, SpectrumKDConfig):
+        return step_parity(
+            settings, baseline_epochs, num_examples, warmup_fraction=warmup_fraction
+        ).config
+    strategy = spec.build(settings)
+    stage_sizes = getattr(strategy, "stage_sizes", None)
+    if stage_sizes is None or not hasattr(settings, "epochs_per_stage"):
+        raise ValueError(
+            f"strategy {name!r} has no rule for a visit budget; set its epochs yourself"
+        )
+    epochs = epochs_per_stage_for_budget(stage_sizes(num_examples), baseline_epochs, num_examples)
+    return dataclasses.replace(settings, epochs_per_stage=epochs)

@@ -1,0 +1,162 @@
+"""What POCL, SRD, Baby Step and One-Pass share: stages cut from an easy-to-hard order, a fixed
+number of epochs each, the optimiser and LR schedule restarting where a stage begins.
+
+A stage trains on one contiguous run of ranks of the order (Baby Step, POCL and SRD on a prefix,
+One-Pass on one bucket), so its ids are a :class:`RankSlice` (no copy) and the report can draw it
+as a band ``first_rank..last_rank``. Also the settings checks every staged strategy makes, each a
+one-line error naming the setting and what to give instead, and the step-budget rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from spectrumkd.curation.plan import CurriculumPlan, EpochPlan, RankSlice
+from spectrumkd.curation.ranking import Ranking
+from spectrumkd.curation.spectrum import round_half_up
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: the 0-based ranks ``start..stop-1`` of the order, its temperature and KD
+    weight (None: the trainer's own alpha)."""
+
+    start: int
+    stop: int
+    temperature: float
+    kd_weight: float | None
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def linear_ramp(count: int, start: float, end: float) -> list[float]:
+    """``count`` values rising linearly from ``start`` to ``end`` (one stage: ``start``); the
+    per-stage temperature and KD weight rule of POCL and SRD, constant within a stage."""
+    if count == 1:
+        return [float(start)]
+    return [start + (end - start) * j / (count - 1) for j in range(count)]
+
+
+def staged_plan(
+    strategy: str,
+    ranking: Ranking,
+    stages: Sequence[Stage],
+    epochs_per_stage: int,
+    settings: Any,
+    extra_metadata: dict[str, Any] | None = None,
+) -> CurriculumPlan:
+    """The plan of ``stages`` in order, ``epochs_per_stage`` epochs each; the first epoch of
+    every stage after the first restarts the optimiser and LR schedule (weights carry over).
+
+    ``metadata`` holds the settings (a plain dict), the example counts, the easy-to-hard order
+    and one summary per stage, so ``schedule.json`` says how the plan was made.
+    """
+    epochs: list[EpochPlan] = []
+    summaries: list[dict[str, Any]] = []
+    for number, stage in enumerate(stages, start=1):
+        first_epoch = len(epochs) + 1
+        mean = ranking.mean_difficulty(stage.start, stage.stop)
+        info = {
+            "stage_size": stage.size,
+            "first_rank": stage.start + 1,
+            "last_rank": stage.stop,
+            "mean_difficulty": mean,
+        }
+        for offset in range(epochs_per_stage):
+            epochs.append(
+                EpochPlan(
+                    epoch=first_epoch + offset,
+                    ids=RankSlice(ranking.ids, stage.start, stage.stop),
+                    temperature=float(stage.temperature),
+                    kd_weight=None if stage.kd_weight is None else float(stage.kd_weight),
+                    info=dict(info),
+                    stage=number,
+                    restart=number > 1 and offset == 0,
+                )
+            )
+        summaries.append(
+            {
+                "stage": number,
+                "first_epoch": first_epoch,
+                "last_epoch": len(epochs),
+                **info,
+                "temperature": float(stage.temperature),
+                "kd_weight": stage.kd_weight,
+            }
+        )
+    trained = covered_ranks(stages)
+    metadata = {
+        "settings": dataclasses.asdict(settings),
+        "num_examples": len(ranking),
+        "num_trained": trained,
+        "num_discarded": len(ranking) - trained,
+        "total_visits": sum(len(e.ids) for e in epochs),
+        **(extra_metadata or {}),
+        "stages": summaries,
+        "order": list(ranking.ids),
+    }
+    return CurriculumPlan(strategy=strategy, epochs=tuple(epochs), metadata=metadata)
+
+
+def covered_ranks(stages: Sequence[Stage]) -> int:
+    """How many distinct ranks any stage trains on (the union of the stages' rank ranges)."""
+    covered, reach = 0, 0
+    for start, stop in sorted((s.start, s.stop) for s in stages):
+        covered += max(0, stop - max(start, reach))
+        reach = max(reach, stop)
+    return covered
+
+
+def epochs_per_stage_for_budget(
+    stage_sizes: Sequence[int], baseline_epochs: int, num_examples: int
+) -> int:
+    """Epochs per stage that give a staged curriculum the example visits (and so, at one batch
+    size, the optimiser steps) of ``baseline_epochs`` full-data epochs: round(E N / sum of the
+    stage sizes), at least 1. POCL on N divisible by 4 against 20 epochs: 20 N / 2.5 N = 8."""
+    check_count("baseline_epochs", baseline_epochs)
+    check_count("num_examples", num_examples)
+    trained = sum(stage_sizes)
+    if trained < 1:
+        raise ValueError("the stages train on no example, so no epoch count reaches the budget")
+    return max(1, round_half_up(baseline_epochs * num_examples / trained))
+
+
+# The checks every staged strategy's settings make in __post_init__: one line each, naming the
+# setting, the value and what to give instead.
+
+
+def check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+
+
+def check_temperature(name: str, value: Any) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name}={value!r} must be a finite temperature > 0")
+
+
+def check_kd_weight(name: str, value: Any, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0.0 <= value <= 1.0
+    ):
+        allowed = "a number in [0, 1] or None (the trainer's alpha)" if optional else "in [0, 1]"
+        raise ValueError(
+            f"{name}={value!r} must be {allowed}: the share of the loss on the KD term, "
+            "the rest on cross-entropy"
+        )
