@@ -6,8 +6,10 @@ output_dir: runs/distill
 data: {source: embedded:dolly, template: instruction, max_length: 256}
 teacher_cache_k: 64               # optional: train from the teacher's cached top-64 logits
 curation:                         # omit for the plain baseline
+  strategy: spectrumkd            # or pocl, srd, baby_step, ... (curation.strategies)
   difficulties: runs/demo/scores/difficulties.jsonl   # omit to score the student first
-  lambda_a: 0.1
+  metric: null                    # with no difficulties: the strategy's default metric
+  lambda_a: 0.1                   # the strategy's own settings, flat
   lambda_b: 0.1
   epochs: 25
   warmup_epochs: 5
@@ -27,8 +29,11 @@ from typing import Any
 import yaml
 
 from spectrumkd.curation.config import SpectrumKDConfig
+from spectrumkd.curation.strategies import strategy_settings, strategy_spec
 from spectrumkd.data.config import DataConfig
 from spectrumkd.distillation.train_config import TrainConfig
+
+DEFAULT_STRATEGY = "spectrumkd"
 
 
 class _Loader(yaml.SafeLoader):
@@ -47,10 +52,95 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+# The curation section's own keys; every other key is a setting of the chosen strategy.
+CURATION_KEYS = ("strategy", "difficulties", "metric")
+
+
 @dataclass(frozen=True)
 class CurationConfig:
+    """``curation: {strategy, difficulties, metric, <the strategy's settings, flat>}``.
+
+    ``settings`` is the strategy's settings dataclass (``SpectrumKDConfig`` for the default
+    ``spectrumkd``); ``metric`` is the difficulty the student is scored by when there is no
+    ``difficulties`` table (None: the strategy's default metric).
+    """
+
     difficulties: str | None = None  # a difficulty JSONL; None: score the student first
-    spectrumkd: SpectrumKDConfig = field(default_factory=SpectrumKDConfig)
+    settings: Any = field(default_factory=SpectrumKDConfig)
+    strategy: str = DEFAULT_STRATEGY
+    metric: str | None = None
+
+    def __post_init__(self) -> None:
+        expected = strategy_spec(self.strategy).settings
+        if not isinstance(self.settings, expected):
+            raise ValueError(
+                f"the {self.strategy} strategy takes {expected.__name__} settings, "
+                f"not {type(self.settings).__name__}"
+            )
+        if self.metric is not None and (not isinstance(self.metric, str) or not self.metric):
+            raise ValueError(f"curation.metric takes a metric name or null, not {self.metric!r}")
+
+    @property
+    def spectrumkd(self) -> SpectrumKDConfig:
+        """The SpectrumKD settings (what ``run.curation.spectrumkd`` always meant)."""
+        if not isinstance(self.settings, SpectrumKDConfig):
+            raise ValueError(f"curation.strategy is {self.strategy}, not spectrumkd")
+        return self.settings
+
+    @property
+    def scoring_metric(self) -> str:
+        """The metric a student is scored by when the run has no difficulty table."""
+        return self.metric or strategy_spec(self.strategy).default_metric
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CurationConfig:
+        if not isinstance(values, dict):
+            raise ValueError("'curation' must be a mapping of settings (or null for no curation)")
+        values = dict(values)
+        strategy = values.pop("strategy", None) or DEFAULT_STRATEGY
+        if not isinstance(strategy, str):
+            raise ValueError(f"curation.strategy takes a strategy name, not {strategy!r}")
+        spec = strategy_spec(strategy)  # an unknown name: one line listing the known ones
+        difficulties = values.pop("difficulties", None)
+        if difficulties is not None and not isinstance(difficulties, str):
+            raise ValueError(
+                f"curation.difficulties takes a file path or null, not {difficulties!r}"
+            )
+        metric = values.pop("metric", None)
+        known = {f.name for f in dataclasses.fields(spec.settings)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown curation setting(s) {', '.join(unknown)} for strategy {strategy}; "
+                f"known: {', '.join([*CURATION_KEYS, *sorted(known)])}"
+            )
+        _refuse_wrong_types("curation", values, spec.settings)
+        return cls(difficulties, strategy_settings(strategy, values), strategy, metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat, as a config file writes it; ``strategy`` and ``metric`` only where they are not
+        the defaults, so a SpectrumKD run's ``run_config.yaml`` reads as it always did."""
+        values: dict[str, Any] = {}
+        if self.strategy != DEFAULT_STRATEGY:
+            values["strategy"] = self.strategy
+        values["difficulties"] = self.difficulties
+        if self.metric is not None:
+            values["metric"] = self.metric
+        return {**values, **settings_dict(self.settings)}
+
+
+def settings_dict(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as plain YAML values (tuples as lists: ``yaml.safe_dump`` writes
+    neither tuples nor dataclasses)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {k: plain(v) for k, v in dataclasses.asdict(settings).items()}
 
 
 def read_yaml_mapping(path: str | Path) -> dict:
@@ -97,9 +187,7 @@ class RunConfig:
         train = _build(TrainConfig, values.pop("train", None) or {}, "train")
         curation = values.pop("curation", None)
         if curation is not None:
-            curation = dict(curation)
-            difficulties = curation.pop("difficulties", None)
-            curation = CurationConfig(difficulties, _build(SpectrumKDConfig, curation, "curation"))
+            curation = CurationConfig.from_dict(curation)
         return cls(data=data, train=train, curation=curation, **values)
 
     @classmethod
@@ -112,10 +200,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         if self.curation is not None:
-            values["curation"] = {
-                "difficulties": self.curation.difficulties,
-                **self.curation.spectrumkd.to_dict(),
-            }
+            values["curation"] = self.curation.to_dict()
         return values
 
 
