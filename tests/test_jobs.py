@@ -318,3 +318,125 @@ def test_devices_and_dtypes_resolve_from_the_users_words():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+# ------------------------------------------------------------------- any curation strategy
+
+
+def test_the_curate_job_writes_any_strategys_plan_in_one_format(tmp_path):
+    from spectrumkd.curation import build_strategy
+
+    ids = [f"r{i}" for i in range(40)]
+    losses = np.random.default_rng(1).lognormal(size=40)
+    plan = jobs.curate(ids, losses, {"selection_ratio": 0.5}, tmp_path, strategy="srd")
+    expected = build_strategy("srd", {"selection_ratio": 0.5}).plan(ids, losses)
+    written = json.loads((tmp_path / "schedule.json").read_text())
+    assert written == json.loads(json.dumps(expected.to_dict()))
+    assert plan.to_dict() == expected.to_dict()
+    assert written["strategy"] == "srd" and written["settings"]["selection_ratio"] == 0.5
+    # Nothing past the kept half of the easy-to-hard order is ever trained on.
+    easiest = {ids[i] for i in np.argsort(losses, kind="stable")[:20]}
+    assert {i for e in written["epochs"] for i in e["ids"]} == easiest
+    assert [e.get("restart", False) for e in written["epochs"]].count(True) == 2  # stages 2 and 3
+    # The settings dataclass names its strategy; a class two strategies share needs the name.
+    from spectrumkd.curation.classic import ClassicCurriculumConfig
+
+    with pytest.raises(ValueError, match="baby_step and one_pass: name the strategy"):
+        jobs.curate(ids, losses, ClassicCurriculumConfig(), tmp_path / "x")
+    with pytest.raises(ValueError, match="unknown curation strategy 'bogus'; choose one of"):
+        jobs.curate(ids, losses, None, tmp_path / "x", strategy="bogus")
+    with pytest.raises(ValueError, match="unknown pocl setting"):
+        jobs.curate(ids, losses, {"lambda_a": 0.1}, tmp_path / "x", strategy="pocl")
+    with pytest.raises(ValueError, match="automatic lambda_b is SpectrumKD's"):
+        jobs.curate(ids, losses, None, tmp_path / "x", strategy="pocl", auto_lambda_b=True)
+
+
+def test_a_run_config_with_strategy_pocl_trains_on_the_pocl_plan(tmp_path, tiny_pair, rows_file):
+    from spectrumkd.curation import build_strategy
+
+    teacher, student = tiny_pair
+    rows = [{"id": f"{i:06d}", "difficulty": float((7 * i) % 12)} for i in range(12)]
+    table = tmp_path / "difficulties.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = RunConfig.from_dict(
+        {
+            "teacher": str(teacher),
+            "student": str(student),
+            "output_dir": str(tmp_path / "pocl"),
+            "data": {"source": str(rows_file), "max_length": 128, "validation_ratio": 0.25},
+            "train": {"epochs": 1, "batch_size": 4, "log_every": 1},
+            "curation": {
+                "strategy": "pocl",
+                "difficulties": str(table),
+                "epochs_per_stage": 1,
+            },
+            "device": "cpu",
+        }
+    )
+    assert run.curation.to_dict()["strategy"] == "pocl"
+    state = jobs.distill(run, progress=False)
+    inputs = jobs.load_distill_inputs(run)
+    training = [e.id for e in inputs.train_examples]
+    difficulty = {r["id"]: r["difficulty"] for r in rows}
+    expected = build_strategy("pocl", {"epochs_per_stage": 1}).plan(
+        training, [difficulty[i] for i in training]
+    )
+    written = json.loads((tmp_path / "pocl" / "schedule.json").read_text())
+    assert written == json.loads(json.dumps(expected.to_dict()))
+    assert [e["num_examples"] for e in written["epochs"]] == [2, 4, 6, 9]  # 9 training rows
+    assert state["epoch"] == 4 and state["step"] == 1 + 1 + 2 + 3
+    recorded = RunConfig.from_yaml(tmp_path / "pocl" / "run_config.yaml")
+    assert recorded == run
+
+
+def test_without_a_table_the_run_scores_the_student_by_the_strategys_metric(
+    tmp_path, tiny_pair, rows_file
+):
+    """baby_step ranks by response length by default: the plan is the strategy's over the
+    training rows' response-token counts, counted here from the labels."""
+    from spectrumkd.batching import IGNORE_INDEX
+    from spectrumkd.curation import build_strategy
+
+    teacher, student = tiny_pair
+    run = RunConfig.from_dict(
+        {
+            "teacher": str(teacher),
+            "student": str(student),
+            "output_dir": str(tmp_path / "bs"),
+            "data": {"source": str(rows_file), "max_length": 128, "validation_ratio": 0.25},
+            "train": {"epochs": 1, "batch_size": 4},
+            "curation": {"strategy": "baby_step", "num_buckets": 3, "epochs_per_stage": 1},
+            "device": "cpu",
+        }
+    )
+    assert run.curation.scoring_metric == "length"
+    inputs = jobs.load_distill_inputs(run)
+    plan = jobs.curation_plan(run, inputs, progress=False)
+    ids = [e.id for e in inputs.train_examples]
+    lengths = [sum(1 for t in e.labels if t != IGNORE_INDEX) for e in inputs.train_examples]
+    expected = build_strategy("baby_step", {"num_buckets": 3, "epochs_per_stage": 1})
+    assert plan.to_dict() == expected.plan(ids, lengths).to_dict()
+    table = list(read_jsonl(tmp_path / "bs" / "scores" / "difficulties.jsonl"))
+    assert [r["difficulty"] for r in table] == lengths
+    metric = json.loads((tmp_path / "bs" / "scores" / "metric.json").read_text())
+    assert metric["metric"] == "length"
+
+
+def test_the_score_job_takes_a_metric(tmp_path, rows_file, tiny_model_dir, tiny_tokenizer):
+    from spectrumkd.batching import IGNORE_INDEX
+
+    data = DataConfig(source=str(rows_file), max_length=128)
+    result = jobs.score(
+        str(tiny_model_dir), data, tmp_path / "len", metric="length", device="cpu", progress=False
+    )
+    examples = data.load(tiny_tokenizer).examples
+    lengths = {e.id: sum(1 for t in e.labels if t != IGNORE_INDEX) for e in examples}
+    assert result.table is None and result.metric == "length"
+    assert sorted(result.spectrum.difficulties) == sorted(lengths.values())
+    ranked = list(read_jsonl(tmp_path / "len" / "spectrum.jsonl"))
+    assert [r["difficulty"] for r in ranked] == sorted(lengths.values())
+    assert all(r["difficulty"] == lengths[r["id"]] for r in ranked)
+    summary = json.loads((tmp_path / "len" / "score_summary.json").read_text())
+    assert summary["metric"] == "length" and summary["examples_scored"] == 12
+    with pytest.raises(ValueError, match="unknown difficulty metric 'bogus'"):
+        jobs.score(str(tiny_model_dir), data, tmp_path / "x", metric="bogus", device="cpu")

@@ -13,6 +13,7 @@ from spectrumkd.distillation import RunConfig, TrainConfig
 from spectrumkd.io import atomic_write_text
 from spectrumkd.jobs.curating import curation_plan
 from spectrumkd.jobs.inputs import DistillInputs, forward_settings, load_distill_inputs
+from spectrumkd.jobs.scoring import known_metric
 
 
 def epoch_validators(train: TrainConfig, inputs: DistillInputs) -> list:
@@ -115,6 +116,8 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     ``teacher_cache_root``) and the teacher leaves memory before training.
     """
     out = Path(run.output_dir)
+    if run.curation is not None and run.curation.difficulties is None:
+        known_metric(run.curation.scoring_metric)  # refused before the models load
     inputs = load_distill_inputs(run)
     # Written once the models and data have loaded, and, over a folder that holds a checkpoint,
     # only once the trainer has accepted it as this run's: a refused run leaves the folder's
