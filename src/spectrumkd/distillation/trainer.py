@@ -1,7 +1,9 @@
 """The white-box KD training loop (torchtune's recipe style): :func:`train` reads as the recipe,
 each of its steps is a function of this module.
 
-    for epoch in plan:                       # a CurriculumPlan (SpectrumKD, ...) or the baseline
+    for epoch in plan:                       # a CurriculumPlan (SpectrumKD, POCL, ...) or the baseline
+        if plan.epoch(epoch).restart:        # a new stage: fresh optimiser and LR schedule
+            restart_optimizer(); scheduler.start(epoch)
         sampler.set_epoch(epoch)             # that epoch's subset of examples
         tau = plan.epoch(epoch).temperature  # that epoch's distillation temperature
         for step in epoch:                   # grad_accum micro-batches per optimiser step
@@ -17,7 +19,9 @@ RNG states) are written at every epoch end (and every ``save_every_steps`` optim
 checkpoint the next start finds or completes), and a rerun resumes where the last one was
 written, mid-epoch included, dropping the metric rows logged after it. On-policy GKD
 (``on_policy_fraction``), LoRA (``lora_rank``) and the memory-bounded loss (``loss_impl:
-chunked``) are settings of the same loop.
+chunked``) are settings of the same loop. A staged plan (POCL, SRD, Baby Step) restarts the
+optimiser and the LR schedule where it says so (:mod:`~spectrumkd.distillation.stages`); its
+metric rows and state name the stage.
 
 The parts live beside it: the settings in :mod:`~spectrumkd.distillation.train_config`, one
 optimiser step's losses and backward in :mod:`~spectrumkd.distillation.steps`, the end-of-epoch
@@ -28,7 +32,6 @@ metrics in :mod:`~spectrumkd.distillation.validation`, and what a run writes int
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -38,10 +41,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedTokenizerBase
 
 from spectrumkd.curation.plan import CurriculumPlan, EpochPlan
 from spectrumkd.data.tokenize import TokenizedExample
@@ -58,6 +61,7 @@ from spectrumkd.distillation.checkpoints import (
 from spectrumkd.distillation.objectives import Objective, get_objective
 from spectrumkd.distillation.on_policy import sampling_vocabulary
 from spectrumkd.distillation.signals import TeacherSignalSource
+from spectrumkd.distillation.stages import StagedScheduler, epoch_optimizer_steps, restart_optimizer
 from spectrumkd.distillation.steps import OnPolicy, accumulate_gradients, collate_with_ids
 from spectrumkd.distillation.train_config import TrainConfig
 from spectrumkd.distillation.validation import (
@@ -68,6 +72,7 @@ from spectrumkd.distillation.validation import (
     run_validators,
 )
 from spectrumkd.integrations.sampler import CurriculumSampler
+from spectrumkd.integrations.spans import has_restarts, is_staged
 from spectrumkd.models.precision import accelerate_mixed_precision
 
 
@@ -94,7 +99,7 @@ class PreparedRun:
     sampler: CurriculumSampler
     loader: DataLoader
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per optimiser step
+    scheduler: StagedScheduler  # stepped once per optimiser step; restarted with each stage
     total_steps: int
     pad_token_id: int
     on_policy: OnPolicy | None
@@ -215,16 +220,16 @@ def set_up_run(
         lr=config.learning_rate,
         weight_decay=config.weight_decay,
     )
-    micro_batches = [
-        math.ceil(len(e.ids) / config.batch_size / accelerator.num_processes) for e in plan.epochs
-    ]
-    total_steps = sum(math.ceil(m / config.grad_accum) for m in micro_batches)
-    scheduler = get_scheduler(
-        config.lr_schedule,
-        optimizer,
-        num_warmup_steps=int(config.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and has_restarts(plan):
+        raise ValueError(
+            f"the {plan.strategy} plan restarts the optimiser between stages, which this trainer "
+            "does inside a torch optimiser, not DeepSpeed's; run it with DDP or FSDP"
+        )
+    steps_per_epoch = epoch_optimizer_steps(
+        plan, config.batch_size, config.grad_accum, accelerator.num_processes
     )
+    scheduler = StagedScheduler(optimizer, config, plan, steps_per_epoch)
+    scheduler.start(1)
     # The scheduler stays unprepared: accelerate's wrapper steps it once per process per call,
     # and this loop counts optimiser steps itself (registered so checkpoints still hold it).
     student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
@@ -241,7 +246,7 @@ def set_up_run(
         loader=loader,
         optimizer=optimizer,
         scheduler=scheduler,
-        total_steps=total_steps,
+        total_steps=scheduler.total_steps,
         pad_token_id=pad_token_id,
         on_policy=on_policy,
         chunk_size=config.chunk_size if config.loss_impl == "chunked" else None,
@@ -292,6 +297,7 @@ def resume_state(run: PreparedRun) -> dict[str, Any]:
         "epoch": 0,
         "step": 0,
         "step_in_epoch": 0,
+        "stage": 1,
         "config": asdict(run.config),
         "strategy": run.plan.strategy,
         "val_kd_temperature": EVAL_TEMPERATURE,
@@ -315,8 +321,12 @@ def _load_checkpoint(run: PreparedRun, fresh: dict[str, Any]) -> dict[str, Any]:
             f"({', '.join(changed) or 'strategy'} changed); "
             "use another output_dir, or delete that one to start over"
         )
+    state = {"step_in_epoch": 0, "stage": 1, **saved}
+    # The checkpoint holds the schedule of the span its last step trained in: that span's
+    # schedule is built first, so that its state loads into the right one.
+    last_trained = state["epoch"] + 1 if state["step_in_epoch"] else state["epoch"]
+    run.scheduler.start(max(last_trained, 1))
     accelerator.load_state(str(output / CHECKPOINT))
-    state = {"step_in_epoch": 0, **saved}
     best = state.get("best")
     if best and best["metric"] == "val_kd" and "val_kd_temperature" not in saved:
         # An older trainer's checkpoint: its val_kd was at the epoch's temperature, so the
@@ -339,6 +349,11 @@ def train_epoch(run: PreparedRun, state: dict[str, Any], epoch: int, bar: tqdm) 
     run.loader.set_epoch(epoch - 1)  # reaches the CurriculumSampler through accelerate's wrapper
     run.sampler.set_epoch(epoch - 1)
     alpha = config.alpha if current.kd_weight is None else 1.0 - current.kd_weight
+    if current.restart and not state["step_in_epoch"]:
+        # A new stage: a fresh optimiser and schedule (a resume mid-epoch loaded them already).
+        restart_optimizer(run.optimizer, config.learning_rate)
+        run.scheduler.start(epoch)
+    state["stage"] = current.stage
     run.student.train()
     batches = _batches_after(run, state["step_in_epoch"])
     while group := [b for _, b in zip(range(config.grad_accum), batches, strict=False)]:
@@ -372,6 +387,8 @@ def train_epoch(run: PreparedRun, state: dict[str, Any], epoch: int, bar: tqdm) 
                 "alpha": alpha,
                 "lr": run.scheduler.get_last_lr()[0],
             }
+            if is_staged(run.plan):  # a plan without stages writes the rows it wrote before
+                row["stage"] = current.stage
             log_metrics(accelerator, output, row, config)
             bar.set_postfix(ce=f"{row['ce']:.3f}", kd=f"{row['kd']:.3f}", epoch=epoch)
         if config.save_every_steps and state["step"] % config.save_every_steps == 0:
