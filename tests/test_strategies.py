@@ -120,6 +120,22 @@ def test_bad_tables_are_refused_in_one_line(ids, difficulties, named):
         assert named in one_line_error(excinfo)
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(STAGED),
+    st.lists(st.integers(0, 50).map(float), min_size=4, max_size=80),
+    st.sampled_from([math.exp, lambda x: 3 * x - 7, lambda x: x**3, math.atan]),
+)
+def test_a_strictly_increasing_transform_of_difficulty_changes_no_id_of_the_plan(
+    name, difficulties, transform
+):
+    ids = ids_for(len(difficulties))
+    strategy = build_strategy(name, {"epochs_per_stage": 1})
+    plan = strategy.plan(ids, difficulties)
+    transformed = strategy.plan(ids, [transform(d) for d in difficulties])
+    assert [list(e.ids) for e in transformed.epochs] == [list(e.ids) for e in plan.epochs]
+
+
 def test_spec_fusion_example_gives_the_order_0_3_2_1():
     """Spec section 1: ROUGE (.9, .1, .5, .5), CE (1, 3, 2, .5) -> pi = [0, 3, 2, 1]. The fused
     score is computed here directly; the strategy ranks by its negation (lower = easier)."""
@@ -278,6 +294,20 @@ def test_one_pass_mean_bucket_difficulty_never_falls(difficulties, k):
     )
     of = dict(zip(ids_for(n), difficulties, strict=True))
     means = [sum(of[i] for i in e.ids) / len(e.ids) for e in plan.epochs]
+    assert all(a <= b + 1e-9 * max(1.0, abs(b)) for a, b in zip(means, means[1:], strict=False))
+    assert [s["mean_difficulty"] for s in plan.metadata["stages"]] == pytest.approx(means)
+
+
+@settings(max_examples=100, deadline=None)
+@given(any_difficulties, st.integers(1, 8))
+def test_baby_step_stage_means_never_fall_and_match_the_recorded_ones(difficulties, k):
+    n = len(difficulties)
+    assume(k <= n)
+    plan = BabyStep(ClassicCurriculumConfig(num_buckets=k, epochs_per_stage=1)).plan(
+        ids_for(n), difficulties
+    )
+    of = dict(zip(ids_for(n), difficulties, strict=True))
+    means = [math.fsum(of[i] for i in e.ids) / len(e.ids) for e in plan.epochs]
     assert all(a <= b + 1e-9 * max(1.0, abs(b)) for a, b in zip(means, means[1:], strict=False))
     assert [s["mean_difficulty"] for s in plan.metadata["stages"]] == pytest.approx(means)
 
