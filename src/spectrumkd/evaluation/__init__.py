@@ -54,6 +54,7 @@ from spectrumkd.evaluation.judge import (
     run_files,
 )
 from spectrumkd.evaluation.maths import maths_suite_runner
+from spectrumkd.evaluation.maths_difficulty import MATHS_VERIFIED
 from spectrumkd.evaluation.registry import SUITE_RUNNERS, SuiteContext
 from spectrumkd.evaluation.rouge import corpus_rouge_l, rouge_l, rouge_l_scores
 from spectrumkd.models.generation import generate
@@ -66,6 +67,7 @@ __all__ = [
     "HIGHER_IS_BETTER",
     "INSTRUCTION_SUITES",
     "INSTRUCTION_SUITE_NAMES",
+    "MATHS_VERIFIED",
     "MAX_PROMPT_TOKENS",
     "SUITE_RUNNERS",
     "Decoding",

@@ -199,6 +199,8 @@ def run_manifest(
     if spec.needs_model:
         manifest["model"] = model_fingerprint(model)
         manifest["settings"] = settings.manifest()
+    if spec.describe is not None:
+        manifest["inputs"] = spec.describe(options)
     if tokenizer is not None:
         manifest["tokenizer_size"] = len(tokenizer)
     if texts is not None:

@@ -58,6 +58,9 @@ class MetricSpec:
     # The options the metric accepts and their defaults; a given option must have the default's
     # type (an int is accepted for a float).
     options: Mapping[str, Any] = field(default_factory=dict)
+    # What else decides the table, recorded in the run's manifest: e.g. the digest of a file an
+    # option names (a table must not be reused after the file changed).
+    describe: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
 
 METRICS: dict[str, MetricSpec] = {}

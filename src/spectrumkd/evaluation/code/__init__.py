@@ -2,6 +2,7 @@
 and the sandbox its test programs run in (:mod:`.sandbox`, with :mod:`.isolation` choosing the
 confinement, :mod:`.process` running one child and :mod:`.child` the child's own set-up)."""
 
+from spectrumkd.evaluation.code.difficulty import CODE_EXECUTION, count_passed_tests
 from spectrumkd.evaluation.code.isolation import (
     ISOLATIONS,
     landlock_abi,
@@ -28,6 +29,7 @@ from spectrumkd.evaluation.code.suite import (
 )
 
 __all__ = [
+    "CODE_EXECUTION",
     "CODE_MAX_NEW_TOKENS",
     "CODE_SETS",
     "ISOLATIONS",
@@ -37,6 +39,7 @@ __all__ = [
     "check_solutions",
     "code_suite_runner",
     "complete_solution",
+    "count_passed_tests",
     "evaluate_code",
     "extract_code",
     "landlock_abi",
