@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import test_integrations as integration_tests
 import torch
 from accelerate import Accelerator
 from conftest import build_tiny_llama
@@ -18,15 +19,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_trainer import VOCAB, KilledTeacher, make_examples
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from transformers import TrainingArguments
 
 from spectrumkd.curation.plan import CurriculumPlan, EpochPlan
+from spectrumkd.data import DataCollator
 from spectrumkd.distillation.objectives import get_objective
 from spectrumkd.distillation.signals import LiveTeacher
 from spectrumkd.distillation.stages import epoch_optimizer_steps
 from spectrumkd.distillation.steps import collate_with_ids, step_losses
 from spectrumkd.distillation.train_config import TrainConfig
 from spectrumkd.distillation.trainer import train
-from spectrumkd.integrations.sampler import CurriculumSampler
+from spectrumkd.integrations import CurriculumCallback, CurriculumDataset, CurriculumSampler
 from spectrumkd.integrations.spans import span_epochs
 
 EXAMPLES = make_examples(16)
@@ -332,3 +335,97 @@ def test_optimiser_steps_per_epoch_count_the_batches_a_loader_serves(
         batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
         longest_share = max(len(batches[rank::processes]) for rank in range(processes))
         assert steps == len(range(0, longest_share, grad_accum))
+
+
+# A real transformers.Trainer: CurriculumDataset needs a constant epoch size, so the staged plan
+# here is One-Pass shaped (disjoint buckets of 8 examples, two epochs each).
+HF_VOCAB = 100
+
+
+def one_pass_plan(ids: Sequence[str]) -> CurriculumPlan:
+    return CurriculumPlan(
+        "one_pass",
+        (
+            EpochPlan(1, ids[:8], 1.0, kd_weight=0.7, stage=1),
+            EpochPlan(2, ids[:8], 1.0, kd_weight=0.7, stage=1),
+            EpochPlan(3, ids[8:16], 2.0, kd_weight=0.9, stage=2, restart=True),
+            EpochPlan(4, ids[8:16], 2.0, kd_weight=0.9, stage=2),
+        ),
+    )
+
+
+def hf_run(folder: Path, *, save_steps: int = 0, resume_from: str | None = None, **arguments):
+    """A tiny KD run of transformers.Trainer over the One-Pass plan (2 steps an epoch, 4 a
+    stage), seen at every optimiser step; returns the callback, the student and the steps."""
+    examples = integration_tests.make_examples(16, HF_VOCAB)
+    ids = [e.id for e in examples]
+    plan = one_pass_plan(ids)
+    view = CurriculumDataset(examples, ids, plan)
+    callback = CurriculumCallback(view)
+    student = build_tiny_llama(HF_VOCAB, num_layers=1, seed=1)
+    options = {
+        "output_dir": str(folder),
+        "num_train_epochs": plan.num_epochs,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 0.25,
+        "optim": "adamw_torch",
+        "save_strategy": "steps" if save_steps else "no",
+        "save_steps": save_steps or 500,
+        "report_to": [],
+        "logging_steps": 1000,
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 3,
+        **arguments,
+    }
+    trainer = integration_tests.TinyKDTrainer(
+        model=student,
+        args=TrainingArguments(**options),
+        train_dataset=view,
+        eval_dataset=examples[:4],  # read only by a run that asks for evaluation
+        data_collator=DataCollator(pad_token_id=0),
+        teacher=build_tiny_llama(HF_VOCAB, num_layers=2, seed=2),
+        curriculum_callback=callback,
+        callbacks=[callback],
+    )
+    with optimiser_steps_observed() as steps:
+        trainer.train(resume_from_checkpoint=resume_from)
+    return callback, student, steps, trainer
+
+
+def test_the_callback_restarts_the_optimiser_and_the_schedule_inside_a_transformers_trainer(
+    tmp_path,
+):
+    callback, _, steps, trainer = hf_run(tmp_path)
+    assert len(steps) == 8 and callback.restarts == [4]
+    assert [i for i, s in enumerate(steps) if s["state_entries"] == 0] == [0, 4]
+    expected = [linear_lr(1e-3, t, 4, 0.25) for _ in range(2) for t in range(4)]
+    assert [s["lr"] for s in steps] == pytest.approx(expected, abs=1e-12)
+    assert trainer.temperatures_used == [1.0] * 4 + [2.0] * 4
+    assert [t for _, t in callback.history] == [1.0, 1.0, 2.0, 2.0]
+
+
+def test_the_callback_refuses_a_schedule_it_cannot_restart(tmp_path):
+    with pytest.raises(
+        ValueError, match="restarts the LR schedule.*set lr_scheduler_type to linear"
+    ):
+        hf_run(tmp_path, lr_scheduler_type="reduce_lr_on_plateau", eval_strategy="epoch")
+
+
+@pytest.mark.parametrize("checkpoint", ["checkpoint-4", "checkpoint-5"])
+def test_a_transformers_trainer_resumed_in_stage_2_keeps_the_stage_schedule(tmp_path, checkpoint):
+    """checkpoint-4 is the stage boundary, checkpoint-5 one step into stage 2."""
+    _, clean, clean_steps, _ = hf_run(tmp_path, save_steps=1)
+    resumed_from = int(checkpoint.split("-")[1])
+    callback, resumed, steps, _ = hf_run(tmp_path, resume_from=str(tmp_path / checkpoint))
+    assert len(steps) == 8 - resumed_from
+    assert [s["lr"] for s in steps] == pytest.approx(
+        [s["lr"] for s in clean_steps[resumed_from:]], abs=1e-12
+    )
+    assert [s["state_entries"] == 0 for s in steps] == [
+        s["state_entries"] == 0 for s in clean_steps[resumed_from:]
+    ]
+    assert callback.restarts == ([4] if resumed_from == 4 else [])
+    assert_same_weights(clean, resumed, atol=1e-6)
