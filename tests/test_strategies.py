@@ -31,6 +31,7 @@ from spectrumkd.curation import (
     epochs_per_stage_for_budget,
     equal_buckets,
     linear_ramp,
+    replan_from_stage,
     settings_for_visit_budget,
     strategy_names,
     strategy_settings,
@@ -254,6 +255,63 @@ def test_srd_refuses_a_ratio_that_keeps_fewer_examples_than_stages():
     with pytest.raises(ValueError) as excinfo:
         SRD().plan(ids_for(3), [0.0, 1.0, 2.0])
     assert "keeps 2 of 3 examples, fewer than the 3 stages" in one_line_error(excinfo)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=8, max_size=80),
+    st.integers(2, 3),
+)
+def test_srd_reranking_keeps_trained_stages_and_cuts_the_rest_from_the_new_order(pairs, boundary):
+    before, after = [float(a) for a, _ in pairs], [float(b) for _, b in pairs]
+    n, ids = len(pairs), ids_for(len(pairs))
+    srd = SRD(SRDConfig(epochs_per_stage=2))
+    plan, rescored = srd.plan(ids, before), srd.plan(ids, after)
+    spliced = replan_from_stage(plan, rescored, boundary)
+    kept, old_order, new_order = (
+        math.floor(0.75 * n),
+        reference_order(before),
+        reference_order(after),
+    )
+    sizes = [kept // 3, 2 * (kept // 3), kept]
+    for stage, size in enumerate(sizes, start=1):
+        order = old_order if stage < boundary else new_order
+        assert stage_ids(spliced, stage) == [order[:size]] * 2
+    assert [(e.epoch, e.stage, e.restart) for e in spliced.epochs] == [
+        (e.epoch, e.stage, e.restart) for e in plan.epochs
+    ]
+    trained = set().union(*(set(e.ids) for e in spliced.epochs))
+    assert spliced.metadata["num_trained"] == len(trained) and spliced.metadata["reranked_at"] == [
+        boundary
+    ]
+    assert spliced.total_visits == plan.total_visits == spliced.metadata["total_visits"]
+    unchanged = replan_from_stage(plan, srd.plan(ids, before), boundary)
+    assert [list(e.ids) for e in unchanged.epochs] == [list(e.ids) for e in plan.epochs]
+
+
+@pytest.mark.parametrize(
+    ("other", "boundary", "named"),
+    [
+        (SRD(SRDConfig(epochs_per_stage=3)), 2, "other settings"),
+        (SRD(SRDConfig(epochs_per_stage=2)), 1, "from_stage=1 must be a stage boundary 2..3"),
+        (SRD(SRDConfig(epochs_per_stage=2)), 4, "from_stage=4"),
+        (POCL(POCLConfig(epochs_per_stage=2)), 2, "cannot splice a pocl plan"),
+    ],
+)
+def test_reranking_refuses_plans_that_do_not_fit(other, boundary, named):
+    ids, difficulties = ids_for(12), [float(i) for i in range(12)]
+    plan = SRD(SRDConfig(epochs_per_stage=2)).plan(ids, difficulties)
+    with pytest.raises(ValueError) as excinfo:
+        replan_from_stage(plan, other.plan(ids, difficulties), boundary)
+    assert named in one_line_error(excinfo)
+
+
+def test_reranking_refuses_a_plan_of_other_examples():
+    srd = SRD(SRDConfig(epochs_per_stage=2))
+    plan = srd.plan(ids_for(12), [float(i) for i in range(12)])
+    with pytest.raises(ValueError) as excinfo:
+        replan_from_stage(plan, srd.plan(ids_for(16), [float(i) for i in range(16)]), 2)
+    assert "not of the same examples" in one_line_error(excinfo)
 
 
 # ---------------------------------------------------------------- Baby Step and One-Pass

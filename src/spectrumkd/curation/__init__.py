@@ -37,6 +37,7 @@ from spectrumkd.curation.staged import (
     covered_ranks,
     epochs_per_stage_for_budget,
     linear_ramp,
+    replan_from_stage,
     staged_plan,
 )
 from spectrumkd.curation.strategies import (
@@ -95,6 +96,7 @@ __all__ = [
     "equal_buckets",
     "linear_ramp",
     "rank_easy_to_hard",
+    "replan_from_stage",
     "staged_plan",
     # strategies by name
     "STRATEGIES",

@@ -10,10 +10,11 @@ temperatures 1.0, 1.5, 2.0 and KD weights 0.8, 0.9, 1.0. Their OpenLLaMA-3B LoRA
 ``SRDConfig(epochs_per_stage=4, tau_end=5/3, kd_weight_start=0.7, kd_weight_end=0.9)``
 (temperatures 1.0, 1.33, 1.67; KD weights 0.7, 0.8, 0.9).
 
-Not built: the optional re-ranking between stages. The paper's abstract says "dynamically", but
-the authors' code ranks once; re-ranking needs the partly trained student in the middle of a
-run, which a plan made before training cannot hold (it would be a trainer/jobs feature that
-re-scores and re-plans at a stage boundary). This module is the static ranking the code uses.
+Re-ranking between stages: the paper's abstract says "dynamically", but the authors' code ranks
+once, so :class:`SRD` plans from one static ranking. The optional re-ranking is the pure splice
+:func:`~spectrumkd.curation.staged.replan_from_stage` (the stages already trained as planned,
+the rest from a plan on rescored difficulties). Not built: the hook that rescores with the partly
+trained student at a stage boundary in the middle of a run (a trainer/jobs feature).
 """
 
 from __future__ import annotations

@@ -160,3 +160,52 @@ def check_kd_weight(name: str, value: Any, *, optional: bool = False) -> None:
             f"{name}={value!r} must be {allowed}: the share of the loss on the KD term, "
             "the rest on cross-entropy"
         )
+
+
+def replan_from_stage(
+    plan: CurriculumPlan, reranked: CurriculumPlan, from_stage: int
+) -> CurriculumPlan:
+    """Re-ranking between stages (SRD's optional dynamic ranking, spec section 3): the epochs of
+    stages ``1..from_stage-1`` as ``plan`` made them (already trained), those of ``from_stage``
+    on from ``reranked``, the same strategy and settings planned on difficulties rescored at the
+    stage boundary by the partly trained student. Stage sizes depend only on N, so the visits,
+    epochs and restarts stay where they were; ``first_rank``/``last_rank`` of a stage refer to
+    the order it was cut from, and ``metadata["reranked_at"]`` lists the stages that re-ranked.
+
+    Pure: the rescoring itself needs the model in the middle of a run and is the caller's.
+    """
+    if plan.strategy != reranked.strategy or plan.metadata.get("settings") != reranked.metadata.get(
+        "settings"
+    ):
+        raise ValueError(
+            f"cannot splice a {reranked.strategy} plan with other settings into a {plan.strategy} "
+            "plan; re-plan with the same strategy and settings"
+        )
+    shape = [len(plan.stage_epochs(s)) for s in range(1, plan.num_stages + 1)]
+    if shape != [len(reranked.stage_epochs(s)) for s in range(1, reranked.num_stages + 1)] or set(
+        plan.metadata["order"]
+    ) != set(reranked.metadata["order"]):
+        raise ValueError(
+            "the re-ranked plan is not of the same examples, stages and epochs as the plan; "
+            "rescore the same examples"
+        )
+    if isinstance(from_stage, bool) or not isinstance(from_stage, int):
+        raise ValueError(f"from_stage={from_stage!r} must be an integer stage number")
+    if not 2 <= from_stage <= plan.num_stages:
+        raise ValueError(
+            f"from_stage={from_stage} must be a stage boundary 2..{plan.num_stages} of this plan"
+        )
+    epochs = tuple(e for e in plan.epochs if e.stage < from_stage) + tuple(
+        e for e in reranked.epochs if e.stage >= from_stage
+    )
+    trained = len({id_ for e in epochs for id_ in e.ids})
+    split = from_stage - 1
+    metadata = {
+        **reranked.metadata,
+        "num_trained": trained,
+        "num_discarded": plan.metadata["num_examples"] - trained,
+        "total_visits": sum(len(e.ids) for e in epochs),
+        "stages": plan.metadata["stages"][:split] + reranked.metadata["stages"][split:],
+        "reranked_at": [*plan.metadata.get("reranked_at", []), from_stage],
+    }
+    return CurriculumPlan(strategy=plan.strategy, epochs=epochs, metadata=metadata)
