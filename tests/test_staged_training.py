@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -395,13 +396,31 @@ def hf_run(folder: Path, *, save_steps: int = 0, resume_from: str | None = None,
     return callback, student, steps, trainer
 
 
+def cosine_min_lr(base: float, step: int, steps: int, warmup_ratio: float, min_lr: float) -> float:
+    """Cosine decay to ``min_lr`` after a linear warm-up, at 0-based ``step`` of ``steps``."""
+    warmup = int(warmup_ratio * steps)
+    if step < warmup:
+        return base * step / warmup
+    progress = (step - warmup) / (steps - warmup)
+    return min_lr + (base - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "schedule_options", "lr_at"),
+    [
+        ("linear", {}, lambda t: linear_lr(1e-3, t, 4, 0.25)),
+        ("cosine_with_min_lr", {"min_lr": 1e-4}, lambda t: cosine_min_lr(1e-3, t, 4, 0.25, 1e-4)),
+    ],
+)
 def test_the_callback_restarts_the_optimiser_and_the_schedule_inside_a_transformers_trainer(
-    tmp_path,
+    tmp_path, schedule, schedule_options, lr_at
 ):
-    callback, _, steps, trainer = hf_run(tmp_path)
+    callback, _, steps, trainer = hf_run(
+        tmp_path, lr_scheduler_type=schedule, lr_scheduler_kwargs=schedule_options
+    )
     assert len(steps) == 8 and callback.restarts == [4]
     assert [i for i, s in enumerate(steps) if s["state_entries"] == 0] == [0, 4]
-    expected = [linear_lr(1e-3, t, 4, 0.25) for _ in range(2) for t in range(4)]
+    expected = [lr_at(t) for _ in range(2) for t in range(4)]
     assert [s["lr"] for s in steps] == pytest.approx(expected, abs=1e-12)
     assert trainer.temperatures_used == [1.0] * 4 + [2.0] * 4
     assert [t for _, t in callback.history] == [1.0, 1.0, 2.0, 2.0]

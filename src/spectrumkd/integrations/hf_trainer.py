@@ -104,10 +104,14 @@ class CurriculumCallback(TrainerCallback):
         if plan.epoch(epoch).restart and position == 0:
             optimizer.state.clear()  # a newly built optimiser holds no moments or step counts
             self.restarts.append(state.global_step)
-        # The span's schedule function, from the same factory the Trainer built its own with.
+        # The span's schedule function, from the same factory the Trainer built its own with
+        # (over a stand-in optimiser with the same default lr, which cosine_with_min_lr reads).
+        stand_in = torch.optim.SGD(
+            [torch.zeros(1, requires_grad=True)], lr=optimizer.defaults["lr"]
+        )
         template = get_scheduler(
             args.lr_scheduler_type,
-            torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+            stand_in,
             num_warmup_steps=args.get_warmup_steps(span_steps),
             num_training_steps=span_steps,
             scheduler_specific_kwargs=args.lr_scheduler_kwargs,
