@@ -519,3 +519,19 @@ def test_curation_imports_no_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_every_row_of_a_staged_schedule_names_its_stage_and_a_plain_plan_keeps_its_rows():
+    ids = [f"ex{i}" for i in range(12)]
+    staged = build_strategy("pocl", {"epochs_per_stage": 1}).plan(ids, list(range(12)))
+    rows = staged.to_dict()["epochs"]
+    assert [(row["stage"], row["restart"]) for row in rows] == [
+        (1, False),
+        (2, True),
+        (3, True),
+        (4, True),
+    ]
+    plain = build_strategy("spectrumkd", {"epochs": 3, "warmup_epochs": 1}).plan(
+        ids, list(range(12))
+    )
+    assert all("stage" not in row for row in plain.to_dict()["epochs"])

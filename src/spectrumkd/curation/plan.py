@@ -63,9 +63,12 @@ class EpochPlan:
     stage: int = 1
     restart: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, staged: bool | None = None) -> dict[str, Any]:
+        """The epoch as a ``schedule.json`` row; ``stage`` and ``restart`` are written when the
+        plan has stages (``staged``; alone, when this epoch is not a plain stage-1 epoch), so a
+        plan without stages keeps the rows it always had."""
         row: dict[str, Any] = {"epoch": self.epoch, **self.info, "temperature": self.temperature}
-        if self.stage != 1 or self.restart:  # a plan without stages keeps its old rows
+        if staged if staged is not None else (self.stage != 1 or self.restart):
             row["stage"] = self.stage
             row["restart"] = self.restart
         if self.kd_weight is not None:
@@ -112,7 +115,7 @@ class CurriculumPlan:
         return {
             "strategy": self.strategy,
             **self.metadata,
-            "epochs": [e.to_dict() for e in self.epochs],
+            "epochs": [e.to_dict(staged=self.num_stages > 1) for e in self.epochs],
         }
 
 
