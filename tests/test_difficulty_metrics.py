@@ -354,3 +354,13 @@ def test_a_folder_of_the_plain_ce_scorer_is_resumed_and_other_leftovers_refused(
     (tmp_path / "odd" / "difficulties.jsonl").write_text("")
     with pytest.raises(ValueError, match="without a metric.json"):
         compute_difficulty("length", examples, out_dir=tmp_path / "odd")
+
+
+def test_a_run_refused_before_any_work_does_not_hold_its_folder(tmp_path):
+    examples = random_token_examples(8, 300, seed=7)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        compute_difficulty("unigram_entropy", examples, vocab_size=5, out_dir=tmp_path / "u")
+    result = compute_difficulty("unigram_entropy", examples, vocab_size=300, out_dir=tmp_path / "u")
+    assert len(result) == 8
+    with pytest.raises(ValueError, match=r"different run \(options changed\)"):
+        compute_difficulty("unigram_entropy", examples, vocab_size=301, out_dir=tmp_path / "u")

@@ -234,6 +234,8 @@ def check_folder(
             f"{manifest_path} is unreadable ({str(error).splitlines()[0]}); delete {out} to "
             "score from scratch"
         ) from None
+    if previous != manifest and not any(p.name != MANIFEST_FILE for p in out.iterdir()):
+        return None  # the earlier run stopped before any work (a refused option): start afresh
     if previous != manifest:
         keys = sorted(set(previous) | set(manifest))
         changed = ", ".join(k for k in keys if previous.get(k) != manifest.get(k))
