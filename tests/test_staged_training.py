@@ -197,9 +197,13 @@ def test_a_plan_without_stages_logs_no_stage_and_trains_one_schedule(tmp_path):
 def test_optimiser_steps_per_stage_follow_the_stage_sizes(tmp_path):
     plan = staged_plan([(4 * k, 1, 1.0 + k / 4, 0.6 + k / 10) for k in (1, 2, 3, 4)])
     with optimiser_steps_observed() as steps:
-        state, _ = run(tmp_path, plan)
-    per_stage = [sum(1 for row in metric_rows(tmp_path) if row["stage"] == s) for s in (1, 2, 3, 4)]
+        state, _ = run(tmp_path, plan, validation=make_examples(4, seed=9))
+    rows = metric_rows(tmp_path)
+    training = [row for row in rows if "ce" in row]
+    per_stage = [sum(1 for row in training if row["stage"] == s) for s in (1, 2, 3, 4)]
     assert per_stage == [1, 2, 3, 4]
+    validated = [(row["epoch"], row["stage"]) for row in rows if "val_kd" in row]
+    assert validated == [(1, 1), (2, 2), (3, 3), (4, 4)]
     assert [i for i, s in enumerate(steps) if s["state_entries"] == 0] == [0, 1, 3, 6]
     assert state["step"] == 10 and state["stage"] == 4
 

@@ -437,7 +437,10 @@ def validate_epoch(
         run.pad_token_id,
     )
     metrics.update(run_validators(accelerator, run.student, validators))
-    log_metrics(accelerator, run.output, {"epoch": epoch, "step": state["step"], **metrics}, config)
+    row = {"epoch": epoch, "step": state["step"], **metrics}
+    if is_staged(run.plan):
+        row["stage"] = run.plan.epoch(epoch).stage
+    log_metrics(accelerator, run.output, row, config)
     if config.select_metric not in metrics:
         raise ValueError(
             f"select_metric={config.select_metric!r} is not among the validation metrics "
