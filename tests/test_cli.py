@@ -362,3 +362,89 @@ def test_the_evaluation_data_root_is_a_flag_or_a_variable_never_the_working_dire
     judge = ["judge", "--student-eval", "a", "--reference-eval", "b", "--base-url", "http://x"]
     assert main([*judge, "--model", "m", "--data-root", str(tmp_path / "nothing"), "--quiet"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------- curation strategies
+
+
+def test_curate_strategy_srd_with_an_option_writes_the_strategys_plan(tmp_path, capsys):
+    from spectrumkd.curation import build_strategy
+
+    difficulties = write_difficulties(tmp_path / "d.jsonl", n=40)
+    argv = ["curate", "--difficulties", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "c")]
+    assert main([*argv, "--strategy", "srd", "--option", "selection_ratio=0.5"]) == 0
+    schedule = json.loads((tmp_path / "c" / "schedule.json").read_text())
+    ids = list(difficulties)
+    expected = build_strategy("srd", {"selection_ratio": 0.5}).plan(
+        ids, [difficulties[i] for i in ids]
+    )
+    assert schedule == json.loads(json.dumps(expected.to_dict()))
+    assert [e["num_examples"] for e in schedule["epochs"][::8]] == [
+        6,
+        12,
+        20,
+    ]  # 20 kept: floor(20/3) = 6 per bucket
+    easiest = sorted(difficulties, key=difficulties.get)[:20]
+    assert {i for e in schedule["epochs"] for i in e["ids"]} == set(easiest)
+    out = capsys.readouterr().out
+    assert "srd schedule: 24 epochs in 3 stage(s)" in out and "restart" in out
+
+    # --baseline-epochs gives a staged strategy the example visits of that many full epochs.
+    assert main([*argv, "--strategy", "pocl", "--baseline-epochs", "5", "--quiet"]) == 0
+    pocl = json.loads((tmp_path / "c" / "schedule.json").read_text())
+    assert sum(e["num_examples"] for e in pocl["epochs"]) == 5 * 40  # 2 epochs x (10+20+30+40)
+    assert pocl["settings"]["epochs_per_stage"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--strategy", "pocl", "--option", "bogus=1"], "unknown pocl setting(s) bogus; known: "),
+        (["--strategy", "srd", "--option", "selection_ratio"], "write it as KEY=VALUE"),
+        (["--strategy", "srd", "--option", "selection_ratio=2"], "selection_ratio=2 must be"),
+        (["--strategy", "srd", "--epochs", "4"], "--epochs is a SpectrumKD schedule flag"),
+        (["--option", "epochs=0"], "epochs=0 must be an integer >= 1"),
+    ],
+)
+def test_curate_refuses_a_strategys_bad_settings_in_one_line(tmp_path, capsys, extra, message):
+    write_difficulties(tmp_path / "d.jsonl")
+    argv = ["curate", "--difficulties", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "c")]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("spectrumkd curate: error: ") and message in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "c" / "schedule.json").exists()
+
+
+def test_an_unknown_strategy_is_refused_by_the_parser_listing_the_known_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["curate", "--difficulties", "d", "--out", "o", "--strategy", "bogus"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in err and "pocl" in err and "one_pass" in err
+
+
+def test_the_metric_flags_choices_are_the_registered_metrics():
+    import spectrumkd.evaluation  # noqa: F401 - registers code_execution and maths_verified
+    from spectrumkd.cli.flags import METRICS
+    from spectrumkd.scoring import metric_names
+    from spectrumkd.scoring.registry import EVALUATION_METRICS
+
+    assert sorted(METRICS) == sorted(set(metric_names()) | set(EVALUATION_METRICS))
+
+
+def test_score_by_length_needs_no_forward_and_writes_its_ranking(tmp_path, tiny_model_dir):
+    from spectrumkd.batching import IGNORE_INDEX
+    from spectrumkd.data import DataConfig
+    from spectrumkd.models import load_tokenizer
+
+    data = tmp_path / "rows.jsonl"
+    dolly_like_file(data)
+    out = tmp_path / "len"
+    argv = ["score", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out)]
+    assert main([*argv, "--metric", "length", "--quiet"]) == 0
+    examples = DataConfig(source=str(data)).load(load_tokenizer(tiny_model_dir)).examples
+    lengths = {e.id: sum(1 for t in e.labels if t != IGNORE_INDEX) for e in examples}
+    rows = [json.loads(line) for line in (out / "difficulties.jsonl").read_text().splitlines()]
+    assert {r["id"]: r["difficulty"] for r in rows} == lengths
+    assert json.loads((out / "score_summary.json").read_text())["metric"] == "length"
+    assert main([*argv, "--metric", "length", "--metric-option", "bogus=1", "--quiet"]) == 2

@@ -110,3 +110,73 @@ def test_the_distillation_stage_saves_each_plan_and_ends_with_a_comparison(
     )
     steps = rows["optimiser steps"]
     assert (steps["baseline"], steps["spectrumkd"]) == (baseline.steps, curated.steps)
+
+
+def test_the_demo_runs_any_strategy_against_the_baseline_and_its_page_draws_the_stages(
+    tmp_path, tiny_tokenizer, tiny_model_dir
+):
+    """``spectrumkd demo --strategy srd`` with tiny models: the curated run trains on the SRD
+    plan of its rows, ranked by the metric asked for, with the baseline's example visits as
+    near as the stage arithmetic allows; its page draws the stages and names the settings."""
+    import json
+    import math
+
+    import numpy as np
+    from conftest import build_tiny_llama
+
+    from spectrumkd.batching import IGNORE_INDEX
+    from spectrumkd.curation import build_strategy
+    from spectrumkd.curation.srd import SRDConfig
+    from spectrumkd.data import load_examples, tokenize_examples
+    from spectrumkd.demo import distill_stage, write_reports
+    from spectrumkd.jobs import score_dataset
+    from spectrumkd.models import load_model
+
+    dataset = tokenize_examples(
+        load_examples("embedded:dolly", limit=150), tiny_tokenizer, max_length=256
+    )
+    assert len(dataset.examples) >= 32  # 8 validation and 24 training rows
+    score = score_dataset(
+        load_model(tiny_model_dir),
+        dataset,
+        tmp_path / "scores",
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        progress=False,
+    )
+    baseline, curated = distill_stage(
+        tmp_path,
+        dataset.examples,
+        score,
+        tiny_model_dir,
+        tiny_tokenizer,
+        rows=24,
+        baseline_epochs=2,
+        validation_rows=8,
+        progress=False,
+        teacher=build_tiny_llama(len(tiny_tokenizer), num_layers=2, seed=1),
+        strategy="srd",
+        metric="length",
+    )
+    # Independent: the demo's seeded rows, their response lengths counted from the labels.
+    order = np.random.default_rng(0).permutation(len(dataset.examples))
+    training = [dataset.examples[i] for i in order[8:32]]
+    lengths = [sum(1 for t in e.labels if t != IGNORE_INDEX) for e in training]
+    # 24 rows, 18 kept in stages of 6/12/18 (36 visits a pass): 2 x 24 / 36 -> 1 epoch each.
+    expected = build_strategy("srd", SRDConfig(epochs_per_stage=1)).plan(
+        [e.id for e in training], lengths
+    )
+    folder = tmp_path / "distill" / "srd"
+    schedule = json.loads((folder / "schedule.json").read_text())
+    assert schedule == json.loads(json.dumps(expected.to_dict()))
+    assert curated.run == "srd" and curated.epochs == 3 and curated.example_passes == 36
+    assert curated.steps == sum(math.ceil(size / 8) for size in (6, 12, 18)) == 6
+    assert baseline.steps == 2 * math.ceil(24 / 8) == 6
+    metric = json.loads((tmp_path / "distill" / "scores-length" / "metric.json").read_text())
+    assert metric["metric"] == "length"
+
+    pages = write_reports(tmp_path, [baseline, curated])
+    page = pages["srd"].read_text()
+    assert (pages["srd"].parent / "schedule.png").stat().st_size > 1000
+    assert "srd (selection_ratio=0.75" in page and "3 epochs in 3 stage(s)" in page
+    assert "stage 2: epochs 2-2, ranks 1-12, tau 1.5, KD weight 0.9" in page
+    assert "restart at epoch(s) 2, 3" in page

@@ -44,12 +44,31 @@ def epochs_table(plan: CurriculumPlan) -> Table:
 
 
 def generic_epochs_table(plan: CurriculumPlan) -> Table:
-    table = Table(title=f"{plan.strategy} schedule: {plan.num_epochs} epochs")
-    for column in ("epoch", "examples", "temperature", "KD weight"):
+    """Any strategy's epochs: stage (and whether the optimiser and LR schedule restart there),
+    the ranks of the easy-to-hard order trained on when the plan records them, the examples,
+    the temperature and the KD weight."""
+    settings = plan.metadata.get("settings")
+    described = ", ".join(f"{k}={v}" for k, v in settings.items()) if settings else ""
+    table = Table(
+        title=f"{plan.strategy} schedule: {plan.num_epochs} epochs in {plan.num_stages} stage(s)"
+        + (f"\n({described})" if described else "")
+    )
+    for column in ("epoch", "stage", "ranks", "examples", "temperature", "KD weight"):
         table.add_column(column, justify="right")
     for epoch in plan.epochs:
+        info = epoch.info
+        first, last = info.get("first_rank"), info.get("last_rank")
+        ranks = f"{first}-{last}" if first is not None and last is not None else "-"
         weight = "-" if epoch.kd_weight is None else f"{epoch.kd_weight:.2f}"
-        table.add_row(str(epoch.epoch), str(len(epoch.ids)), f"{epoch.temperature:.3f}", weight)
+        stage = f"{epoch.stage}" + (" (restart)" if epoch.restart else "")
+        table.add_row(
+            str(epoch.epoch),
+            stage,
+            ranks,
+            str(len(epoch.ids)),
+            f"{epoch.temperature:.3f}",
+            weight,
+        )
     return table
 
 

@@ -13,9 +13,10 @@ trainers resume from their checkpoints).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
@@ -28,13 +29,24 @@ from spectrumkd.curation import (
     CurriculumPlan,
     SpectrumKD,
     SpectrumKDConfig,
-    step_parity,
     write_curation,
 )
-from spectrumkd.data import TokenizedExample, load_examples, tokenize_examples
+from spectrumkd.curation.strategies import (
+    settings_for_visit_budget,
+    strategy_settings,
+    strategy_spec,
+)
+from spectrumkd.data import Example, TokenizedExample, load_examples, tokenize_examples
 from spectrumkd.distillation import TrainConfig
 from spectrumkd.io import read_jsonl, write_json
-from spectrumkd.jobs import DistillInputs, ScoreResult, score_dataset, train_student
+from spectrumkd.jobs import (
+    DistillInputs,
+    ScoreResult,
+    curate,
+    score_dataset,
+    student_difficulties,
+    train_student,
+)
 from spectrumkd.models import (
     DEFAULT_TEACHER,
     calibration_batches,
@@ -81,14 +93,26 @@ def run_demo(
     distill_rows: int = DISTILL_ROWS,
     baseline_epochs: int = 3,
     validation_rows: int = VALIDATION_ROWS,
+    strategy: str = "spectrumkd",
+    options: Mapping[str, Any] | None = None,
+    metric: str | None = None,
+    metric_options: Mapping[str, Any] | None = None,
 ) -> DemoResult:
+    """The demo into ``out_dir``: baseline vs ``strategy`` (any curation strategy, its settings
+    ``options`` on top of its defaults; SpectrumKD's may come as ``config``), the strategy's
+    plan built from ``metric`` (default: the strategy's own) of the distillation rows."""
     start = time.perf_counter()
+    spec = strategy_spec(strategy)  # refused in one line before anything loads
+    metric = metric or spec.default_metric
+    if strategy == "spectrumkd" and config is None:
+        config = strategy_settings(strategy, options)
+    strategy_config = config if strategy == "spectrumkd" else strategy_settings(strategy, options)
     console = Console(quiet=quiet)
     # The demo shows its own progress; the libraries' per-file loading bars only add noise.
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
     out = Path(out_dir or "runs/demo")  # a fixed default: rerunning after a kill resumes there
-    config = config or SpectrumKDConfig()
+    config = config if isinstance(config, SpectrumKDConfig) else SpectrumKDConfig()
     console.rule(f"SpectrumKD demo -> {out}")
 
     console.print(
@@ -97,9 +121,8 @@ def run_demo(
     tokenizer = load_tokenizer(DEFAULT_TEACHER)
     teacher = load_model(DEFAULT_TEACHER)
 
-    dataset = tokenize_examples(
-        load_examples("embedded:dolly", limit=rows), tokenizer, max_length=max_length
-    )
+    texts = load_examples("embedded:dolly", limit=rows)
+    dataset = tokenize_examples(texts, tokenizer, max_length=max_length)
     console.print(
         f"[bold]2. Data[/] embedded Dolly dev split (CC BY-SA 3.0), paper template: {dataset.summary()}"
     )
@@ -150,7 +173,8 @@ def run_demo(
     if distill_rows:
         console.print(
             f"[bold]6. Distillation[/] forward KL, alpha 0.3, on {distill_rows} rows "
-            f"(validation: {validation_rows} held-out rows): baseline vs +SpectrumKD, same steps"
+            f"(validation: {validation_rows} held-out rows): baseline vs +{strategy} "
+            f"(ranked by {metric}), the example visits of {baseline_epochs} epochs each"
         )
         distilled = distill_stage(
             out,
@@ -162,6 +186,12 @@ def run_demo(
             baseline_epochs=baseline_epochs,
             validation_rows=validation_rows,
             progress=not quiet,
+            strategy=strategy,
+            settings=strategy_config,
+            metric=metric,
+            metric_options=metric_options,
+            texts=texts,
+            console=console,
         )
         console.print(results_table(distilled))
 
@@ -173,6 +203,8 @@ def run_demo(
             "student": str(student_dir),
             "data": dataset.summary(),
             "config": config.to_dict(),
+            "strategy": strategy,
+            "metric": metric,
             "zones": {name: zone["size"] for name, zone in plan.metadata["zones"].items()},
             "scoring_tokens_per_second": round(score.tokens_per_second, 1),
             "distillation": [asdict(run) for run in distilled],
@@ -235,12 +267,23 @@ def distill_stage(
     validation_rows: int = VALIDATION_ROWS,
     progress: bool,
     teacher: torch.nn.Module | None = None,
+    strategy: str = "spectrumkd",
+    settings: Any = None,
+    metric: str | None = None,
+    metric_options: Mapping[str, Any] | None = None,
+    texts: list[Example] | None = None,
+    console: Console | None = None,
 ) -> list[DistillResult]:
-    """Plain KD and KD + SpectrumKD from the same student, on the same rows, for the same number
-    of optimiser steps (the paper's step parity); each keeps its best validation epoch. The
-    +SpectrumKD run folder holds the plan it trains on (``schedule.json``, ``spectrum.jsonl``),
-    so its report draws that plan and counts its epochs. ``teacher`` defaults to the embedded
-    SmolLM2 (tests pass a tiny one)."""
+    """Plain KD and KD + ``strategy`` from the same student, on the same rows, with the same
+    budget of example visits (so, at one batch size, about the same optimiser steps: SpectrumKD
+    by the paper's step parity, a staged strategy by its epochs per stage); each keeps its best
+    validation epoch. The curated run's folder holds the plan it trains on (``schedule.json``),
+    so its report draws that plan and counts its epochs. The plan ranks the training rows by
+    ``metric`` (default the strategy's; ``ce_mean`` comes from ``score``, another is computed
+    into ``out/distill/scores-<metric>``, needing ``texts`` when it generates). ``teacher``
+    defaults to the embedded SmolLM2 (tests pass a tiny one)."""
+    spec = strategy_spec(strategy)
+    metric = metric or spec.default_metric
     order = np.random.default_rng(0).permutation(len(examples))
     validation = [examples[i] for i in order[:validation_rows]]
     training = [examples[i] for i in order[validation_rows : validation_rows + rows]]
@@ -249,13 +292,44 @@ def distill_stage(
             f"only {len(training)} rows left for the demo's distillation after {validation_rows} "
             "validation rows; use more --rows or --distill-rows 0"
         )
-    difficulty = dict(zip(score.table.ids, score.table.loss_mean, strict=True))
     ids = [e.id for e in training]
-    # The paper warms up for a fifth of the epochs (5 of 25, 1 of 5 at step parity with 4).
-    parity = step_parity(SpectrumKDConfig(), baseline_epochs, len(ids), warmup_fraction=0.2)
-    strategy = SpectrumKD(parity.config)
-    spectrum = strategy.spectrum(ids, [difficulty[i] for i in ids])
-    plan = strategy.plan_from_spectrum(spectrum)
+    if metric == "ce_mean" and score.table is not None:
+        difficulty = dict(zip(score.table.ids, score.table.loss_mean, strict=True))
+        values = [difficulty[i] for i in ids]
+    else:
+        began = time.perf_counter()
+        scored = student_difficulties(
+            metric,
+            load_model(student_dir),
+            tokenizer,
+            training,
+            out / "distill" / f"scores-{metric}",
+            texts=texts,
+            progress=progress,
+            **dict(metric_options or {}),
+        )
+        values = list(scored.difficulties)
+        if console is not None:
+            console.print(
+                f"    {metric} of the {len(ids)} distillation rows: "
+                + ("reused" if scored.reused else f"{time.perf_counter() - began:.0f} s")
+            )
+    if strategy == "spectrumkd":
+        settings = settings if isinstance(settings, SpectrumKDConfig) else SpectrumKDConfig()
+        # The paper warms up for a fifth of the epochs (5 of 25, 1 of 5 at step parity with 4).
+        budget = settings_for_visit_budget(
+            strategy, settings, len(ids), baseline_epochs, warmup_fraction=0.2
+        )
+    else:
+        budget = settings_for_visit_budget(strategy, settings, len(ids), baseline_epochs)
+    folder_of = {"baseline": out / "distill" / "baseline", strategy: out / "distill" / strategy}
+    # Not the demo folder's plan of the whole data: this run's own plan of its rows, beside its
+    # metrics (a pure function of them, so a rerun rewrites it unchanged).
+    plan = curate(
+        ids, np.asarray(values, dtype=np.float64), budget, folder_of[strategy], strategy=strategy
+    )
+    if console is not None and strategy != "spectrumkd":
+        print_plan(plan, console)
     config = TrainConfig(
         objective="forward_kl",
         alpha=0.3,
@@ -267,16 +341,11 @@ def distill_stage(
     )
     teacher = teacher if teacher is not None else load_model(DEFAULT_TEACHER)
     results = []
-    for name, run_plan in (("baseline", None), ("spectrumkd", plan)):
-        folder = out / "distill" / name
-        if run_plan is not None:
-            # Not the demo folder's 25-epoch schedule of the whole data: this run's own plan of
-            # its rows, beside its metrics (a pure function of them, so a rerun rewrites it
-            # unchanged).
-            write_curation(run_plan, spectrum, folder, score.table)
+    for name, run_plan in (("baseline", None), (strategy, plan)):
+        folder = folder_of[name]
         began = time.perf_counter()
-        # The rows and the plan are the demo's own (a seeded subset, step parity with the
-        # baseline); the training is spectrumkd distill's (jobs.train_student).
+        # The rows and the plan are the demo's own (a seeded subset, the same visit budget as
+        # the baseline); the training is spectrumkd distill's (jobs.train_student).
         inputs = DistillInputs(
             tokenizer=tokenizer,  # best/ and final/ each load with their tokenizer
             teacher=teacher,
@@ -288,11 +357,10 @@ def distill_stage(
         best = state["best"]
         epoch_rows = [r for r in read_jsonl(folder / "metrics.jsonl") if "val_kd" in r]
         best_row = next(r for r in reversed(epoch_rows) if r["epoch"] == best["epoch"])
-        used = run_plan.epochs if run_plan else [None] * baseline_epochs
         results.append(
             DistillResult(
                 run=name,
-                epochs=len(used),
+                epochs=run_plan.num_epochs if run_plan else baseline_epochs,
                 steps=state["step"],
                 example_passes=sum(len(e.ids) for e in run_plan.epochs)
                 if run_plan

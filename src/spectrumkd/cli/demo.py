@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from spectrumkd.cli.flags import (
+    METRICS,
+    add_metric_option_flag,
+    add_strategy_flags,
+    metric_options,
+    strategy_options,
+)
+from spectrumkd.curation.strategies import STRATEGIES
+
 
 def register(commands: Any) -> None:
     demo = commands.add_parser(
@@ -35,6 +44,19 @@ def register(commands: Any) -> None:
         default=3,
         help="epochs of the baseline; SpectrumKD gets as many optimiser steps",
     )
+    add_strategy_flags(
+        demo, "its epochs are set to the example visits of the baseline's --baseline-epochs"
+    )
+    demo.add_argument(
+        "--metric",
+        choices=METRICS,
+        default=None,
+        help="difficulty the strategy ranks the distillation rows by (default: the strategy's "
+        "own: "
+        + ", ".join(f"{name} {spec.default_metric}" for name, spec in STRATEGIES.items())
+        + ")",
+    )
+    add_metric_option_flag(demo)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(run=cmd_demo)
 
@@ -50,4 +72,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         quiet=args.quiet,
         distill_rows=args.distill_rows,
         baseline_epochs=args.baseline_epochs,
+        strategy=args.strategy,
+        options=strategy_options(args),
+        metric=args.metric,
+        metric_options=metric_options(args),
     )

@@ -14,11 +14,27 @@ from pathlib import Path
 from typing import Any
 
 from spectrumkd.curation.config import DIRECTIONS, STEP_MODES, SpectrumKDConfig
+from spectrumkd.curation.schedule import SpectrumKD
+from spectrumkd.curation.strategies import STRATEGIES, strategy_names
 from spectrumkd.data.config import DataConfig
 
 # spectrumkd.models.precision.PRECISIONS, spelled out so that defining the flags does not load
 # the models package (tests/test_precision_paths.py checks that the two agree).
 PRECISIONS = ("auto", "float32", "bf16", "fp16")
+
+# spectrumkd.scoring's metric names (with the two the evaluation stage registers), spelled out
+# so that defining the flags does not load torch (tests/test_cli.py checks that they agree).
+METRICS = (
+    "ce_mean",
+    "ce_sum",
+    "code_execution",
+    "length",
+    "maths_verified",
+    "predictive_entropy",
+    "reflection_rouge",
+    "reflection_rrf",
+    "unigram_entropy",
+)
 
 # Where the evaluation suites' data lives when --data-root is not given.
 DATA_ROOT_ENV = "SPECTRUMKD_DATA_ROOT"
@@ -185,6 +201,28 @@ def add_schedule_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def spectrumkd_flags_given(args: argparse.Namespace) -> list[str]:
+    """The SpectrumKD schedule flags given other values than their defaults (so that another
+    strategy can refuse them instead of ignoring them)."""
+    defaults = SpectrumKDConfig()
+    given = [
+        flag
+        for flag, value, default in (
+            ("--lambda-a", args.lambda_a, defaults.lambda_a),
+            ("--lambda-b", args.lambda_b, defaults.lambda_b),
+            ("--auto-quantile", args.auto_quantile, 0.9),
+            ("--epochs", args.epochs, None),
+            ("--warmup", args.warmup, defaults.warmup_epochs),
+            ("--tau-start", args.tau_start, defaults.tau_start),
+            ("--tau-end", args.tau_end, defaults.tau_end),
+            ("--step-mode", args.step_mode, defaults.step_mode),
+            ("--direction", args.direction, defaults.direction),
+        )
+        if value != default
+    ]
+    return given
+
+
 def schedule_config(args: argparse.Namespace, n_examples: int) -> SpectrumKDConfig:
     """The schedule flags as a config for ``n_examples`` rows; with ``--baseline-epochs`` the
     epochs come from step parity (:func:`spectrumkd.curation.step_parity`) and ``--warmup``
@@ -244,3 +282,61 @@ def resolve_data_root(data_root: str | None, needed: bool, alternative: str = ""
             + (f", or {alternative}" if alternative else "")
         )
     return None
+
+
+def add_strategy_flags(parser: argparse.ArgumentParser, budget_help: str) -> None:
+    """``--strategy NAME`` and its settings as repeatable ``--option KEY=VALUE``;
+    ``budget_help`` says how the command gives the strategy its epochs."""
+    group = parser.add_argument_group("curation strategy")
+    group.add_argument(
+        "--strategy",
+        choices=strategy_names(),
+        default=SpectrumKD.name,
+        help="curation strategy (default %(default)s): "
+        # argparse %-formats help: a literal % (POCL's "25/50/75/100 %") is written %%.
+        + "; ".join(
+            f"{name}: {spec.summary}".replace("%", "%%") for name, spec in STRATEGIES.items()
+        ),
+    )
+    group.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the strategy, YAML-typed (repeatable), e.g. --option "
+        f"selection_ratio=0.5 for srd; {budget_help}",
+    )
+
+
+def key_values(pairs: list[str], flag: str, example: str) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (YAML-typed), refusing a malformed pair in
+    one line."""
+    from spectrumkd.distillation.run_config import load_yaml
+
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {pair!r}: write it as KEY=VALUE, e.g. {flag} {example}")
+        values[key.strip()] = load_yaml(raw)
+    return values
+
+
+def strategy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--option`` pairs of a command with :func:`add_strategy_flags`."""
+    return key_values(args.option, "--option", "selection_ratio=0.5")
+
+
+def add_metric_option_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metric-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the difficulty metric, YAML-typed (repeatable), e.g. "
+        "--metric-option max_total_tokens=320 for the reflection metrics",
+    )
+
+
+def metric_options(args: argparse.Namespace) -> dict[str, Any]:
+    return key_values(args.metric_option, "--metric-option", "max_total_tokens=320")

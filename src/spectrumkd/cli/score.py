@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from spectrumkd.cli.flags import (
+    METRICS,
     PRECISIONS,
     add_data_flags,
+    add_metric_option_flag,
     add_model_flags,
     data_config,
+    metric_options,
     model_options,
 )
 
@@ -47,6 +50,15 @@ def register(commands: Any) -> None:
         help="difficulty = mean or sum of response CE",
     )
     score.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="ce_mean",
+        help="difficulty metric (default %(default)s, the student's mean response CE); "
+        "length and unigram_entropy need no model, the reflection_* ones generate an answer "
+        "per row (slow on a CPU)",
+    )
+    add_metric_option_flag(score)
+    score.add_argument(
         "--lambda-a", type=float, default=0.1, help="zones written into spectrum.jsonl"
     )
     score.add_argument("--lambda-b", type=float, default=0.1)
@@ -70,6 +82,8 @@ def cmd_score(args: argparse.Namespace) -> None:
             max_batch_size=args.max_batch_size,
             precision=args.precision,
         ),
+        metric=args.metric,
+        metric_options=metric_options(args),
         reduction=args.reduction,
         lambda_a=args.lambda_a,
         lambda_b=args.lambda_b,
@@ -77,11 +91,19 @@ def cmd_score(args: argparse.Namespace) -> None:
         console=console,
         **model_options(args),
     )
-    losses = result.table.difficulties(args.reduction)
-    console.print(
-        f"scored {len(result.table)} examples ({result.tokens:,} tokens, "
-        f"{result.tokens_per_second:,.0f} tokens/s, {result.precision}); "
-        f"loss min {losses.min():.3f} median {float(sorted(losses)[len(losses) // 2]):.3f} "
-        f"max {losses.max():.3f}"
-    )
+    if result.table is not None:  # the cross-entropy, as it always read
+        losses = result.table.difficulties(args.reduction)
+        console.print(
+            f"scored {len(result.table)} examples ({result.tokens:,} tokens, "
+            f"{result.tokens_per_second:,.0f} tokens/s, {result.precision}); "
+            f"loss min {losses.min():.3f} median {float(sorted(losses)[len(losses) // 2]):.3f} "
+            f"max {losses.max():.3f}"
+        )
+    else:
+        values = result.spectrum.difficulties  # rank order: ascending
+        console.print(
+            f"scored {len(values)} examples by {result.metric} ({result.seconds:.1f} s); "
+            f"difficulty min {values[0]:.3f} median {values[len(values) // 2]:.3f} "
+            f"max {values[-1]:.3f}"
+        )
     console.print(f"wrote {Path(args.out) / 'spectrum.jsonl'}")

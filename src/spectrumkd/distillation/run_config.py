@@ -29,11 +29,12 @@ from typing import Any
 import yaml
 
 from spectrumkd.curation.config import SpectrumKDConfig
+from spectrumkd.curation.schedule import SpectrumKD
 from spectrumkd.curation.strategies import strategy_settings, strategy_spec
 from spectrumkd.data.config import DataConfig
 from spectrumkd.distillation.train_config import TrainConfig
 
-DEFAULT_STRATEGY = "spectrumkd"
+DEFAULT_STRATEGY = SpectrumKD.name  # what a curation section without a strategy means
 
 
 class _Loader(yaml.SafeLoader):

@@ -13,11 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from spectrumkd.distillation import RunConfig
-from spectrumkd.jobs.curating import curate, curation_plan
+from spectrumkd.jobs.curating import curate, curation_plan, strategy_of
 from spectrumkd.jobs.evaluating import evaluate
 from spectrumkd.jobs.healing import HealResult, heal_config
 from spectrumkd.jobs.inputs import DistillInputs, forward_settings, load_distill_inputs
-from spectrumkd.jobs.scoring import ScoreResult, score, score_dataset
+from spectrumkd.jobs.scoring import (
+    ScoreResult,
+    known_metric,
+    score,
+    score_dataset,
+    student_difficulties,
+)
 from spectrumkd.jobs.shrinking import shrink
 from spectrumkd.jobs.training import distill, epoch_validators, teacher_signal, train_student
 
@@ -33,10 +39,13 @@ __all__ = [
     "forward_settings",
     "heal",
     "heal_config",
+    "known_metric",
     "load_distill_inputs",
     "score",
     "score_dataset",
     "shrink",
+    "strategy_of",
+    "student_difficulties",
     "teacher_signal",
     "train_student",
 ]

@@ -147,14 +147,37 @@ def spectrum_figure(sorted_losses: np.ndarray, zones: Mapping[str, tuple[int, in
     return figure
 
 
+# The rank range an epoch trains on, as each kind of plan records it: SpectrumKD's window, or
+# a staged strategy's stage (POCL, SRD, Baby Step, One-Pass).
+RANK_KEYS = (("window_start_rank", "window_end_rank"), ("first_rank", "last_rank"))
+STAGE_COLOURS = ("#34495e", "#2980b9", "#16a085", "#8e44ad", "#d35400", "#7f8c8d")
+
+
+def epoch_ranks(epoch: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The 1-based inclusive ranks of the easy-to-hard order an epoch trains on, or None."""
+    for first, last in RANK_KEYS:
+        if as_number(epoch.get(first)) is not None and as_number(epoch.get(last)) is not None:
+            return int(epoch[first]), int(epoch[last])
+    return None
+
+
 def schedule_figure(
-    epochs: Sequence[Mapping[str, Any]], n_examples: int, zones: Mapping[str, tuple[int, int]]
+    epochs: Sequence[Mapping[str, Any]],
+    n_examples: int,
+    zones: Mapping[str, tuple[int, int]],
+    strategy: str = "spectrumkd",
 ) -> Figure:
-    """Top: each epoch's window as a band over the spectrum's ranks, on the shaded zones.
-    Bottom: the window's mean difficulty per epoch and, on a second axis, the temperature."""
+    """Any strategy's plan drawn the same way. Top: each epoch's examples as a band over the
+    difficulty ranks (SpectrumKD's window, a stage's prefix or bucket), coloured by stage, on
+    the shaded zones where there are any; a dashed line where the optimiser and LR schedule
+    restart. Bottom: the band's mean difficulty per epoch (where the plan records it) and, on
+    a second axis, the temperature and the KD weight (where the plan sets one)."""
     numbers = [int(e["epoch"]) for e in epochs]
-    starts = [int(e["window_start_rank"]) for e in epochs]
-    ends = [int(e["window_end_rank"]) for e in epochs]
+    ranks = [epoch_ranks(e) or (1, int(e.get("num_examples") or 1)) for e in epochs]
+    starts = [start for start, _ in ranks]
+    ends = [end for _, end in ranks]
+    stages = [int(as_number(e.get("stage")) or 1) for e in epochs]
+    staged = max(stages, default=1) > 1
     figure = Figure(figsize=(8, 6.4), layout="constrained")
     band, line = figure.subplots(2, 1, height_ratios=(3, 2))
     for name, colour in ZONE_COLOURS.items():
@@ -168,36 +191,76 @@ def schedule_figure(
                 linewidth=0,
                 label=ZONE_LABELS[name],
             )
-    band.barh(
-        numbers,
-        [e - s + 1 for s, e in zip(starts, ends, strict=True)],
-        left=[s - 0.5 for s in starts],
-        height=0.6,  # gaps between the bands let the zone shading show through
-        color="#34495e",
-        alpha=0.85,
-        label="window",
-    )
+    for stage in sorted(set(stages)):
+        rows = [i for i, s in enumerate(stages) if s == stage]
+        band.barh(
+            [numbers[i] for i in rows],
+            [ends[i] - starts[i] + 1 for i in rows],
+            left=[starts[i] - 0.5 for i in rows],
+            height=0.6,  # gaps between the bands let the zone shading show through
+            color=STAGE_COLOURS[(stage - 1) % len(STAGE_COLOURS)] if staged else "#34495e",
+            alpha=0.85,
+            label=f"stage {stage}" if staged else "window",
+        )
+    restarts = [n for n, e in zip(numbers, epochs, strict=True) if e.get("restart") is True]
+    for index, epoch in enumerate(restarts):
+        band.axhline(
+            epoch - 0.5,
+            color="#c0392b",
+            linestyle="--",
+            linewidth=1,
+            label="optimiser + LR restart" if index == 0 else None,
+        )
     band.set_xlim(0.5, max(n_examples, max(ends, default=1)) + 0.5)
     band.set_ylim(max(numbers, default=1) + 0.7, min(numbers, default=1) - 0.7)  # epoch 1 on top
-    band.set_title("Schedule: the training window slides over the spectrum")
-    band.set_xlabel("rank in the spectrum (1 = easiest example)")
+    band.set_title(
+        f"Schedule ({strategy}): "
+        + (
+            "the examples of each stage over the difficulty ranks"
+            if staged
+            else "the training window slides over the spectrum"
+            if strategy == "spectrumkd"
+            else "the examples of each epoch over the difficulty ranks"
+        )
+    )
+    band.set_xlabel("rank in the easy-to-hard order (1 = easiest example)")
     band.set_ylabel("epoch")
     band.yaxis.set_major_locator(MaxNLocator(integer=True))
     # Outside the axes: inside, it would cover the late epochs' bands.
     band.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
-    means = [float(e["mean_difficulty"]) for e in epochs]
-    temperatures = [float(e["temperature"]) for e in epochs]
-    line.plot(numbers, means, marker="o", markersize=3, color="#2c3e50", label="mean difficulty")
+    means = [as_number(e.get("mean_difficulty")) for e in epochs]
+    handles = []
+    if all(m is not None for m in means):
+        handles += line.plot(
+            numbers, means, marker="o", markersize=3, color="#2c3e50", label="mean difficulty"
+        )
+        line.set_ylabel("mean difficulty of\nthe epoch's examples")
+    else:
+        line.set_yticks([])
     line.set_xlabel("epoch")
     line.xaxis.set_major_locator(MaxNLocator(integer=True))
-    line.set_ylabel(f"window mean difficulty\n({LOSS_UNIT})")
     second = line.twinx()
-    second.plot(numbers, temperatures, color="#c0392b", linestyle="--", label="temperature")
-    second.set_ylabel("temperature tau (dimensionless)", color="#c0392b")
-    handles = line.get_legend_handles_labels()[0] + second.get_legend_handles_labels()[0]
+    temperatures = [float(e["temperature"]) for e in epochs]
+    handles += second.plot(
+        numbers, temperatures, color="#c0392b", linestyle="--", label="temperature tau"
+    )
+    weights = [as_number(e.get("kd_weight")) for e in epochs]
+    if any(w is not None for w in weights):
+        handles += second.plot(
+            [n for n, w in zip(numbers, weights, strict=True) if w is not None],
+            [w for w in weights if w is not None],
+            color="#8e44ad",
+            linestyle=":",
+            marker="s",
+            markersize=3,
+            label="KD weight (share of the loss on KD)",
+        )
+        second.set_ylabel("temperature tau, KD weight\n(dimensionless)", color="#c0392b")
+    else:
+        second.set_ylabel("temperature tau (dimensionless)", color="#c0392b")
     line.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
-    line.set_title("Window difficulty and distillation temperature per epoch")
+    line.set_title("Difficulty, distillation temperature and KD weight per epoch")
     return figure
 
 

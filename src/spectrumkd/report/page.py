@@ -135,55 +135,110 @@ def _spectrum_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
 
 
 def _schedule_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
+    """Any strategy's plan, drawn the same way: each epoch's examples as a band over the
+    difficulty ranks (SpectrumKD's window, a stage), temperature and KD weight per epoch."""
     notes = list(run.notes.get("Schedule", []))
     parts, rendered = [], []
     schedule = run.schedule
     if schedule is not None:
-        needed = ("epoch", "window_start_rank", "window_end_rank", "mean_difficulty", "temperature")
         epochs = [
             e
             for e in schedule["epochs"]
-            if isinstance(e, dict) and all(as_number(e.get(k)) is not None for k in needed)
+            if isinstance(e, dict)
+            and as_number(e.get("epoch")) is not None
+            and as_number(e.get("temperature")) is not None
+            and figures.epoch_ranks(e) is not None
         ]
         if len(epochs) < len(schedule["epochs"]):
             notes.append(
-                f"{len(schedule['epochs']) - len(epochs)} epoch(s) of {run.schedule_source} lack window "
-                "ranks, mean difficulty or temperature (not a sliding-window plan?); not drawn"
+                f"{len(schedule['epochs']) - len(epochs)} epoch(s) of {run.schedule_source} lack "
+                "the ranks they train on (window or stage ranks) or a temperature; not drawn"
             )
         if epochs:
+            strategy = str(schedule.get("strategy", "curation"))
             n = int(
-                as_number(schedule.get("n_examples")) or max(e["window_end_rank"] for e in epochs)
+                as_number(schedule.get("n_examples"))
+                or as_number(schedule.get("num_examples"))
+                or max(figures.epoch_ranks(e)[1] for e in epochs)
             )
-            zones = run.spectrum.zones if run.spectrum else {}
-            first, last = epochs[0], epochs[-1]
+            zones = run.spectrum.zones if run.spectrum and strategy == "spectrumkd" else {}
+            windowed = all("window_start_rank" in e for e in epochs)
             caption = (
-                f"{schedule.get('strategy', 'curation')} schedule from {run.schedule_source}: "
-                f"{len(epochs)} epochs of a {schedule.get('window_size', '?')}-example window moving "
-                f"from ranks {first['window_start_rank']}-{first['window_end_rank']} to "
-                f"{last['window_start_rank']}-{last['window_end_rank']}; mean difficulty "
-                f"{first['mean_difficulty']:.3f} -> {last['mean_difficulty']:.3f} nats, "
-                f"temperature {first['temperature']:g} -> {last['temperature']:g}."
+                _window_caption(run, schedule, epochs)
+                if windowed
+                else _stage_caption(run, schedule, epochs)
             )
             rendered.append(
                 render_figure(
                     "schedule.png",
-                    figures.schedule_figure(epochs, n, zones),
-                    "per-epoch window span, mean difficulty and temperature",
+                    figures.schedule_figure(epochs, n, zones, strategy),
+                    "per-epoch ranks trained on, temperature and KD weight",
                     caption,
                 )
             )
-            rows = [
-                {
-                    "epoch": e["epoch"],
-                    "window ranks": f"{e['window_start_rank']}-{e['window_end_rank']}",
-                    "examples": e.get("num_examples"),
-                    "mean difficulty": e["mean_difficulty"],
-                    "temperature": e["temperature"],
-                }
-                for e in epochs
-            ]
+            rows = []
+            for e in epochs:
+                first, last = figures.epoch_ranks(e)
+                rows.append(
+                    {
+                        "epoch": e["epoch"],
+                        **({} if windowed else {"stage": e.get("stage", 1)}),
+                        **({} if windowed else {"restart": "yes" if e.get("restart") else ""}),
+                        ("window ranks" if windowed else "ranks"): f"{first}-{last}",
+                        "examples": e.get("num_examples"),
+                        "mean difficulty": e.get("mean_difficulty"),
+                        "temperature": e["temperature"],
+                        **({} if windowed else {"KD weight": e.get("kd_weight")}),
+                    }
+                )
             parts.append(f"<details><summary>Epoch table</summary>{html_table(rows)}</details>")
     return html_section("Curriculum schedule", parts, rendered, notes), rendered
+
+
+def _window_caption(run: RunData, schedule: dict, epochs: list[dict]) -> str:
+    first, last = epochs[0], epochs[-1]
+    means = (as_number(first.get("mean_difficulty")), as_number(last.get("mean_difficulty")))
+    return (
+        f"{schedule.get('strategy', 'curation')} schedule from {run.schedule_source}: "
+        f"{len(epochs)} epochs of a {schedule.get('window_size', '?')}-example window moving "
+        f"from ranks {first['window_start_rank']}-{first['window_end_rank']} to "
+        f"{last['window_start_rank']}-{last['window_end_rank']}; "
+        + (f"mean difficulty {means[0]:.3f} -> {means[1]:.3f} nats, " if None not in means else "")
+        + f"temperature {first['temperature']:g} -> {last['temperature']:g}."
+    )
+
+
+def _stage_caption(run: RunData, schedule: dict, epochs: list[dict]) -> str:
+    """One clause per stage: its epochs, ranks, temperature and KD weight; then the restarts."""
+    stages: dict[int, list[dict]] = {}
+    for epoch in epochs:
+        stages.setdefault(int(as_number(epoch.get("stage")) or 1), []).append(epoch)
+    clauses = []
+    for number, members in stages.items():
+        first, last = figures.epoch_ranks(members[0])
+        weight = members[0].get("kd_weight")
+        clauses.append(
+            f"stage {number}: epochs {members[0]['epoch']}-{members[-1]['epoch']}, ranks "
+            f"{first}-{last}, tau {float(members[0]['temperature']):g}"
+            + (f", KD weight {float(weight):g}" if as_number(weight) is not None else "")
+        )
+    restarts = [str(e["epoch"]) for e in epochs if e.get("restart") is True]
+    settings = schedule.get("settings")
+    described = (
+        " (" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")"
+        if isinstance(settings, dict)
+        else ""
+    )
+    return (
+        f"{schedule.get('strategy', 'curation')}{described} schedule from "
+        f"{run.schedule_source}: {len(epochs)} epochs in {len(stages)} stage(s); "
+        + "; ".join(clauses)
+        + (
+            f". The optimiser and LR schedule restart at epoch(s) {', '.join(restarts)}."
+            if restarts
+            else "."
+        )
+    )
 
 
 def _training_section(run: RunData) -> tuple[str, list[RenderedFigure]]:

@@ -397,7 +397,8 @@ def _read_facts(run: RunData) -> None:
             run.facts["objective"] = str(train["objective"])
     if run.schedule:
         run.facts["strategy"] = str(run.schedule.get("strategy", "?"))
-        config = run.schedule.get("config")
+        # Every strategy records its settings (SpectrumKD's older plans only as "config").
+        config = run.schedule.get("settings") or run.schedule.get("config")
         if isinstance(config, dict):
             run.facts["curation"] = ", ".join(f"{k}={v}" for k, v in config.items())
     elif run.trainer_state:
