@@ -3,7 +3,11 @@
 view = CurriculumDataset(train_dataset, ids, plan)
 callback = CurriculumCallback(view)
 trainer = Trainer(..., train_dataset=view, callbacks=[callback])
-# the loss reads callback.temperature (or pass on_epoch= to push it into the trainer)
+# the loss reads callback.temperature and callback.kd_weight (or pass on_epoch= to push them)
+
+A staged plan's restarts happen inside the Trainer (see :class:`CurriculumCallback`); a Trainer
+needs every epoch of the same size, so of the staged curricula it runs those with equal stages
+(One-Pass); growing ones (POCL, SRD, Baby Step) run in :func:`spectrumkd.distillation.train`.
 """
 
 from __future__ import annotations
