@@ -31,7 +31,6 @@ from spectrumkd.distillation.steps import collate_with_ids, step_losses
 from spectrumkd.distillation.train_config import TrainConfig
 from spectrumkd.distillation.trainer import train
 from spectrumkd.integrations import CurriculumCallback, CurriculumDataset, CurriculumSampler
-from spectrumkd.integrations.spans import span_epochs
 
 EXAMPLES = make_examples(16)
 IDS = [e.id for e in EXAMPLES]
@@ -317,7 +316,7 @@ def plans(draw) -> CurriculumPlan:
 @settings(max_examples=200, deadline=None)
 @given(plans())
 def test_spans_cut_the_plan_at_its_restarts_and_nowhere_else(plan):
-    spans = {tuple(span_epochs(plan, e.epoch)) for e in plan.epochs}
+    spans = {tuple(plan.span_epochs(e.epoch)) for e in plan.epochs}
     covered = sorted(e for span in spans for e in span)
     assert covered == list(range(1, plan.num_epochs + 1))  # a partition of the epochs
     for span in spans:

@@ -107,6 +107,26 @@ class CurriculumPlan:
     def num_stages(self) -> int:
         return max((e.stage for e in self.epochs), default=0)
 
+    @property
+    def has_restarts(self) -> bool:
+        """Whether any epoch restarts the optimiser and the LR schedule."""
+        return any(epoch.restart for epoch in self.epochs)
+
+    @property
+    def is_staged(self) -> bool:
+        """Whether the plan has stages or restarts (metric rows and trainer states then name the
+        stage; those of a plan without stages stay as they were)."""
+        return self.num_stages > 1 or self.has_restarts
+
+    def span_epochs(self, epoch: int) -> range:
+        """The 1-based epochs that one optimiser and one LR schedule run through, around
+        ``epoch``: from the last restart at or before it (or epoch 1) to the epoch before the
+        next restart (or the last epoch). A plan without restarts is one span."""
+        self.epoch(epoch)  # refuses an epoch outside the plan, naming its range
+        first = max((e.epoch for e in self.epochs[:epoch] if e.restart), default=1)
+        following = (e.epoch for e in self.epochs[epoch:] if e.restart)
+        return range(first, next(following, self.num_epochs + 1))
+
     def stage_epochs(self, stage: int) -> tuple[EpochPlan, ...]:
         """The epochs of one 1-based stage, in order."""
         return tuple(e for e in self.epochs if e.stage == stage)

@@ -1,7 +1,7 @@
 """Staged training (POCL, SRD, Baby Step, One-Pass): where the plan says ``restart``, the optimiser
 and the LR schedule start afresh while the weights carry over.
 
-A *span* (:func:`~spectrumkd.integrations.spans.span_epochs`) is the stretch of epochs one
+A *span* (:meth:`~spectrumkd.curation.plan.CurriculumPlan.span_epochs`) is the stretch of epochs one
 optimiser and one LR schedule run through. A plan without restarts is one span over the whole
 run, so it trains exactly as an unstaged run does. Each span's schedule is the run's configured
 one (``lr_schedule``, ``warmup_ratio`` applied within the span) over that span's optimiser
@@ -18,7 +18,6 @@ from transformers import get_scheduler
 
 from spectrumkd.curation.plan import CurriculumPlan
 from spectrumkd.distillation.train_config import TrainConfig
-from spectrumkd.integrations.spans import span_epochs
 
 
 def epoch_optimizer_steps(
@@ -63,7 +62,7 @@ class StagedScheduler:
     def start(self, epoch: int) -> None:
         """A fresh schedule for the span holding ``epoch``, at its first value (building it sets
         the optimiser's learning rate to that value)."""
-        self.span = span_epochs(self.plan, epoch)
+        self.span = self.plan.span_epochs(epoch)
         steps = self.span_steps(self.span)
         self.schedule = get_scheduler(
             self.config.lr_schedule,

@@ -72,7 +72,6 @@ from spectrumkd.distillation.validation import (
     run_validators,
 )
 from spectrumkd.integrations.sampler import CurriculumSampler
-from spectrumkd.integrations.spans import has_restarts, is_staged
 from spectrumkd.models.precision import accelerate_mixed_precision
 
 
@@ -220,7 +219,7 @@ def set_up_run(
         lr=config.learning_rate,
         weight_decay=config.weight_decay,
     )
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and has_restarts(plan):
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and plan.has_restarts:
         raise ValueError(
             f"the {plan.strategy} plan restarts the optimiser between stages, which this trainer "
             "does inside a torch optimiser, not DeepSpeed's; run it with DDP or FSDP"
@@ -387,7 +386,7 @@ def train_epoch(run: PreparedRun, state: dict[str, Any], epoch: int, bar: tqdm) 
                 "alpha": alpha,
                 "lr": run.scheduler.get_last_lr()[0],
             }
-            if is_staged(run.plan):  # a plan without stages writes the rows it wrote before
+            if run.plan.is_staged:  # a plan without stages writes the rows it wrote before
                 row["stage"] = current.stage
             log_metrics(accelerator, output, row, config)
             bar.set_postfix(ce=f"{row['ce']:.3f}", kd=f"{row['kd']:.3f}", epoch=epoch)
@@ -438,7 +437,7 @@ def validate_epoch(
     )
     metrics.update(run_validators(accelerator, run.student, validators))
     row = {"epoch": epoch, "step": state["step"], **metrics}
-    if is_staged(run.plan):
+    if run.plan.is_staged:
         row["stage"] = run.plan.epoch(epoch).stage
     log_metrics(accelerator, run.output, row, config)
     if config.select_metric not in metrics:

@@ -22,7 +22,6 @@ from transformers import TrainerCallback, get_scheduler
 
 from spectrumkd.curation.plan import EpochPlan
 from spectrumkd.integrations.sampler import CurriculumDataset, CurriculumSampler
-from spectrumkd.integrations.spans import has_restarts, span_epochs
 
 
 class CurriculumCallback(TrainerCallback):
@@ -75,7 +74,7 @@ class CurriculumCallback(TrainerCallback):
                 "dataloader_persistent_workers=True keeps a stale copy of the curriculum view in each worker; "
                 "set it to False (workers are then rebuilt each epoch and see the new subset)"
             )
-        if has_restarts(plan) and not isinstance(lr_scheduler, LambdaLR):
+        if plan.has_restarts and not isinstance(lr_scheduler, LambdaLR):
             raise ValueError(
                 f"the {plan.strategy} plan restarts the LR schedule between stages, which this callback does "
                 f"for LambdaLR schedules, not {type(lr_scheduler).__name__}; set lr_scheduler_type to linear, "
@@ -88,7 +87,7 @@ class CurriculumCallback(TrainerCallback):
         epoch = int(math.floor(state.epoch + 1e-6)) if state.epoch else 0
         self.curriculum.set_epoch(epoch)
         self.history.append((epoch + 1, self.temperature))
-        if has_restarts(self.curriculum.plan):
+        if self.curriculum.plan.has_restarts:
             self._follow_span_schedule(args, state, epoch + 1, optimizer, lr_scheduler)
         if self.on_epoch is not None:
             self.on_epoch(self.current)
@@ -102,7 +101,7 @@ class CurriculumCallback(TrainerCallback):
         constant), so a span's steps and its first global step follow from ``state.max_steps``."""
         plan = self.curriculum.plan
         steps_per_epoch = state.max_steps // plan.num_epochs
-        span = span_epochs(plan, epoch)
+        span = plan.span_epochs(epoch)
         span_steps = steps_per_epoch * len(span)
         position = state.global_step - steps_per_epoch * (span.start - 1)
         if plan.epoch(epoch).restart and position == 0:
