@@ -364,3 +364,38 @@ def test_a_run_refused_before_any_work_does_not_hold_its_folder(tmp_path):
     assert len(result) == 8
     with pytest.raises(ValueError, match=r"different run \(options changed\)"):
         compute_difficulty("unigram_entropy", examples, vocab_size=301, out_dir=tmp_path / "u")
+
+
+def test_the_rrf_metric_fuses_finished_tables_in_the_examples_order(tmp_path):
+    examples = random_token_examples(15, 300, seed=8)
+    compute_difficulty("length", examples, out_dir=tmp_path / "length")
+    compute_difficulty("unigram_entropy", examples, vocab_size=300, out_dir=tmp_path / "uni")
+    lengths = [sum(label != -100 for label in e.labels) for e in examples]
+    # The second table written in reverse order: rows are matched by id, not by line.
+    _, entropy = read_difficulties(tmp_path / "uni" / "difficulties.jsonl")
+    reverse = tmp_path / "reverse.jsonl"
+    reverse.write_text(
+        "".join(
+            json.dumps({"id": e.id, "difficulty": float(v)}) + "\n"
+            for e, v in reversed(list(zip(examples, entropy, strict=True)))
+        )
+    )
+    tables = f"{tmp_path / 'length' / 'difficulties.jsonl'},{reverse}"
+    result = compute_difficulty("rrf", examples, tables=tables, out_dir=tmp_path / "rrf")
+    # Brute force: ranks with ties by index, s = sum 1/(60 + rank), order by -s then index.
+    n = len(examples)
+
+    def ranks(v):
+        return [
+            1 + sum(v[j] < v[i] or (v[j] == v[i] and j < i) for j in range(n)) for i in range(n)
+        ]
+
+    a, b = ranks(lengths), ranks(list(entropy))
+    s = [1 / (60 + a[i]) + 1 / (60 + b[i]) for i in range(n)]
+    order = sorted(range(n), key=lambda i: (-s[i], i))
+    assert sorted(range(n), key=lambda i: result.rows[i]["difficulty"]) == order
+    assert [row["table0_rank"] for row in result.rows] == a
+    with pytest.raises(ValueError, match="same data"):
+        compute_difficulty("rrf", examples[:5], tables=tables)
+    with pytest.raises(ValueError, match="two or more"):
+        compute_difficulty("rrf", examples, tables=str(reverse))

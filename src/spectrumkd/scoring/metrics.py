@@ -17,6 +17,8 @@ Built-in metrics (:data:`spectrumkd.scoring.registry.METRICS`):
 - ``reflection_rouge``: 1 - ROUGE-L F1 of the student's near-greedy answer (spec section 1).
 - ``reflection_rrf``: the reciprocal rank fusion (constant 60) of the reflection ROUGE rank and
   the CE rank (spec section 1); the difficulty is the 1-based position in the easy-to-hard order.
+- ``rrf``: the same fusion of any finished tables (option ``tables=a.jsonl,b.jsonl``), e.g.
+  ``code_execution`` with ``ce_mean`` (spec section 7).
 
 ``code_execution`` and ``maths_verified`` need the evaluation stage and are registered when
 :mod:`spectrumkd.evaluation` is imported (:func:`register_metric`).
@@ -36,8 +38,8 @@ import numpy as np
 import torch
 
 from spectrumkd.io import read_jsonl, write_json, write_jsonl
-from spectrumkd.scoring.difficulty import DifficultyTable, table_from_rows
-from spectrumkd.scoring.fusion import RRF_CONSTANT, fused_positions
+from spectrumkd.scoring.difficulty import DifficultyTable, read_difficulties, table_from_rows
+from spectrumkd.scoring.fusion import RRF_CONSTANT, fuse, fused_positions
 from spectrumkd.scoring.reflection import REFLECTION_OPTIONS, reflection_rouge_rows
 from spectrumkd.scoring.registry import (
     MetricInputs,
@@ -330,6 +332,46 @@ def reflection_rrf_rows(inputs: MetricInputs) -> list[dict]:
     ]
 
 
+def table_paths(options: Any) -> list[Path]:
+    paths = [Path(p.strip()) for p in str(options.get("tables", "")).split(",") if p.strip()]
+    if len(paths) < 2:
+        raise ValueError(
+            "metric 'rrf' needs the option tables=<two or more finished difficulties.jsonl, "
+            "comma-separated>"
+        )
+    return paths
+
+
+def describe_tables(options: Any) -> dict[str, Any]:
+    """The fused tables by content, so a rerun after one of them changed is not reused."""
+    return {
+        "tables_sha256": [
+            hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else None
+            for p in table_paths(options)
+        ]
+    }
+
+
+def rrf_rows(inputs: MetricInputs) -> list[dict]:
+    """Reciprocal rank fusion of finished tables of any metrics (each lower = easier), e.g.
+    ``code_execution`` with ``ce_mean`` (spec section 7); the examples' ids must all be there."""
+    paths = table_paths(inputs.options)
+    names = [f"table{i}" for i in range(len(paths))]
+    tables = [read_difficulties(path) for path in paths]
+    ids = [example.id for example in inputs.examples]
+    for path, (table_ids, _) in zip(paths, tables, strict=True):
+        if set(table_ids) != set(ids):
+            raise ValueError(
+                f"{path} does not hold exactly the ids of these examples; fuse tables scored "
+                "on the same data"
+            )
+    # The examples' order breaks ties (fuse keeps its first table's order): align that one.
+    first = dict(zip(*tables[0], strict=True))
+    tables[0] = (ids, np.asarray([first[i] for i in ids]))
+    fused = {row["id"]: row for row in fuse(tables, names, int(inputs.options["rrf_constant"]))}
+    return [fused[example_id] for example_id in ids]
+
+
 BUILT_IN = (
     MetricSpec(
         "ce_mean",
@@ -376,6 +418,13 @@ BUILT_IN = (
         needs_model=True,
         needs_texts=True,
         options={**REFLECTION_OPTIONS, "rrf_constant": RRF_CONSTANT},
+    ),
+    MetricSpec(
+        "rrf",
+        rrf_rows,
+        "reciprocal rank fusion of finished difficulty tables (option tables=a.jsonl,b.jsonl)",
+        options={"tables": "", "rrf_constant": RRF_CONSTANT},
+        describe=describe_tables,
     ),
 )
 for _spec in BUILT_IN:
