@@ -33,6 +33,7 @@ METRICS = (
     "predictive_entropy",
     "reflection_rouge",
     "reflection_rrf",
+    "rrf",
     "unigram_entropy",
 )
 
