@@ -304,8 +304,12 @@ def test_a_killed_reflection_run_resumes_to_the_same_table(
 # ------------------------------------------------------------------------ user errors
 
 
-def test_wrong_metric_options_and_missing_inputs_are_one_line_errors(tiny_model, dolly):
+def test_wrong_metric_options_and_missing_inputs_are_one_line_errors(
+    tiny_model, dolly, monkeypatch
+):
     texts, examples = dolly
+    # As before spectrumkd.evaluation is imported (another test module may have imported it).
+    monkeypatch.delitem(METRICS, "code_execution", raising=False)
     cases = [
         (lambda: compute_difficulty("rouge", examples), "unknown difficulty metric 'rouge'"),
         (lambda: compute_difficulty("code_execution", examples), "spectrumkd.evaluation"),

@@ -10,6 +10,7 @@ import pytest
 
 import spectrumkd.evaluation  # noqa: F401  (registers code_execution and maths_verified)
 from spectrumkd.data.loading import FieldMap, load_examples
+from spectrumkd.data.templates import render_code
 from spectrumkd.data.tokenize import tokenize_examples
 from spectrumkd.evaluation.code import extract_code, load_humaneval, load_mbpp, run_program
 from spectrumkd.evaluation.code.difficulty import (
@@ -21,6 +22,7 @@ from spectrumkd.evaluation.code.difficulty import (
 from spectrumkd.evaluation.maths import load_gsm8k
 from spectrumkd.evaluation.maths_difficulty import answer_verifies, final_answer, reference_answer
 from spectrumkd.io import read_jsonl
+from spectrumkd.models.generation import generate
 from spectrumkd.scoring import ScoringSettings, compute_difficulty
 
 FLOAT32 = ScoringSettings(precision="float32")
@@ -104,9 +106,17 @@ def test_the_untrained_students_pass_shares_on_real_mbpp_rows(
         progress=False,
         problems=str(mbpp_file),
         max_new_tokens=24,
+        batch_size=1,
     )
+    tasks = {p.id: p for p in load_mbpp(mbpp_file)}
     raw = {str(r["task_id"]): r for r in read_jsonl(mbpp_file)}
     for row in result.rows:
+        # The student answered the suite's prompt of the task (it names the function).
+        task_prompt = render_code(tasks[f"Mbpp/{row['id']}"].problem)
+        [answer] = generate(
+            tiny_model, tiny_tokenizer, [task_prompt], max_new_tokens=24, precision="float32"
+        )
+        assert row["answer"] == answer
         tests = raw[row["id"]]["test_list"]
         assert row["tests"] == len(tests)
         # Independently: the answer's program with each test, run in the sandbox directly.
@@ -131,8 +141,19 @@ def test_the_untrained_students_pass_shares_on_real_mbpp_rows(
         progress=False,
         problems=str(mbpp_file),
         max_new_tokens=24,
+        batch_size=1,
     )
     assert again.reused and again.rows == result.rows
+    with pytest.raises(ValueError, match="option prompt='suite' must be one of task, example"):
+        compute_difficulty(
+            "code_execution",
+            examples,
+            texts=texts,
+            model=tiny_model,
+            tokenizer=tiny_tokenizer,
+            problems=str(mbpp_file),
+            prompt="suite",
+        )
     with pytest.raises(ValueError, match="needs the option problems="):
         compute_difficulty(
             "code_execution", examples, texts=texts, model=tiny_model, tokenizer=tiny_tokenizer

@@ -22,7 +22,7 @@ from typing import Any
 
 from rouge_score import rouge_scorer
 
-from spectrumkd.batching import IGNORE_INDEX, length_sorted_batches
+from spectrumkd.batching import IGNORE_INDEX, length_sorted_batches, prompt_token_ids
 from spectrumkd.models.generation import batch_seed, generate
 from spectrumkd.scoring.registry import MetricInputs
 from spectrumkd.scoring.shards import run_in_shards, shard_plan
@@ -59,16 +59,22 @@ def answer_rows(
     max_new_tokens: int | None = None,
     required: Sequence[str] = (),
     desc: str = "reflection",
+    prompts: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """``{"index", "id", "answer", **score_answers(...)}`` per example in data order: the
     student's answer to ``inputs.texts[i].prompt`` under the options ``temperature``,
     ``top_p``, ``seed``, ``batch_size``, ``shard_batches``, ``max_prompt_tokens`` and
     ``max_total_tokens`` (and at most ``max_new_tokens`` new tokens when given).
     ``score_answers(indices, answers)`` gives each answer's extra fields; it runs before the
-    shard is written, so a resumed run neither regenerates nor rescores a finished shard."""
-    options, texts = inputs.options, inputs.texts
-    assert texts is not None  # compute_difficulty refuses a text metric without texts
-    lengths = prompt_lengths(inputs)
+    shard is written, so a resumed run neither regenerates nor rescores a finished shard.
+    ``prompts`` replaces the examples' own prompts (one per example)."""
+    options = inputs.options
+    if prompts is None:
+        assert inputs.texts is not None  # compute_difficulty refuses a text metric without them
+        prompts = [text.prompt for text in inputs.texts]
+        lengths = prompt_lengths(inputs)
+    else:
+        lengths = [len(ids) for ids in prompt_token_ids(inputs.tokenizer, list(prompts))]
     limit = int(options["max_prompt_tokens"])
     total = int(options["max_total_tokens"])
     too_long = [i for i, n in enumerate(lengths) if n > limit]
@@ -97,7 +103,7 @@ def answer_rows(
                 generate(
                     inputs.model,
                     inputs.tokenizer,
-                    [texts[i].prompt for i in batch],
+                    [prompts[i] for i in batch],
                     max_new_tokens=budget,
                     temperature=float(options["temperature"]),
                     top_p=float(options["top_p"]),

@@ -10,8 +10,12 @@ block of the answer (:func:`extract_code`), completed as the suite completes it.
 
 Examples are matched to the tasks of the ``problems`` file (MBPP ``mbpp.jsonl`` /
 ``sanitized-mbpp.json`` or HumanEval) by id: the task id itself (``Mbpp/11``), or the MBPP /
-HumanEval number as the training data's id field holds it (``11``). The student answers the
-example's own training prompt (what it will be trained on), greedily.
+HumanEval number as the training data's id field holds it (``11``). The student answers
+greedily, by default the suite's own prompt of the task (option ``prompt="task"``: the paper's
+code template around EvalPlus's problem text, which shows the first test and so names the
+function the tests call); ``prompt="example"`` gives it the example's training prompt instead,
+which for MBPP's plain ``text`` does not name the function, so nearly every program fails its
+tests by name alone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from spectrumkd.data.templates import render_code
 from spectrumkd.evaluation.code.isolation import resolve_isolation
 from spectrumkd.evaluation.code.suite import (
     CodeProblem,
@@ -46,7 +51,9 @@ CODE_DIFFICULTY_OPTIONS: dict[str, Any] = {
     "memory_mb": 2048,
     "workers": 0,  # test programs at once; 0: up to 8, one per core
     "isolation": "auto",
+    "prompt": "task",  # "task": the code suite's prompt of the task; "example": the training prompt
 }
+PROMPT_SOURCES = ("task", "example")
 
 
 def single_tests(problem: CodeProblem) -> list[CodeProblem]:
@@ -169,7 +176,14 @@ def code_execution_rows(inputs: MetricInputs) -> list[dict[str, Any]]:
             "code_execution needs the option problems=<the MBPP or HumanEval file holding the "
             "examples' tests>"
         )
+    if options["prompt"] not in PROMPT_SOURCES:
+        raise ValueError(
+            f"option prompt={options['prompt']!r} must be one of {', '.join(PROMPT_SOURCES)}"
+        )
     problems = problems_for([e.id for e in inputs.examples], load_problems(options["problems"]))
+    prompts = None
+    if options["prompt"] == "task":
+        prompts = [render_code(problem.problem) for problem in problems]
     # A sandbox that cannot start must fail in seconds, not after the generation.
     isolation = resolve_isolation(str(options["isolation"]))
 
@@ -195,6 +209,7 @@ def code_execution_rows(inputs: MetricInputs) -> list[dict[str, Any]]:
         max_new_tokens=int(options["max_new_tokens"]),
         required=("tests_passed", "tests"),
         desc="code execution",
+        prompts=prompts,
     )
     return [
         {
