@@ -403,3 +403,19 @@ def test_the_rrf_metric_fuses_finished_tables_in_the_examples_order(tmp_path):
         compute_difficulty("rrf", examples[:5], tables=tables)
     with pytest.raises(ValueError, match="two or more"):
         compute_difficulty("rrf", examples, tables=str(reverse))
+
+
+def test_reflection_rouge_is_the_evaluation_stages_rouge_l():
+    from spectrumkd.evaluation.rouge import rouge_l
+    from spectrumkd.scoring.reflection import rouge_l_f1
+
+    pairs = [
+        ("The cats are running home", "A cat runs home."),
+        ("", "anything"),
+        ("identical words here", "identical words here"),
+    ]
+    for prediction, reference in pairs:
+        assert 100 * rouge_l_f1(prediction, reference) == pytest.approx(
+            rouge_l(prediction, reference), abs=1e-12
+        )
+    assert rouge_l_f1("The cats are running home", "A cat runs home.") > 0.5  # stemmed
