@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from spectrumkd.data.loading import Example, load_examples
+from spectrumkd.data.loading import Example, FieldMap, load_examples
 from spectrumkd.data.tokenize import TokenizedDataset, tokenize_examples
 
 
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "embedded:dolly"
-    fields: str | None = None
+    fields: str | FieldMap | None = None  # a preset name or a role -> column mapping
     template: str = "instruction"
     split: str = "train"
     id_field: str | None = None
