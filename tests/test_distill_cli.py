@@ -243,3 +243,53 @@ def test_a_refused_resume_leaves_the_folders_config_as_it_was(tmp_path, tiny_pai
     assert main(["distill", "--config", str(tmp_path / "run.yaml"), *changed, "--quiet"]) == 2
     assert "different run (learning_rate changed)" in capsys.readouterr().err
     assert (tmp_path / "run" / "run_config.yaml").read_text() == written
+
+
+def test_distill_switches_strategy_with_one_set_and_refuses_an_unknown_one(
+    tmp_path, tiny_pair, capsys
+):
+    """The SpectrumKD config above, with `--set curation.strategy=one_pass` and its settings:
+    the run scores the student by One-Pass's default metric (response length) and trains on
+    its disjoint buckets; an unknown strategy or metric is one line and leaves no folder."""
+    teacher, student = tiny_pair
+    config = {
+        "teacher": str(teacher),
+        "student": str(student),
+        "output_dir": str(tmp_path / "run"),
+        "data": {"source": str(tmp_path / "train.jsonl"), "max_length": 128},
+        "curation": {"strategy": "spectrumkd"},
+        "train": {"batch_size": 4, "log_every": 1},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    argv = ["distill", "--config", str(tmp_path / "run.yaml"), "--quiet"]
+    for bad, message in (
+        (["--set", "curation.strategy=bogus"], "unknown curation strategy 'bogus'; choose one of"),
+        (["--set", "curation.metric=bogus"], "unknown difficulty metric 'bogus'"),
+    ):
+        assert main([*argv, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "run").exists()
+    sets = ["--set", "curation.strategy=one_pass", "--set", "curation.epochs_per_stage=1"]
+    assert main([*argv, *sets]) == 0
+    schedule = json.loads((tmp_path / "run" / "schedule.json").read_text())
+    assert schedule["strategy"] == "one_pass" and len(schedule["epochs"]) == 4
+    buckets = [set(e["ids"]) for e in schedule["epochs"]]
+    assert set.union(*buckets) == {f"{i:06d}" for i in range(12)}  # disjoint, covering all
+    assert sum(len(b) for b in buckets) == 12
+    scores = tmp_path / "run" / "scores"
+    assert json.loads((scores / "metric.json").read_text())["metric"] == "length"
+    lengths = {
+        r["id"]: r["difficulty"] for r in map(json.loads, (scores / "difficulties.jsonl").open())
+    }
+    means = [sum(lengths[i] for i in b) / len(b) for b in buckets]
+    assert means == sorted(means)  # easy (short) to hard (long)
+    written = yaml.safe_load((tmp_path / "run" / "run_config.yaml").read_text())["curation"]
+    assert written == {
+        "strategy": "one_pass",
+        "difficulties": None,
+        "num_buckets": 4,
+        "epochs_per_stage": 1,
+        "temperature": 1.0,
+        "kd_weight": None,
+    }

@@ -207,3 +207,58 @@ def test_an_integer_where_a_float_belongs_is_accepted_as_that_number():
     values = dict(MINIMAL)
     apply_override(values, "train.learning_rate=1")
     assert RunConfig.from_dict(values).train.learning_rate == 1
+
+
+# ------------------------------------------------------------------- curation strategies
+
+
+def test_one_line_picks_the_strategy_and_its_settings_sit_flat_beside_it(tmp_path):
+    from spectrumkd.curation.pocl import POCLConfig
+
+    values = {**MINIMAL, "curation": {"strategy": "pocl", "epochs_per_stage": 2, "tau_end": 3}}
+    run = RunConfig.from_dict(values)
+    assert run.curation == CurationConfig(None, POCLConfig(epochs_per_stage=2, tau_end=3), "pocl")
+    assert run.curation.scoring_metric == "reflection_rrf"  # POCL's default metric
+    written = run.to_dict()["curation"]
+    assert written["strategy"] == "pocl" and written["epochs_per_stage"] == 2
+    assert "metric" not in written  # only where it is not the default
+    path = tmp_path / "run_config.yaml"
+    path.write_text(yaml.safe_dump(run.to_dict(), sort_keys=False))
+    assert RunConfig.from_yaml(path) == run
+    metric = RunConfig.from_dict({**MINIMAL, "curation": {"strategy": "srd", "metric": "length"}})
+    assert metric.curation.scoring_metric == "length"
+    assert metric.to_dict()["curation"]["metric"] == "length"
+
+
+def test_a_spectrumkd_section_without_strategy_writes_what_it_always_wrote():
+    run = RunConfig.from_dict({**MINIMAL, "curation": {"lambda_a": 0.2}})
+    assert run.curation.strategy == "spectrumkd" and run.curation.spectrumkd.lambda_a == 0.2
+    assert run.to_dict()["curation"] == {
+        "difficulties": None,
+        **SpectrumKDConfig(lambda_a=0.2).to_dict(),
+    }
+    pocl = RunConfig.from_dict({**MINIMAL, "curation": {"strategy": "pocl"}})
+    with pytest.raises(ValueError, match="curation.strategy is pocl, not spectrumkd"):
+        pocl.curation.spectrumkd  # noqa: B018 - the property refuses
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("curation.strategy=bogus", "unknown curation strategy 'bogus'; choose one of spectrumkd"),
+        (
+            "curation.lambda_a=0.2",  # with strategy pocl below: SpectrumKD's setting
+            "unknown curation setting(s) lambda_a for strategy pocl; known: strategy, "
+            "difficulties, metric, epochs_per_stage",
+        ),
+        ("curation.epochs_per_stage=two", "curation.epochs_per_stage takes int, not 'two'"),
+        ("curation.epochs_per_stage=0", "epochs_per_stage=0 must be an integer >= 1"),
+        ("curation.metric=3", "curation.metric takes a metric name or null, not 3"),
+    ],
+)
+def test_a_bad_strategy_or_setting_is_refused_in_one_line(override, message):
+    values = {**MINIMAL, "curation": {"strategy": "pocl"}}
+    apply_override(values, override)
+    with pytest.raises(ValueError) as caught:
+        RunConfig.from_dict(values)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
