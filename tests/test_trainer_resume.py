@@ -239,3 +239,30 @@ def test_a_torn_line_completed_by_a_later_append_does_not_block_resume(tmp_path)
     drop_rows_past(path, epoch=0, step=2)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == [{"epoch": 1, "step": 1, "ce": 1.0}]
+
+
+def test_a_checkpoint_of_another_curriculum_plan_is_refused_in_one_line(tmp_path):
+    from spectrumkd.curation.plan import CurriculumPlan, EpochPlan
+
+    ids = [e.id for e in make_examples(12)]
+
+    def plan(temperature: float) -> CurriculumPlan:
+        return CurriculumPlan("test", tuple(EpochPlan(e, ids[:8], temperature) for e in (1, 2, 3)))
+
+    run(tmp_path, CONFIG, plan=plan(1.0))
+    run(tmp_path, CONFIG, plan=plan(1.0))  # the same plan: the finished run is taken as it is
+    with pytest.raises(ValueError) as caught:
+        run(tmp_path, CONFIG, plan=plan(1.5))
+    message = str(caught.value)
+    assert "holds a checkpoint of a different run (curriculum plan changed)" in message
+    assert "\n" not in message
+
+
+def test_a_checkpoint_written_before_plans_had_a_digest_still_resumes(tmp_path):
+    state, _ = run(tmp_path, CONFIG)
+    saved = tmp_path / "checkpoint" / "trainer_state.json"
+    values = json.loads(saved.read_text())
+    del values["plan"]
+    saved.write_text(json.dumps(values))
+    again, _ = run(tmp_path, CONFIG)
+    assert again["step"] == state["step"]

@@ -8,6 +8,8 @@ without touching the training code.
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, overload
@@ -126,6 +128,18 @@ class CurriculumPlan:
         first = max((e.epoch for e in self.epochs[:epoch] if e.restart), default=1)
         following = (e.epoch for e in self.epochs[epoch:] if e.restart)
         return range(first, next(following, self.num_epochs + 1))
+
+    def digest(self) -> str:
+        """A short hash of what the plan trains on (strategy, and per epoch its ids,
+        temperature, KD weight, stage and restart), so a checkpoint can tell whether it belongs
+        to this plan. Hashed epoch by epoch: a million-example plan never becomes one string."""
+        hashed = hashlib.sha256(self.strategy.encode())
+        for e in self.epochs:
+            head = [e.epoch, e.temperature, e.kd_weight, e.stage, e.restart, len(e.ids)]
+            hashed.update(json.dumps(head).encode())
+            for id_ in e.ids:
+                hashed.update(id_.encode() + b"\0")
+        return hashed.hexdigest()[:16]
 
     def stage_epochs(self, stage: int) -> tuple[EpochPlan, ...]:
         """The epochs of one 1-based stage, in order."""

@@ -299,6 +299,7 @@ def resume_state(run: PreparedRun) -> dict[str, Any]:
         "stage": 1,
         "config": asdict(run.config),
         "strategy": run.plan.strategy,
+        "plan": run.plan.digest(),
         "val_kd_temperature": EVAL_TEMPERATURE,
     }
     if (output / CHECKPOINT / STATE_FILE).exists():
@@ -314,13 +315,16 @@ def _load_checkpoint(run: PreparedRun, fresh: dict[str, Any]) -> dict[str, Any]:
     accelerator, output = run.accelerator, run.output
     saved = json.loads((output / CHECKPOINT / STATE_FILE).read_text())
     changed = [k for k in fresh["config"] if saved["config"].get(k) != fresh["config"][k]]
-    if changed or saved["strategy"] != fresh["strategy"]:
+    if saved["strategy"] != fresh["strategy"]:
+        changed.append("strategy")
+    elif saved.get("plan", fresh["plan"]) != fresh["plan"]:  # older checkpoints have no digest
+        changed.append("curriculum plan")
+    if changed:
         raise ValueError(
-            f"{output} holds a checkpoint of a different run "
-            f"({', '.join(changed) or 'strategy'} changed); "
+            f"{output} holds a checkpoint of a different run ({', '.join(changed)} changed); "
             "use another output_dir, or delete that one to start over"
         )
-    state = {"step_in_epoch": 0, "stage": 1, **saved}
+    state = {"step_in_epoch": 0, "stage": 1, **saved, "plan": fresh["plan"]}
     # The checkpoint holds the schedule of the span its last step trained in: that span's
     # schedule is built first, so that its state loads into the right one.
     last_trained = state["epoch"] + 1 if state["step_in_epoch"] else state["epoch"]
