@@ -769,3 +769,27 @@ def test_judge_win_rates_and_per_metric_comparisons_reach_the_page(tmp_path, mon
     monkeypatch.setattr(figures, "comparison_figure", spy)
     write_report(run_dir)
     assert captured == {"dolly rougeL": 10.0, "dolly ce": -3.0}
+
+
+@pytest.mark.parametrize("strategy", ["one_pass", "srd"])
+def test_a_staged_plan_is_drawn_as_bands_over_the_ranks_with_its_settings(tmp_path, strategy):
+    """Any strategy's schedule.json on the same page: one band per epoch at the ranks it trains
+    on, the stages and restarts named in the caption and the table, the settings in the facts."""
+    from spectrumkd.jobs import curate
+
+    ids = [f"r{i}" for i in range(40)]
+    difficulties = np.random.default_rng(3).lognormal(size=40)
+    plan = curate(ids, difficulties, {"epochs_per_stage": 2}, tmp_path, strategy=strategy)
+    page = write_report(tmp_path).read_text()
+    assert (tmp_path / "report" / "schedule.png").stat().st_size > 1000
+    stages = plan.num_stages
+    assert f"{plan.num_epochs} epochs in {stages} stage(s)" in page
+    for number in range(1, stages + 1):
+        first = plan.stage_epochs(number)[0]
+        ranks = f"ranks {first.info['first_rank']}-{first.info['last_rank']}"
+        assert f"stage {number}: epochs {first.epoch}-{first.epoch + 1}, {ranks}" in page
+    restarts = [str(e.epoch) for e in plan.epochs if e.restart]
+    assert f"restart at epoch(s) {', '.join(restarts)}" in page
+    assert "epochs_per_stage=2" in page and "lack the ranks" not in page
+    if strategy == "one_pass":  # disjoint buckets: stage 2 starts where stage 1 ended
+        assert "ranks 11-20" in page
