@@ -440,3 +440,23 @@ def test_the_score_job_takes_a_metric(tmp_path, rows_file, tiny_model_dir, tiny_
     assert summary["metric"] == "length" and summary["examples_scored"] == 12
     with pytest.raises(ValueError, match="unknown difficulty metric 'bogus'"):
         jobs.score(str(tiny_model_dir), data, tmp_path / "x", metric="bogus", device="cpu")
+
+
+def test_the_cross_entropy_is_not_scored_into_a_folder_of_another_metric(
+    tmp_path, rows_file, tiny_model_dir
+):
+    # Scoring CE there would leave length's metric.json beside CE rows, and a later length run
+    # would reuse them as lengths.
+    data = DataConfig(source=str(rows_file), max_length=128)
+    folder = tmp_path / "scores"
+    jobs.score(str(tiny_model_dir), data, folder, metric="length", device="cpu", progress=False)
+    before = (folder / "difficulties.jsonl").read_bytes()
+    with pytest.raises(ValueError) as caught:
+        jobs.score(str(tiny_model_dir), data, folder, device="cpu", progress=False)
+    assert "holds difficulties of another metric (length in metric.json)" in str(caught.value)
+    assert (folder / "difficulties.jsonl").read_bytes() == before
+    again = jobs.score(
+        str(tiny_model_dir), data, folder, metric="length", device="cpu", progress=False
+    )
+    lengths = sorted(float(r["difficulty"]) for r in read_jsonl(folder / "difficulties.jsonl"))
+    assert sorted(again.spectrum.difficulties) == lengths

@@ -92,7 +92,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         **model_options(args),
     )
     if result.table is not None:  # the cross-entropy, as it always read
-        losses = result.table.difficulties(args.reduction)
+        losses = result.table.difficulties("sum" if args.metric == "ce_sum" else args.reduction)
         console.print(
             f"scored {len(result.table)} examples ({result.tokens:,} tokens, "
             f"{result.tokens_per_second:,.0f} tokens/s, {result.precision}); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ def score_dataset(
     ``dropped.jsonl`` (examples the length limit removed) and ``score_summary.json``. A killed
     run resumes from its finished shards."""
     out = Path(out_dir)
+    refuse_another_metrics_folder(out)
     start = time.perf_counter()
     table = score_examples(
         model,
@@ -88,6 +90,26 @@ def score_dataset(
         },
     )
     return ScoreResult(table=table, spectrum=spectrum, seconds=seconds, tokens=tokens)
+
+
+def refuse_another_metrics_folder(out: Path) -> None:
+    """The cross-entropy scorer writes ``difficulties.jsonl`` without reading ``metric.json``;
+    over a folder of another metric it would leave that manifest beside cross-entropy rows, and
+    a later run of that metric would take them for its own."""
+    from spectrumkd.scoring.metrics import MANIFEST_FILE
+
+    manifest = out / MANIFEST_FILE
+    if not manifest.exists():
+        return
+    try:
+        metric = json.loads(manifest.read_text(encoding="utf-8")).get("metric")
+    except (ValueError, OSError, AttributeError):
+        metric = None
+    if metric not in CROSS_ENTROPY_METRICS:
+        raise ValueError(
+            f"{out} holds difficulties of another metric ({metric or 'unreadable'} in "
+            f"{MANIFEST_FILE}); pass another output folder to score the cross-entropy"
+        )
 
 
 def known_metric(metric: str) -> str:
