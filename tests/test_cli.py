@@ -448,3 +448,29 @@ def test_score_by_length_needs_no_forward_and_writes_its_ranking(tmp_path, tiny_
     assert {r["id"]: r["difficulty"] for r in rows} == lengths
     assert json.loads((out / "score_summary.json").read_text())["metric"] == "length"
     assert main([*argv, "--metric", "length", "--metric-option", "bogus=1", "--quiet"]) == 2
+
+
+def test_curate_refuses_both_a_visit_budget_and_epochs_per_stage(tmp_path, capsys):
+    from spectrumkd.cli import main
+
+    table = tmp_path / "d.jsonl"
+    table.write_text("".join(f'{{"id": "e{i}", "difficulty": {i + 1}}}\n' for i in range(12)))
+    code = main(
+        [
+            "curate",
+            "--difficulties",
+            str(table),
+            "--out",
+            str(tmp_path / "c"),
+            "--strategy",
+            "pocl",
+            "--option",
+            "epochs_per_stage=2",
+            "--baseline-epochs",
+            "20",
+        ]
+    )
+    error = capsys.readouterr().err
+    assert code != 0
+    assert "give one of --baseline-epochs and --option epochs_per_stage=N" in error
+    assert not (tmp_path / "c" / "schedule.json").exists()

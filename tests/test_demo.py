@@ -81,6 +81,12 @@ def test_the_distillation_stage_saves_each_plan_and_ends_with_a_comparison(
     window_ids = {i for epoch in schedule["epochs"] for i in epoch["ids"]}
     assert window_ids <= {e.id for e in dataset.examples}
     assert not (baseline_dir / "schedule.json").exists()
+    # the run's spectrum keeps the cross-entropy it was ranked by, column by column
+    loss_of = dict(zip(score.table.ids, score.table.loss_mean, strict=True))
+    spectrum = [json.loads(line) for line in (curated_dir / "spectrum.jsonl").open()]
+    assert spectrum and all(
+        row["loss_mean"] == pytest.approx(loss_of[row["id"]]) for row in spectrum
+    )
     for folder in (baseline_dir, curated_dir):  # each kept student loads with its tokenizer
         assert (folder / "best" / "tokenizer.json").is_file()
         assert (folder / "final" / "tokenizer.json").is_file()

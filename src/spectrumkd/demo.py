@@ -293,6 +293,8 @@ def distill_stage(
             "validation rows; use more --rows or --distill-rows 0"
         )
     ids = [e.id for e in training]
+    if metric == "ce_mean" and metric_options:
+        raise ValueError("metric ce_mean takes no options; drop --metric-option")
     if metric == "ce_mean" and score.table is not None:
         difficulty = dict(zip(score.table.ids, score.table.loss_mean, strict=True))
         values = [difficulty[i] for i in ids]
@@ -326,7 +328,12 @@ def distill_stage(
     # Not the demo folder's plan of the whole data: this run's own plan of its rows, beside its
     # metrics (a pure function of them, so a rerun rewrites it unchanged).
     plan = curate(
-        ids, np.asarray(values, dtype=np.float64), budget, folder_of[strategy], strategy=strategy
+        ids,
+        np.asarray(values, dtype=np.float64),
+        budget,
+        folder_of[strategy],
+        strategy=strategy,
+        table=score.table if metric == "ce_mean" else None,
     )
     if console is not None and strategy != "spectrumkd":
         print_plan(plan, console)

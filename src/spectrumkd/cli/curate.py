@@ -61,6 +61,11 @@ def cmd_curate(args: argparse.Namespace) -> None:
     else:
         settings = strategy_settings(args.strategy, options)
         if args.baseline_epochs is not None:  # the example visits of that many full epochs
+            if "epochs_per_stage" in options:
+                raise ValueError(
+                    "--baseline-epochs sets epochs_per_stage to match the baseline's visits; "
+                    "give one of --baseline-epochs and --option epochs_per_stage=N"
+                )
             settings = settings_for_visit_budget(
                 args.strategy, settings, len(ids), args.baseline_epochs
             )

@@ -29,7 +29,7 @@ from spectrumkd.distillation.run_config import DEFAULT_STRATEGY, settings_dict
 from spectrumkd.io import write_json
 from spectrumkd.jobs.inputs import DistillInputs, forward_settings
 from spectrumkd.jobs.scoring import student_difficulties
-from spectrumkd.scoring import read_difficulties
+from spectrumkd.scoring import DifficultyTable, read_difficulties
 
 
 def strategy_of(config: Any, strategy: str | None) -> str:
@@ -63,6 +63,7 @@ def curate(
     strategy: str | None = None,
     auto_lambda_b: bool = False,
     quantile: float = 0.9,
+    table: DifficultyTable | None = None,
 ) -> CurriculumPlan:
     """The plan of ``strategy`` (any of :data:`~spectrumkd.curation.STRATEGIES`; by default the
     one whose settings ``config`` is, SpectrumKD for None or a mapping) over ``difficulties``
@@ -72,7 +73,8 @@ def curate(
 
     SpectrumKD also writes its spectrum (``out_dir/spectrum.jsonl``, ranks and zones); with
     ``auto_lambda_b`` the analyzer chooses ``lambda_b`` from a log-normal fit of the losses
-    (:mod:`spectrumkd.curation.analyzer`) and the schedule records what it chose and why."""
+    (:mod:`spectrumkd.curation.analyzer`) and the schedule records what it chose and why;
+    ``table`` (the cross-entropy the difficulties came from) adds its columns to the spectrum."""
     name = strategy_of(config, strategy)
     spec = strategy_spec(name)
     settings = config if isinstance(config, spec.settings) else strategy_settings(name, config)
@@ -94,7 +96,7 @@ def curate(
     plan = with_settings(spectrumkd.plan_from_spectrum(spectrum), settings)
     if analysis is not None:
         plan = dataclasses.replace(plan, metadata={**plan.metadata, "analyzer": analysis.to_dict()})
-    write_curation(plan, spectrum, out_dir)
+    write_curation(plan, spectrum, out_dir, table)
     return plan
 
 
