@@ -460,3 +460,30 @@ def test_the_cross_entropy_is_not_scored_into_a_folder_of_another_metric(
     )
     lengths = sorted(float(r["difficulty"]) for r in read_jsonl(folder / "difficulties.jsonl"))
     assert sorted(again.spectrum.difficulties) == lengths
+
+
+def test_the_run_configs_metric_options_reach_the_scorer(tmp_path, tiny_pair, rows_file):
+    """length with include_prompt: the plan ranks by prompt + response tokens, counted here."""
+    from spectrumkd.curation import build_strategy
+
+    teacher, student = tiny_pair
+    curation = {"strategy": "baby_step", "num_buckets": 3, "epochs_per_stage": 1}
+    run = RunConfig.from_dict(
+        {
+            "teacher": str(teacher),
+            "student": str(student),
+            "output_dir": str(tmp_path / "bs"),
+            "data": {"source": str(rows_file), "max_length": 128, "validation_ratio": 0.25},
+            "train": {"epochs": 1, "batch_size": 4},
+            "curation": {**curation, "metric_options": {"include_prompt": True}},
+            "device": "cpu",
+        }
+    )
+    inputs = jobs.load_distill_inputs(run)
+    plan = jobs.curation_plan(run, inputs, progress=False)
+    ids = [e.id for e in inputs.train_examples]
+    lengths = [len(e.input_ids) for e in inputs.train_examples]
+    table = list(read_jsonl(tmp_path / "bs" / "scores" / "difficulties.jsonl"))
+    assert [r["difficulty"] for r in table] == lengths
+    expected = build_strategy("baby_step", {"num_buckets": 3, "epochs_per_stage": 1})
+    assert plan.to_dict() == expected.plan(ids, lengths).to_dict()

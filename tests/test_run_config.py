@@ -249,7 +249,7 @@ def test_a_spectrumkd_section_without_strategy_writes_what_it_always_wrote():
         (
             "curation.lambda_a=0.2",  # with strategy pocl below: SpectrumKD's setting
             "unknown curation setting(s) lambda_a for strategy pocl; known: strategy, "
-            "difficulties, metric, epochs_per_stage",
+            "difficulties, metric, metric_options, epochs_per_stage",
         ),
         ("curation.epochs_per_stage=two", "curation.epochs_per_stage takes int, not 'two'"),
         ("curation.epochs_per_stage=0", "epochs_per_stage=0 must be an integer >= 1"),
@@ -262,3 +262,39 @@ def test_a_bad_strategy_or_setting_is_refused_in_one_line(override, message):
     with pytest.raises(ValueError) as caught:
         RunConfig.from_dict(values)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_metric_takes_its_options_from_the_run_config_and_they_round_trip(tmp_path):
+    section = {"strategy": "pocl", "metric": "reflection_rouge", "metric_options": {"seed": 3}}
+    run = RunConfig.from_dict({**MINIMAL, "curation": section})
+    assert run.curation.metric_options == {"seed": 3}
+    path = tmp_path / "run_config.yaml"
+    path.write_text(yaml.safe_dump(run.to_dict(), sort_keys=False))
+    assert RunConfig.from_yaml(path) == run
+    assert (
+        "metric_options"
+        not in RunConfig.from_dict({**MINIMAL, "curation": {"strategy": "pocl"}}).to_dict()[
+            "curation"
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"difficulties": "d.jsonl", "metric": "length"},
+        {"difficulties": "d.jsonl", "metric_options": {"include_prompt": True}},
+    ],
+)
+def test_a_metric_beside_a_difficulties_table_is_refused_rather_than_ignored(section):
+    with pytest.raises(ValueError) as caught:
+        RunConfig.from_dict({**MINIMAL, "curation": {"strategy": "pocl", **section}})
+    assert "drop them or set difficulties to null" in str(caught.value)
+
+
+def test_options_a_metric_does_not_take_are_refused_before_any_model_loads():
+    from spectrumkd.jobs import known_metric
+
+    with pytest.raises(ValueError, match="metric 'length' has no option 'cap'"):
+        known_metric("length", {"cap": 3})
+    assert known_metric("length", {"include_prompt": True}) == "length"

@@ -54,22 +54,25 @@ def load_yaml(text: str) -> Any:
 
 
 # The curation section's own keys; every other key is a setting of the chosen strategy.
-CURATION_KEYS = ("strategy", "difficulties", "metric")
+CURATION_KEYS = ("strategy", "difficulties", "metric", "metric_options")
 
 
 @dataclass(frozen=True)
 class CurationConfig:
-    """``curation: {strategy, difficulties, metric, <the strategy's settings, flat>}``.
+    """``curation: {strategy, difficulties, metric, metric_options, <the strategy's settings,
+    flat>}``.
 
     ``settings`` is the strategy's settings dataclass (``SpectrumKDConfig`` for the default
     ``spectrumkd``); ``metric`` is the difficulty the student is scored by when there is no
-    ``difficulties`` table (None: the strategy's default metric).
+    ``difficulties`` table (None: the strategy's default metric), with ``metric_options`` (e.g.
+    ``{problems: mbpp.jsonl}`` for code_execution, a generation cap for reflection_rouge).
     """
 
     difficulties: str | None = None  # a difficulty JSONL; None: score the student first
     settings: Any = field(default_factory=SpectrumKDConfig)
     strategy: str = DEFAULT_STRATEGY
     metric: str | None = None
+    metric_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         expected = strategy_spec(self.strategy).settings
@@ -80,6 +83,15 @@ class CurationConfig:
             )
         if self.metric is not None and (not isinstance(self.metric, str) or not self.metric):
             raise ValueError(f"curation.metric takes a metric name or null, not {self.metric!r}")
+        if not isinstance(self.metric_options, dict):
+            raise ValueError(
+                f"curation.metric_options takes a mapping of options, not {self.metric_options!r}"
+            )
+        if self.difficulties is not None and (self.metric is not None or self.metric_options):
+            raise ValueError(
+                "curation.metric and metric_options choose how the student is scored when "
+                "there is no difficulties table; drop them or set difficulties to null"
+            )
 
     @property
     def spectrumkd(self) -> SpectrumKDConfig:
@@ -108,6 +120,7 @@ class CurationConfig:
                 f"curation.difficulties takes a file path or null, not {difficulties!r}"
             )
         metric = values.pop("metric", None)
+        metric_options = values.pop("metric_options", None) or {}
         known = {f.name for f in dataclasses.fields(spec.settings)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -116,7 +129,8 @@ class CurationConfig:
                 f"known: {', '.join([*CURATION_KEYS, *sorted(known)])}"
             )
         _refuse_wrong_types("curation", values, spec.settings)
-        return cls(difficulties, strategy_settings(strategy, values), strategy, metric)
+        settings = strategy_settings(strategy, values)
+        return cls(difficulties, settings, strategy, metric, metric_options)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, as a config file writes it; ``strategy`` and ``metric`` only where they are not
@@ -127,6 +141,8 @@ class CurationConfig:
         values["difficulties"] = self.difficulties
         if self.metric is not None:
             values["metric"] = self.metric
+        if self.metric_options:
+            values["metric_options"] = dict(self.metric_options)
         return {**values, **settings_dict(self.settings)}
 
 

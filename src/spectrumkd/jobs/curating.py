@@ -136,6 +136,7 @@ def curation_plan(
             texts=list(inputs.texts.values()) or None,
             settings=forward_settings(run.train),
             progress=progress,
+            **run.curation.metric_options,
         )
         ids, values = scored.ids, scored.difficulties
     return curate(ids, values, run.curation.settings, out, strategy=run.curation.strategy)

@@ -112,15 +112,17 @@ def refuse_another_metrics_folder(out: Path) -> None:
         )
 
 
-def known_metric(metric: str) -> str:
-    """``metric`` when it is a difficulty metric, else a one-line refusal listing them; the
-    metrics the evaluation stage provides (code execution, verified maths) are registered
-    first."""
-    from spectrumkd.scoring.registry import EVALUATION_METRICS, get_metric
+def known_metric(metric: str, options: dict[str, Any] | None = None) -> str:
+    """``metric`` when it is a difficulty metric (and ``options`` are its own), else a one-line
+    refusal listing them; the metrics the evaluation stage provides (code execution, verified
+    maths) are registered first."""
+    from spectrumkd.scoring.registry import EVALUATION_METRICS, get_metric, resolve_options
 
     if metric in EVALUATION_METRICS:
         import spectrumkd.evaluation  # noqa: F401 - registers code_execution, maths_verified
-    get_metric(metric)
+    spec = get_metric(metric)
+    if options:
+        resolve_options(spec, options)
     return metric
 
 

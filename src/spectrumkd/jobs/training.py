@@ -117,7 +117,8 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """
     out = Path(run.output_dir)
     if run.curation is not None and run.curation.difficulties is None:
-        known_metric(run.curation.scoring_metric)  # refused before the models load
+        # refused before the models load
+        known_metric(run.curation.scoring_metric, run.curation.metric_options)
     inputs = load_distill_inputs(run)
     # Written once the models and data have loaded, and, over a folder that holds a checkpoint,
     # only once the trainer has accepted it as this run's: a refused run leaves the folder's
