@@ -535,3 +535,16 @@ def test_every_row_of_a_staged_schedule_names_its_stage_and_a_plain_plan_keeps_i
         ids, list(range(12))
     )
     assert all("stage" not in row for row in plain.to_dict()["epochs"])
+
+
+def test_the_printed_plan_says_what_srd_saves_in_full_data_epochs():
+    from spectrumkd.console import visits_line
+
+    ids = [f"ex{i}" for i in range(100)]
+    plan = build_strategy("srd", {}).plan(ids, list(range(100)))
+    visits = 8 * (25 + 50 + 75)  # 8 epochs on each cumulative third of the easiest 75
+    assert visits_line(plan) == (
+        f"{visits:,} example visits = {visits / 100:.2f} full-data epochs of 100 "
+        "(25 hardest never trained on)"
+    )
+    assert visits / 100 == 0.6 * 20  # the spec's saving against a 20-epoch baseline

@@ -79,3 +79,20 @@ def print_plan(plan: CurriculumPlan, console: Console | None = None) -> None:
         console.print(zones_table(plan))
     windowed = all("window_start_rank" in e.info for e in plan.epochs)
     console.print(epochs_table(plan) if windowed else generic_epochs_table(plan))
+    line = visits_line(plan)
+    if line:
+        console.print(line)
+
+
+def visits_line(plan: CurriculumPlan) -> str | None:
+    """What the plan costs in training: its example visits as full-data epochs (at one batch
+    size, the optimiser steps), so SRD's saving or a staged plan's budget reads at a glance."""
+    examples = plan.metadata.get("num_examples")
+    if not isinstance(examples, int) or examples <= 0:
+        return None
+    visits = plan.total_visits
+    line = f"{visits:,} example visits = {visits / examples:.2f} full-data epochs of {examples:,}"
+    discarded = plan.metadata.get("num_discarded")
+    if discarded:
+        line += f" ({discarded:,} hardest never trained on)"
+    return line
