@@ -13,8 +13,10 @@ temperatures 1.0, 1.5, 2.0 and KD weights 0.8, 0.9, 1.0. Their OpenLLaMA-3B LoRA
 Re-ranking between stages: the paper's abstract says "dynamically", but the authors' code ranks
 once, so :class:`SRD` plans from one static ranking. The optional re-ranking is the pure splice
 :func:`~spectrumkd.curation.staged.replan_from_stage` (the stages already trained as planned,
-the rest from a plan on rescored difficulties). Not built: the hook that rescores with the partly
-trained student at a stage boundary in the middle of a run (a trainer/jobs feature).
+the rest from a plan on rescored difficulties). ``rerank_between_stages=True`` asks the distill
+job to use it: each stage is trained as its own run, the trained student rescored with the run's
+metric and the remaining stages replanned (:mod:`spectrumkd.jobs.reranking`). Off (the default),
+the plan and its ``schedule.json`` are those of the static ranking, the setting not recorded.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ class SRDConfig:
     tau_end: float = field(default=2.0, metadata={"help": "temperature of the last stage"})
     kd_weight_start: float = field(default=0.8, metadata={"help": "KD weight of the first stage"})
     kd_weight_end: float = field(default=1.0, metadata={"help": "KD weight of the last stage"})
+    rerank_between_stages: bool = field(
+        default=False,
+        metadata={
+            "help": "rescore the examples with the partly trained student after each stage and "
+            "replan the remaining stages (the distill job trains stage by stage)"
+        },
+    )
 
     def __post_init__(self) -> None:
         rho = self.selection_ratio
@@ -67,6 +76,10 @@ class SRDConfig:
         check_temperature("tau_end", self.tau_end)
         check_kd_weight("kd_weight_start", self.kd_weight_start)
         check_kd_weight("kd_weight_end", self.kd_weight_end)
+        if not isinstance(self.rerank_between_stages, bool):
+            raise ValueError(
+                f"rerank_between_stages={self.rerank_between_stages!r} must be true or false"
+            )
 
     def kept(self, num_examples: int) -> int:
         """floor(rho * N). Rounded to 9 decimals first, so that 0.29 * 100 = 28.999999999999996
@@ -111,7 +124,7 @@ class SRD(CurationStrategy):
                 strict=True,
             )
         ]
-        return staged_plan(
+        plan = staged_plan(
             self.name,
             ranking,
             stages,
@@ -119,3 +132,7 @@ class SRD(CurationStrategy):
             config,
             {"num_kept": config.kept(len(ranking))},
         )
+        if not config.rerank_between_stages:
+            # Off, the schedule reads as it did before the setting existed.
+            del plan.metadata["settings"]["rerank_between_stages"]
+        return plan

@@ -13,6 +13,7 @@ from spectrumkd.distillation import RunConfig, TrainConfig
 from spectrumkd.io import atomic_write_text
 from spectrumkd.jobs.curating import curation_plan
 from spectrumkd.jobs.inputs import DistillInputs, forward_settings, load_distill_inputs
+from spectrumkd.jobs.reranking import check_rerank, distill_reranked, reranks
 from spectrumkd.jobs.scoring import known_metric
 
 
@@ -113,12 +114,14 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     ``best/`` (the best validation epoch) and ``final/`` (the distilled student; both
     safetensors folders with the tokenizer, loadable with ``from_pretrained``). With
     ``teacher_cache_k`` the teacher's top-k logits are cached first (or found in
-    ``teacher_cache_root``) and the teacher leaves memory before training.
+    ``teacher_cache_root``) and the teacher leaves memory before training. SRD with
+    ``rerank_between_stages`` trains stage by stage in ``stages/`` and re-ranks in between.
     """
     out = Path(run.output_dir)
     if run.curation is not None and run.curation.difficulties is None:
         # refused before the models load
         known_metric(run.curation.scoring_metric, run.curation.metric_options)
+    check_rerank(run)
     inputs = load_distill_inputs(run)
     # Written once the models and data have loaded, and, over a folder that holds a checkpoint,
     # only once the trainer has accepted it as this run's: a refused run leaves the folder's
@@ -128,6 +131,18 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     if not (out / "checkpoint").exists():
         atomic_write_text(out / "run_config.yaml", config_text)
     plan = curation_plan(run, inputs, progress=progress)
+    if plan is not None and reranks(run):  # SRD stage by stage (spectrumkd.jobs.reranking)
+        signal = teacher_signal(
+            inputs,
+            run.train,
+            cache_k=run.teacher_cache_k,
+            cache_root=run.teacher_cache_root,
+            progress=progress,
+        )
+        validators = epoch_validators(run.train, inputs)
+        state = distill_reranked(run, inputs, plan, signal, validators, progress=progress)
+        atomic_write_text(out / "run_config.yaml", config_text)
+        return state
     state = train_student(
         inputs,
         run.train,
