@@ -16,18 +16,11 @@ from dataclasses import dataclass, field
 
 from spectrumkd.curation.plan import CurationStrategy, CurriculumPlan
 from spectrumkd.curation.ranking import bucket_bounds, rank_easy_to_hard
-from spectrumkd.curation.staged import (
-    Stage,
-    check_count,
-    check_kd_weight,
-    check_temperature,
-    linear_ramp,
-    staged_plan,
-)
+from spectrumkd.curation.staged import Stage, StageRamp, staged_plan
 
 
 @dataclass(frozen=True)
-class POCLConfig:
+class POCLConfig(StageRamp):
     """POCL's settings; defaults are the authors' runs. Each field's ``help`` is its flag's."""
 
     num_stages: int = field(default=4, metadata={"help": "stages K (buckets of the order)"})
@@ -38,18 +31,7 @@ class POCLConfig:
     kd_weight_end: float = field(default=1.0, metadata={"help": "KD weight of the last stage"})
 
     def __post_init__(self) -> None:
-        check_count("num_stages", self.num_stages)
-        check_count("epochs_per_stage", self.epochs_per_stage)
-        check_temperature("tau_start", self.tau_start)
-        check_temperature("tau_end", self.tau_end)
-        check_kd_weight("kd_weight_start", self.kd_weight_start)
-        check_kd_weight("kd_weight_end", self.kd_weight_end)
-
-    def temperatures(self) -> list[float]:
-        return linear_ramp(self.num_stages, self.tau_start, self.tau_end)
-
-    def kd_weights(self) -> list[float]:
-        return linear_ramp(self.num_stages, self.kd_weight_start, self.kd_weight_end)
+        self.check_ramp()
 
 
 def baby_step_prefixes(n: int, k: int) -> list[int]:

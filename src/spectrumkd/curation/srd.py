@@ -28,18 +28,11 @@ from dataclasses import dataclass, field
 from spectrumkd.curation.plan import CurationStrategy, CurriculumPlan
 from spectrumkd.curation.pocl import baby_step_prefixes
 from spectrumkd.curation.ranking import rank_easy_to_hard
-from spectrumkd.curation.staged import (
-    Stage,
-    check_count,
-    check_kd_weight,
-    check_temperature,
-    linear_ramp,
-    staged_plan,
-)
+from spectrumkd.curation.staged import Stage, StageRamp, staged_plan
 
 
 @dataclass(frozen=True)
-class SRDConfig:
+class SRDConfig(StageRamp):
     """SRD's settings; defaults are the authors' GPT-2 runs. Each field's ``help`` is its flag's."""
 
     selection_ratio: float = field(
@@ -70,12 +63,7 @@ class SRDConfig:
             raise ValueError(
                 f"selection_ratio={rho!r} must be a share in (0, 1] of the examples to keep"
             )
-        check_count("num_stages", self.num_stages)
-        check_count("epochs_per_stage", self.epochs_per_stage)
-        check_temperature("tau_start", self.tau_start)
-        check_temperature("tau_end", self.tau_end)
-        check_kd_weight("kd_weight_start", self.kd_weight_start)
-        check_kd_weight("kd_weight_end", self.kd_weight_end)
+        self.check_ramp()
         if not isinstance(self.rerank_between_stages, bool):
             raise ValueError(
                 f"rerank_between_stages={self.rerank_between_stages!r} must be true or false"
@@ -85,12 +73,6 @@ class SRDConfig:
         """floor(rho * N). Rounded to 9 decimals first, so that 0.29 * 100 = 28.999999999999996
         keeps the 29 examples the user meant."""
         return math.floor(round(self.selection_ratio * num_examples, 9))
-
-    def temperatures(self) -> list[float]:
-        return linear_ramp(self.num_stages, self.tau_start, self.tau_end)
-
-    def kd_weights(self) -> list[float]:
-        return linear_ramp(self.num_stages, self.kd_weight_start, self.kd_weight_end)
 
 
 class SRD(CurationStrategy):

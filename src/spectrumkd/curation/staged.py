@@ -209,3 +209,30 @@ def replan_from_stage(
         "reranked_at": [*plan.metadata.get("reranked_at", []), from_stage],
     }
     return CurriculumPlan(strategy=plan.strategy, epochs=epochs, metadata=metadata)
+
+
+class StageRamp:
+    """What POCL's and SRD's settings share: ``num_stages`` stages of ``epochs_per_stage``
+    epochs each, with the temperature and the KD weight rising linearly across stages. A mixin
+    (not a dataclass) so each settings dataclass keeps its own field order and defaults."""
+
+    num_stages: int
+    epochs_per_stage: int
+    tau_start: float
+    tau_end: float
+    kd_weight_start: float
+    kd_weight_end: float
+
+    def check_ramp(self) -> None:
+        check_count("num_stages", self.num_stages)
+        check_count("epochs_per_stage", self.epochs_per_stage)
+        check_temperature("tau_start", self.tau_start)
+        check_temperature("tau_end", self.tau_end)
+        check_kd_weight("kd_weight_start", self.kd_weight_start)
+        check_kd_weight("kd_weight_end", self.kd_weight_end)
+
+    def temperatures(self) -> list[float]:
+        return linear_ramp(self.num_stages, self.tau_start, self.tau_end)
+
+    def kd_weights(self) -> list[float]:
+        return linear_ramp(self.num_stages, self.kd_weight_start, self.kd_weight_end)
