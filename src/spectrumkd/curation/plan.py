@@ -8,11 +8,12 @@ without touching the training code.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, overload
+from typing import Any, ClassVar, Protocol, overload
 
 
 class RankSlice(Sequence[str]):
@@ -87,6 +88,8 @@ class CurriculumPlan:
     strategy: str
     epochs: tuple[EpochPlan, ...]
     metadata: dict[str, Any] = field(default_factory=dict)
+    # A dynamic plan (DDK): decides epochs from the student as it trains; None for a static one.
+    updater: PlanUpdater | None = field(default=None, compare=False, repr=False)
 
     @property
     def num_epochs(self) -> int:
@@ -129,6 +132,24 @@ class CurriculumPlan:
         following = (e.epoch for e in self.epochs[epoch:] if e.restart)
         return range(first, next(following, self.num_epochs + 1))
 
+    @property
+    def is_dynamic(self) -> bool:
+        return self.updater is not None
+
+    def with_epoch(self, epoch: EpochPlan) -> CurriculumPlan:
+        """The plan with ``epoch`` (same number, same size) in place of the one it had: what a
+        :class:`PlanUpdater` returns. The size is kept so that the LR schedule, which counted
+        the steps of every epoch at the start, stays right."""
+        old = self.epoch(epoch.epoch)
+        if len(epoch.ids) != len(old.ids):
+            raise ValueError(
+                f"a plan update must keep epoch {epoch.epoch}'s size ({len(old.ids)} examples), "
+                f"not {len(epoch.ids)}"
+            )
+        epochs = list(self.epochs)
+        epochs[epoch.epoch - 1] = epoch
+        return dataclasses.replace(self, epochs=tuple(epochs))
+
     def digest(self) -> str:
         """A short hash of what the plan trains on (strategy, and per epoch its ids,
         temperature, KD weight, stage and restart), so a checkpoint can tell whether it belongs
@@ -165,3 +186,47 @@ class CurationStrategy(abc.ABC):
     @abc.abstractmethod
     def plan(self, ids: Sequence[str], difficulties: Sequence[float]) -> CurriculumPlan:
         """Build the plan; a pure function of the inputs and the strategy's configuration."""
+
+
+class StudentProbe(Protocol):
+    """What a trainer lets a :class:`PlanUpdater` measure: the student as it is now.
+
+    ``token_losses(examples)`` returns, per example (a ``TokenizedExample``), the summed
+    cross-entropy of the student over its response tokens and the number of those tokens, in
+    the examples' order (no gradients; the run's precision)."""
+
+    def token_losses(self, examples: Sequence[Any]) -> list[tuple[float, int]]: ...
+
+
+class PlanUpdater(abc.ABC):
+    """The dynamic-plan hook: a strategy whose epochs depend on the student as it trains (DDK's
+    domain weights follow the student's gap to the teacher).
+
+    A trainer calls :meth:`update` before every epoch for which :meth:`updates_before` is
+    true, with a :class:`StudentProbe`, and trains that epoch from the plan it returns. The
+    trainer does not know which strategy runs; it saves :meth:`state_dict` (JSON values) with
+    every checkpoint and hands it back to :meth:`load_state_dict` on resume, where
+    :meth:`restored` gives the plan as it stood at the checkpoint.
+    """
+
+    @abc.abstractmethod
+    def updates_before(self, epoch: int) -> bool:
+        """Whether the plan is updated before 1-based ``epoch`` (the declared interval)."""
+
+    @abc.abstractmethod
+    def update(
+        self, epoch: int, plan: CurriculumPlan, probe: StudentProbe
+    ) -> tuple[CurriculumPlan, dict[str, Any]]:
+        """The plan to train ``epoch`` from, and a row of facts to log (JSON values)."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue after a restart, as JSON values."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def restored(self, plan: CurriculumPlan) -> CurriculumPlan:
+        """``plan`` (the one the strategy built at the start) with the epochs decided up to the
+        loaded state, so a resumed run trains the epoch it was in on the same examples."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from spectrumkd.curation.classic import BabyStep, ClassicCurriculumConfig, OnePass
 from spectrumkd.curation.config import SpectrumKDConfig
+from spectrumkd.curation.ddk import DDK, DDKConfig, DomainMix, DomainMixConfig, MixtureConfig
 from spectrumkd.curation.plan import CurationStrategy
 from spectrumkd.curation.pocl import POCL, POCLConfig
 from spectrumkd.curation.schedule import SpectrumKD, step_parity
@@ -31,8 +32,13 @@ class StrategySpec:
 
     settings: type
     build: Callable[[Any], CurationStrategy]
-    default_metric: str
+    default_metric: str | None  # None: a domain mixture, which ranks by no difficulty
     summary: str
+
+    @property
+    def mixes_domains(self) -> bool:
+        """Whether the strategy plans from domains (DDK, fixed mixing), not difficulties."""
+        return self.default_metric is None
 
 
 STRATEGIES: dict[str, StrategySpec] = {
@@ -65,6 +71,18 @@ STRATEGIES: dict[str, StrategySpec] = {
         build=OnePass,
         default_metric="length",
         summary="classic One-Pass: stage s trains on bucket s of k equal buckets only",
+    ),
+    "ddk": StrategySpec(
+        settings=DDKConfig,
+        build=DDK,
+        default_metric=None,
+        summary="DDK: domain weights that follow the student's perplexity gap to the teacher",
+    ),
+    "domain_mix": StrategySpec(
+        settings=DomainMixConfig,
+        build=DomainMix,
+        default_metric=None,
+        summary="fixed domain weights (uniform unless given): DDK's baseline",
     ),
 }
 
@@ -126,6 +144,9 @@ def settings_for_visit_budget(
         return step_parity(
             settings, baseline_epochs, num_examples, warmup_fraction=warmup_fraction
         ).config
+    if isinstance(settings, MixtureConfig):  # intervals of K steps: as many as the budget holds
+        intervals = max(1, round(baseline_epochs * num_examples / settings.interval_size()))
+        return dataclasses.replace(settings, intervals=intervals)
     strategy = spec.build(settings)
     stage_sizes = getattr(strategy, "stage_sizes", None)
     if stage_sizes is None or not hasattr(settings, "epochs_per_stage"):

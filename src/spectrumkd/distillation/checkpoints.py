@@ -151,6 +151,9 @@ def drop_rows_past(path: Path, epoch: int, step: int) -> None:
         if row is not None
         and row["step"] <= step
         and (row["epoch"] <= epoch or not any(key.startswith("val_") for key in row))
+        # A plan update (DDK) is logged before its epoch's first step: at the checkpoint's own
+        # step it came after that checkpoint, and the rerun updates and logs it again.
+        and not ("plan_update" in row and row["step"] >= step)
     ]
     if len(kept) < len(lines):
         write_jsonl(path, kept)

@@ -21,7 +21,8 @@ written, mid-epoch included, dropping the metric rows logged after it. On-policy
 (``on_policy_fraction``), LoRA (``lora_rank``) and the memory-bounded loss (``loss_impl:
 chunked``) are settings of the same loop. A staged plan (POCL, SRD, Baby Step) restarts the
 optimiser and the LR schedule where it says so (:mod:`~spectrumkd.distillation.stages`); its
-metric rows and state name the stage.
+metric rows and state name the stage. A dynamic plan (DDK) is updated before the epochs its
+updater declares (:mod:`~spectrumkd.distillation.dynamic`), its state checkpointed with the run.
 
 The parts live beside it: the settings in :mod:`~spectrumkd.distillation.train_config`, one
 optimiser step's losses and backward in :mod:`~spectrumkd.distillation.steps`, the end-of-epoch
@@ -58,6 +59,7 @@ from spectrumkd.distillation.checkpoints import (
     save_checkpoint,
     save_model,
 )
+from spectrumkd.distillation.dynamic import restore_plan, update_plan
 from spectrumkd.distillation.objectives import Objective, get_objective
 from spectrumkd.distillation.on_policy import sampling_vocabulary
 from spectrumkd.distillation.signals import TeacherSignalSource
@@ -170,6 +172,7 @@ def train(
             dynamic_ncols=True,
         )
         for epoch in range(state["epoch"] + 1, plan.num_epochs + 1):
+            update_plan(run, state, epoch)  # a dynamic plan's hook (DDK); else nothing
             train_epoch(run, state, epoch, bar)
             if validation:
                 metrics = validate_epoch(run, state, epoch, validation, validators)
@@ -304,6 +307,7 @@ def resume_state(run: PreparedRun) -> dict[str, Any]:
     }
     if (output / CHECKPOINT / STATE_FILE).exists():
         state = _load_checkpoint(run, state)
+    restore_plan(run, state)
     if accelerator.is_main_process:
         drop_rows_past(output / METRICS_FILE, state["epoch"], state["step"])
     return state

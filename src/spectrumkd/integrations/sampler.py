@@ -27,6 +27,11 @@ def _positions(dataset_ids: Sequence[str], plan: CurriculumPlan) -> dict[str, in
         if id_ in position:
             raise ValueError(f"example id {id_!r} appears twice in the dataset; ids must be unique")
         position[id_] = index
+    _check_ids(position, plan)
+    return position
+
+
+def _check_ids(position: dict[str, int], plan: CurriculumPlan) -> None:
     for epoch in plan.epochs:
         missing = next((i for i in epoch.ids if i not in position), None)
         if missing is not None:
@@ -34,7 +39,6 @@ def _positions(dataset_ids: Sequence[str], plan: CurriculumPlan) -> dict[str, in
                 f"the {plan.strategy} plan's epoch {epoch.epoch} names id {missing!r}, which is not in the dataset; "
                 "score and curate the same (tokenised, length-filtered) dataset you train on"
             )
-    return position
 
 
 class CurriculumSampler(Sampler[int]):
@@ -69,6 +73,16 @@ class CurriculumSampler(Sampler[int]):
         self.plan.epoch(epoch + 1)  # validates the range
         self.epoch = epoch
 
+    def use_plan(self, plan: CurriculumPlan) -> None:
+        """Serve ``plan`` from now on: a dynamic plan's update (DDK) decided an epoch afresh."""
+        if plan.num_epochs != self.plan.num_epochs:
+            raise ValueError(
+                f"an updated plan must keep the {self.plan.num_epochs} epochs of the one it "
+                f"replaces, not {plan.num_epochs}"
+            )
+        _check_ids(self._position, plan)
+        self.plan = plan
+
     @property
     def current(self) -> EpochPlan:
         return self.plan.epoch(self.epoch + 1)
@@ -102,6 +116,11 @@ class CurriculumDataset(Dataset):
         if len(dataset) != len(dataset_ids):
             raise ValueError(
                 f"dataset has {len(dataset)} rows but {len(dataset_ids)} ids were given"
+            )
+        if plan.is_dynamic:
+            raise ValueError(
+                f"the {plan.strategy} plan is updated from the student during training, which a "
+                "Trainer's dataset view cannot follow: run it with spectrumkd distill (or train())"
             )
         sizes = {len(e.ids) for e in plan.epochs}
         if len(sizes) != 1:

@@ -18,6 +18,7 @@ from spectrumkd.scoring.registry import (
 )
 from spectrumkd.scoring.scorer import (
     ScoringSettings,
+    example_token_losses,
     response_token_losses,
     score_examples,
 )
@@ -40,5 +41,6 @@ __all__ = [
     "read_difficulties",
     "register_metric",
     "response_token_losses",
+    "example_token_losses",
     "score_examples",
 ]

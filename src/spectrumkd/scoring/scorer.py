@@ -358,3 +358,37 @@ __all__ = [
     "response_token_losses",
     "score_examples",
 ]
+
+
+def example_token_losses(
+    model: torch.nn.Module,
+    examples: Sequence[ScorableExample],
+    *,
+    precision: str = "auto",
+    pad_token_id: int = 0,
+    max_batch_size: int = 16,
+) -> list[tuple[float, int]]:
+    """Per example, the model's summed cross-entropy over its response tokens and their number,
+    in the examples' order: in memory, without the shards and manifests of
+    :func:`score_examples`, for small sets measured again and again during a run (DDK's
+    per-domain validation sets every K steps). Length-sorted batches, no gradients, the model's
+    training mode restored."""
+    if not examples:
+        return []
+    device = next(model.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), max_batch_size):
+                chosen = order[start : start + max_batch_size]
+                batch = collate([examples[i] for i in chosen], pad_token_id)
+                inputs = {key: value.to(device) for key, value in batch.items()}
+                sums, counts = _batch_losses(model, inputs, precision)
+                for i, total, count in zip(chosen, sums.tolist(), counts.tolist(), strict=True):
+                    results[i] = (float(total), int(count))
+    finally:
+        model.train(was_training)
+    return results
