@@ -87,6 +87,13 @@ class CurationConfig:
             raise ValueError(
                 f"curation.metric_options takes a mapping of options, not {self.metric_options!r}"
             )
+        if strategy_spec(self.strategy).mixes_domains and (
+            self.difficulties is not None or self.metric is not None or self.metric_options
+        ):
+            raise ValueError(
+                f"the {self.strategy} strategy mixes domains and ranks by no difficulty: drop "
+                "curation.difficulties, metric and metric_options"
+            )
         if self.difficulties is not None and (self.metric is not None or self.metric_options):
             raise ValueError(
                 "curation.metric and metric_options choose how the student is scored when "
@@ -101,8 +108,9 @@ class CurationConfig:
         return self.settings
 
     @property
-    def scoring_metric(self) -> str:
-        """The metric a student is scored by when the run has no difficulty table."""
+    def scoring_metric(self) -> str | None:
+        """The metric a student is scored by when the run has no difficulty table (None for a
+        domain mixture, which scores nothing)."""
         return self.metric or strategy_spec(self.strategy).default_metric
 
     @classmethod

@@ -119,8 +119,9 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """
     out = Path(run.output_dir)
     if run.curation is not None and run.curation.difficulties is None:
-        # refused before the models load
-        known_metric(run.curation.scoring_metric, run.curation.metric_options)
+        metric = run.curation.scoring_metric  # None for a domain mixture: nothing is scored
+        if metric is not None:  # refused before the models load
+            known_metric(metric, run.curation.metric_options)
     check_rerank(run)
     inputs = load_distill_inputs(run)
     # Written once the models and data have loaded, and, over a folder that holds a checkpoint,
