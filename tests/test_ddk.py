@@ -257,6 +257,9 @@ def test_ddk_updates_exactly_every_k_steps_and_trains_on_the_updated_draws(tmp_p
     assert drawn[0] == list(plan.epochs[0].ids)
     for interval, ids in enumerate(drawn):
         assert sorted(teacher.seen[interval * K * 4 : (interval + 1) * K * 4]) == sorted(ids)
+    # The update rows count each interval's draws by domain.
+    for row, ids in zip(updates, drawn[1:], strict=True):
+        assert row["drawn"] == {d: sum(DOMAINS[i] == d for i in ids) for d in row["drawn"]}
 
 
 def test_the_first_update_measures_the_student_as_trained_so_far(tmp_path):

@@ -141,16 +141,19 @@ class DomainMixtureStrategy(CurationStrategy):
         info: dict[str, Any],
     ) -> list[EpochPlan]:
         settings = self.settings
-        return [
-            EpochPlan(
-                epoch,
-                sampler.draw(weights, settings.interval_size()),
-                settings.temperature,
-                kd_weight=settings.kd_weight,
-                info=dict(info),
+        planned = []
+        for epoch in epochs:
+            ids = sampler.draw(weights, settings.interval_size())
+            planned.append(
+                EpochPlan(
+                    epoch,
+                    ids,
+                    settings.temperature,
+                    kd_weight=settings.kd_weight,
+                    info={**info, "drawn": sampler.counts(ids)},
+                )
             )
-            for epoch in epochs
-        ]
+        return planned
 
 
 class DomainMix(DomainMixtureStrategy):
@@ -283,11 +286,13 @@ class DDKUpdater(PlanUpdater):
             "student_perplexity": _named(names, student),
             "ratios": _named(names, ratios),
             "weights": weights,
+            "drawn": self.sampler.counts(ids),
             "measure_seconds": time.perf_counter() - started,
             "validation_tokens": sum(count for _, count in losses),
         }
         self.history.append(entry)
-        updated = dataclasses.replace(plan.epoch(epoch), ids=ids, info={"weights": weights})
+        info = {"weights": weights, "drawn": entry["drawn"]}
+        updated = dataclasses.replace(plan.epoch(epoch), ids=ids, info=info)
         return plan.with_epoch(updated), {"plan_update": DDK.name, **entry}
 
     def state_dict(self) -> dict[str, Any]:
@@ -308,7 +313,7 @@ class DDKUpdater(PlanUpdater):
         if not self.current or self.current["epoch"] == 1:
             return plan  # epoch 1 is the plan's own
         epoch = plan.epoch(self.current["epoch"])
-        weights = _named(self.sampler.domains, self.weights)
-        return plan.with_epoch(
-            dataclasses.replace(epoch, ids=list(self.current["ids"]), info={"weights": weights})
-        )
+        ids = list(self.current["ids"])
+        info = {"weights": _named(self.sampler.domains, self.weights)}
+        info["drawn"] = self.sampler.counts(ids)
+        return plan.with_epoch(dataclasses.replace(epoch, ids=ids, info=info))

@@ -100,6 +100,7 @@ class DomainSampler:
             )
         self.domains: tuple[str, ...] = tuple(sorted(ids_by_domain))
         self._ids = {d: list(ids_by_domain[d]) for d in self.domains}
+        self._domain_of = {id_: d for d in self.domains for id_ in self._ids[d]}
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._passes = dict.fromkeys(self.domains, 0)  # completed reads through each domain
@@ -134,6 +135,13 @@ class DomainSampler:
             drawn.append(orders[domain][self._positions[domain]])
             self._positions[domain] += 1
         return drawn
+
+    def counts(self, ids: Sequence[str]) -> dict[str, int]:
+        """How many of ``ids`` each domain holds (every domain named, zeros included)."""
+        counts = dict.fromkeys(self.domains, 0)
+        for id_ in ids:
+            counts[self._domain_of[id_]] += 1
+        return counts
 
     def state_dict(self) -> dict[str, Any]:
         return {
