@@ -11,10 +11,16 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import build_tiny_llama
-from transformers import GenerationConfig, LlamaConfig
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from spectrumkd.batching import left_pad
-from spectrumkd.models.generation import KnownTokensOnly, decode, generate
+from spectrumkd.models.generation import KnownTokensOnly, decode, draw, generate
 
 VOCAB = 96
 PROMPTS = [
@@ -98,26 +104,30 @@ def test_greedy_float32_equals_generate_and_finished_rows_get_no_work(model):
     assert seen == sorted(seen, reverse=True) and seen[0] == len(PROMPTS) > seen[-1]
 
 
-def test_seeded_sampling_equals_generate_while_every_row_runs(model):
-    """Same processors (known-token mask, temperature, top-p) and the same random stream: a
-    generator seeded with s draws what the global RNG seeded with s draws."""
+def test_seeded_sampling_equals_an_uncached_one_row_loop_on_transformers_processors(model):
+    """Sampling draws one uniform per running row and step (rows longest prompt first) and
+    inverts the cumulative distribution (``draw``). The reference recomputes each row alone,
+    without cache or padding, through transformers' own processors (known-token mask,
+    temperature, top-p), and inverts at the same uniforms: the same ids."""
     never = (VOCAB + 10,)  # an EOS no row can produce: every row runs to the limit
     known = KnownTokensOnly(VOCAB - 6, missing_ids=(3, 8))
-    options = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 10}
-    torch.manual_seed(123)
-    input_ids, attention_mask = left_pad(PROMPTS, 0)
+    steps = 10
+    processors = LogitsProcessorList([known, TemperatureLogitsWarper(0.7), TopPLogitsWarper(0.9)])
+    generator = torch.Generator().manual_seed(123)
+    uniforms = [1.0 - torch.rand((len(PROMPTS), 1), generator=generator) for _ in range(steps)]
+    order = sorted(range(len(PROMPTS)), key=lambda i: -len(PROMPTS[i]))
+    expected: list[list[int]] = [[] for _ in PROMPTS]
     with torch.no_grad():
-        output = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            eos_token_id=list(never),
-            pad_token_id=0,
-            top_k=0,
-            repetition_penalty=1.0,
-            logits_processor=[known],
-            **options,
-        )
-    expected = output[:, input_ids.shape[1] :].tolist()
+        for slot, index in enumerate(order):
+            ids = list(PROMPTS[index])
+            for step in range(steps):
+                logits = model(input_ids=torch.tensor([ids])).logits[:, -1, :].float()
+                probs = torch.softmax(processors(torch.tensor([ids]), logits), dim=-1)
+                cdf = probs.cumsum(-1)
+                target = uniforms[step][slot : slot + 1] * cdf[:, -1:]
+                token = int((cdf < target).sum())
+                ids.append(token)
+                expected[index].append(token)
 
     def sample(seed: int) -> list[list[int]]:
         generator = torch.Generator().manual_seed(seed)
@@ -126,7 +136,7 @@ def test_seeded_sampling_equals_generate_while_every_row_runs(model):
             PROMPTS,
             pad_token_id=0,
             eos_token_ids=never,
-            max_new_tokens=10,
+            max_new_tokens=steps,
             temperature=0.7,
             top_p=0.9,
             known=known,
@@ -142,9 +152,66 @@ def test_seeded_sampling_equals_generate_while_every_row_runs(model):
     assert all(t < VOCAB - 6 and t not in (3, 8) for t in flat)
 
 
+def test_draw_follows_the_probabilities_and_never_draws_a_zero():
+    """``draw``'s frequencies against the probabilities themselves (within 5 standard errors),
+    rows of different shapes, zero-weight ids never drawn, unnormalised weights accepted."""
+    probs = torch.tensor(
+        [
+            [0.0, 0.5, 0.0, 0.3, 0.2, 0.0],
+            [0.05, 0.0, 0.0, 0.0, 0.0, 0.95],
+            [1.0, 1.0, 1.0, 1.0, 0.0, 0.0],  # weights, not normalised
+        ]
+    )
+    n = 40_000
+    generator = torch.Generator().manual_seed(7)
+    draws = torch.stack([draw(probs, generator) for _ in range(n)])  # [n, rows]
+    expected = probs / probs.sum(-1, keepdim=True)
+    for row in range(probs.shape[0]):
+        counts = torch.bincount(draws[:, row], minlength=probs.shape[1]).double() / n
+        p = expected[row].double()
+        assert torch.all(counts[p == 0] == 0)
+        assert torch.all((counts - p).abs() <= 5 * (p * (1 - p) / n).sqrt() + 1e-12)
+
+
+def test_continuous_batching_gives_each_row_its_own_tokens_and_no_work_after_the_end(model):
+    """At most two rows at a time, a freed slot refilled with the next prompt (its prefill
+    merged into the running cache): every row's greedy float32 tokens are those of ``generate``
+    on that prompt alone, and each forward computes only rows still running."""
+    eos = (early_eos(model),)
+    alone = [hf_generate(model, [p], eos, do_sample=False, max_new_tokens=12)[0] for p in PROMPTS]
+    assert len({len(r) for r in alone}) > 1  # rows end at different steps
+    seen: list[tuple[int, int]] = []
+    finished: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        got = decode(
+            model,
+            PROMPTS,
+            pad_token_id=0,
+            eos_token_ids=eos,
+            max_new_tokens=12,
+            precision="float32",
+            batch_size=2,
+            on_finish=finished.append,
+        )
+    finally:
+        hook.remove()
+    assert got == alone
+    assert sum(finished) == len(PROMPTS)
+    assert max(rows for rows, _ in seen) == 2
+    assert sum(rows for rows, _ in seen) == sum(len(r) for r in got)  # one token per row forward
+    prefills = [rows for rows, width in seen if width > 1]
+    assert prefills[0] == 2 and len(prefills) > len(PROMPTS) // 2  # refilled, not batch by batch
+    two_row_steps = [rows for rows, width in seen if width == 1 and rows == 2]
+    assert len(two_row_steps) > max(len(r) for r in got)  # merged rows decode together
+
+
 def test_bf16_greedy_stays_close_to_float32(model):
-    """bf16 autocast rounds the matrix products, so near-ties may flip and a row then goes its
-    own way; on this model the first two tokens of every row agree, and most tokens overall."""
+    """bf16 (the whole model held in bf16: weights, activations, KV cache) rounds everything to
+    8 bits of mantissa, so near-ties may flip and a row then goes its own way; on this model the
+    first two tokens of every row agree, and at least 75% of tokens overall."""
     options = {"pad_token_id": 0, "eos_token_ids": (VOCAB + 10,), "max_new_tokens": 8}
     exact = decode(model, PROMPTS, precision="float32", **options)
     half = decode(model, PROMPTS, precision="bf16", **options)
