@@ -60,10 +60,19 @@ def add_data_flags(parser: argparse.ArgumentParser, default_data: str | None = N
         help="instruction (paper Fig. 5), math (Fig. 7), code (Fig. 8), chat, none",
     )
     group.add_argument(
-        "--split", default="train", help="split of a hub dataset or saved DatasetDict"
+        "--split",
+        default="train",
+        help="split of a hub dataset or saved DatasetDict; of a file, train or a slice of it "
+        "(train[600:], train[:10%%])",
     )
     group.add_argument(
         "--id-field", default=None, help="column holding a unique example id (default: row number)"
+    )
+    group.add_argument(
+        "--domain-field",
+        default=None,
+        help="column naming each example's domain (e.g. Dolly's category); the validation "
+        "split then holds out rows per domain",
     )
     group.add_argument("--limit", type=int, default=None, help="use only the first N rows")
     group.add_argument(
@@ -88,6 +97,7 @@ def data_settings(args: argparse.Namespace) -> dict[str, Any]:
         "template": args.template,
         "split": args.split,
         "id_field": args.id_field,
+        "domain_field": args.domain_field,
         "limit": args.limit,
         "max_length": args.max_length,
         "max_prompt_length": args.max_prompt_length,

@@ -1,6 +1,14 @@
 """Data stage: load prompt/response pairs, render them with the paper's templates, tokenise."""
 
 from spectrumkd.data.config import DataConfig
+from spectrumkd.data.domains import (
+    MIX_DOMAIN_FIELD,
+    DomainSource,
+    domain_sources,
+    example_domains,
+    field_map,
+    load_mix,
+)
 from spectrumkd.data.loading import (
     EMBEDDED_SOURCES,
     PRESETS,
@@ -32,6 +40,8 @@ from spectrumkd.data.tokenize import (
 
 __all__ = [
     "DataConfig",
+    "DomainSource",
+    "MIX_DOMAIN_FIELD",
     "EMBEDDED_SOURCES",
     "IGNORE_INDEX",
     "PRESETS",
@@ -45,6 +55,10 @@ __all__ = [
     "TokenizedExample",
     "TokenizedTorchDataset",
     "collate",
+    "domain_sources",
+    "example_domains",
+    "field_map",
+    "load_mix",
     "embedded_dolly_path",
     "load_examples",
     "refuse_empty_file",

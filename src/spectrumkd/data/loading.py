@@ -178,11 +178,14 @@ def load_dataset_split(source: str | Path, split: str) -> Any:
             raise ValueError(
                 f"unknown embedded source {source!r}; available: {', '.join(EMBEDDED_SOURCES)}"
             )
-        return _load_file(embedded_dolly_path())
+        return _slice_file(_load_file(embedded_dolly_path()), split, source)
 
     path = Path(source).expanduser()
     if path.is_file() or path.is_dir():
-        dataset = _load_file(path) if path.is_file() else _load_folder(path, split)
+        if path.is_file():
+            dataset = _slice_file(_load_file(path), split, str(path))
+        else:
+            dataset = _load_folder(path, split)
         if len(dataset) == 0:
             raise ValueError(f"{path} holds no rows; give data with at least one example")
         return dataset
@@ -198,6 +201,32 @@ def load_dataset_split(source: str | Path, split: str) -> Any:
             f"{text!r} is neither a local file or folder nor a reachable Hugging Face hub dataset "
             f"(split {split!r}): {detail}"
         ) from error
+
+
+def _slice_file(dataset: Any, split: str, where: str) -> Any:
+    """A single file's rows for ``split``: all of them for ``"train"`` (its only split), or a
+    Hugging Face slice of them such as ``"train[600:]"``, ``"train[:10%]"`` or
+    ``"train[:100]+train[-100:]"`` (the rows in the slice's order)."""
+    if split == "train":
+        return dataset
+    import datasets
+
+    try:
+        spans = datasets.ReadInstruction.from_spec(split).to_absolute({"train": len(dataset)})
+    except (ValueError, KeyError, AssertionError):
+        spans = None
+    if spans is None or any(span.splitname != "train" for span in spans):
+        raise ValueError(
+            f"{where}: split {split!r} is not 'train' or a slice of it; a single file has only "
+            "the split 'train': give split 'train' or a slice such as 'train[600:]'"
+        )
+    indices = [i for span in spans for i in range(span.from_, span.to)]
+    if not indices:
+        raise ValueError(
+            f"{where}: split {split!r} selects no rows of its {len(dataset)}; give a slice "
+            "that holds some"
+        )
+    return dataset.select(indices)
 
 
 def _looks_like_path(text: str) -> bool:

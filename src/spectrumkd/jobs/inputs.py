@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from spectrumkd.data import Example, TokenizedExample, split_validation
+from spectrumkd.data import Example, TokenizedExample
 from spectrumkd.distillation import RunConfig, TrainConfig
 from spectrumkd.models import (
     VocabAlignment,
@@ -38,11 +38,15 @@ class DistillInputs:
     device: torch.device | None = None  # where a teacher cache's tensors go
     # The rendered texts by id, for validation by generation (``train.val_rouge``).
     texts: dict[str, Example] = dataclasses.field(default_factory=dict)
+    # Each training and validation row's domain by id (``data.domain_field`` or ``data.mix``);
+    # empty when the data has no domains. The validation split then holds out rows per domain.
+    domains: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def load_distill_inputs(run: RunConfig) -> DistillInputs:
     """The teacher (in ``run.dtype``), the student (float32: trained with autocast), the pair
-    check, the data and its seeded validation split."""
+    check, the data, its domains and its seeded validation split (stratified by domain where
+    the data has domains)."""
     device = resolve_device(run.device)
     dtype = resolve_dtype(run.dtype, device)
     tokenizer = load_tokenizer(run.teacher)
@@ -51,9 +55,9 @@ def load_distill_inputs(run: RunConfig) -> DistillInputs:
     alignment = check_pair(tokenizer, load_tokenizer(run.student), teacher.config, student.config)
     texts = run.data.load_texts(tokenizer)
     dataset = run.data.tokenize(texts, tokenizer)
-    train_examples, validation = split_validation(
-        dataset.examples, run.data.validation_ratio, run.data.validation_seed
-    )
+    kept = {example.id for example in dataset.examples}  # over-long rows are dropped
+    domains = {id_: d for id_, d in run.data.domains(texts).items() if id_ in kept}
+    train_examples, validation = run.data.split_validation(dataset.examples, domains)
     return DistillInputs(
         tokenizer=tokenizer,
         teacher=teacher,
@@ -63,6 +67,7 @@ def load_distill_inputs(run: RunConfig) -> DistillInputs:
         device=device,
         alignment=alignment,
         texts={example.id: example for example in texts},
+        domains=domains,
     )
 
 
