@@ -17,6 +17,7 @@ from typing import Any
 
 from spectrumkd.curation.classic import BabyStep, ClassicCurriculumConfig, OnePass
 from spectrumkd.curation.config import SpectrumKDConfig
+from spectrumkd.curation.dakd import DAKD, DAKDConfig
 from spectrumkd.curation.ddk import DDK, DDKConfig, DomainMix, DomainMixConfig, MixtureConfig
 from spectrumkd.curation.plan import CurationStrategy
 from spectrumkd.curation.pocl import POCL, POCLConfig
@@ -32,13 +33,21 @@ class StrategySpec:
 
     settings: type
     build: Callable[[Any], CurationStrategy]
-    default_metric: str | None  # None: a domain mixture, which ranks by no difficulty
+    default_metric: str | None  # None: a strategy that ranks by no difficulty table
     summary: str
+    # What the plan is made from: "difficulties" (a table: curate, distill), "domains" (DDK,
+    # fixed mixing) or "models" (DA-KD); the last two are planned by distill from its models.
+    plans_from: str = "difficulties"
 
     @property
     def mixes_domains(self) -> bool:
         """Whether the strategy plans from domains (DDK, fixed mixing), not difficulties."""
-        return self.default_metric is None
+        return self.plans_from == "domains"
+
+    @property
+    def planned_by_distill(self) -> bool:
+        """Whether only ``distill`` can plan it (it measures the run's models, not a table)."""
+        return self.plans_from != "difficulties"
 
 
 STRATEGIES: dict[str, StrategySpec] = {
@@ -77,12 +86,22 @@ STRATEGIES: dict[str, StrategySpec] = {
         build=DDK,
         default_metric=None,
         summary="DDK: domain weights that follow the student's perplexity gap to the teacher",
+        plans_from="domains",
     ),
     "domain_mix": StrategySpec(
         settings=DomainMixConfig,
         build=DomainMix,
         default_metric=None,
         summary="fixed domain weights (uniform unless given): DDK's baseline",
+        plans_from="domains",
+    ),
+    "dakd": StrategySpec(
+        settings=DAKDConfig,
+        build=DAKD,
+        default_metric=None,
+        summary="DA-KD: each epoch the rows the student finds hardest against the teacher, a "
+        "cosine-shrinking share (use objective bdl)",
+        plans_from="models",
     ),
 }
 

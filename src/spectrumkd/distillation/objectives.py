@@ -144,6 +144,16 @@ def skew_reverse_kl(student_logp: Tensor, teacher_logp: Tensor, a: float = 0.1) 
     return _kl(student_logp, _log_mix(teacher_logp, student_logp, 1.0 - a))
 
 
+def bdl(student_logp: Tensor, teacher_logp: Tensor, lam: float = 0.9) -> Tensor:
+    """DA-KD's bidirectional discrepancy loss: KL((1 - l) p + l q || l p + (1 - l) q), l = lam.
+
+    Both sides mix teacher and student, so the value stays finite where either has no mass;
+    it is 0 at p = q and identically 0 at lam = 0.5 (the two mixtures coincide)."""
+    return _kl(
+        _log_mix(teacher_logp, student_logp, 1.0 - lam), _log_mix(teacher_logp, student_logp, lam)
+    )
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -171,6 +181,7 @@ OBJECTIVES: dict[str, Objective] = {
     "tvd": Objective("tvd", tvd),
     "skew_kl": Objective("skew_kl", skew_kl, {"a": 0.1}),
     "skew_reverse_kl": Objective("skew_reverse_kl", skew_reverse_kl, {"a": 0.1}),
+    "bdl": Objective("bdl", bdl, {"lam": 0.9}),  # DA-KD (siblings spec section 6)
 }
 
 

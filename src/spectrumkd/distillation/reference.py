@@ -54,6 +54,10 @@ def skew_reverse_kl(q: Tensor, p: Tensor, a: float = 0.1) -> Tensor:
     return kl(q, (1 - a) * p + a * q)
 
 
+def bdl(q: Tensor, p: Tensor, lam: float = 0.9) -> Tensor:
+    return kl((1 - lam) * p + lam * q, lam * p + (1 - lam) * q)
+
+
 REFERENCES = {
     "forward_kl": forward_kl,
     "reverse_kl": reverse_kl,
@@ -61,6 +65,7 @@ REFERENCES = {
     "tvd": tvd,
     "skew_kl": skew_kl,
     "skew_reverse_kl": skew_reverse_kl,
+    "bdl": bdl,
 }
 
 

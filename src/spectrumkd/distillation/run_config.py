@@ -87,12 +87,12 @@ class CurationConfig:
             raise ValueError(
                 f"curation.metric_options takes a mapping of options, not {self.metric_options!r}"
             )
-        if strategy_spec(self.strategy).mixes_domains and (
+        if strategy_spec(self.strategy).planned_by_distill and (
             self.difficulties is not None or self.metric is not None or self.metric_options
         ):
             raise ValueError(
-                f"the {self.strategy} strategy mixes domains and ranks by no difficulty: drop "
-                "curation.difficulties, metric and metric_options"
+                f"the {self.strategy} strategy measures the run's models instead of ranking by "
+                "a difficulty table: drop curation.difficulties, metric and metric_options"
             )
         if self.difficulties is not None and (self.metric is not None or self.metric_options):
             raise ValueError(
@@ -110,7 +110,7 @@ class CurationConfig:
     @property
     def scoring_metric(self) -> str | None:
         """The metric a student is scored by when the run has no difficulty table (None for a
-        domain mixture, which scores nothing)."""
+        strategy that measures the models itself: DDK, fixed mixing, DA-KD)."""
         return self.metric or strategy_spec(self.strategy).default_metric
 
     @classmethod

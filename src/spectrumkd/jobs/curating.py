@@ -28,7 +28,7 @@ from spectrumkd.distillation import RunConfig
 from spectrumkd.distillation.run_config import DEFAULT_STRATEGY, settings_dict
 from spectrumkd.io import write_json
 from spectrumkd.jobs.inputs import DistillInputs, forward_settings
-from spectrumkd.jobs.mixing import mixture_plan
+from spectrumkd.jobs.measured_plans import measured_plan
 from spectrumkd.jobs.scoring import student_difficulties
 from spectrumkd.scoring import DifficultyTable, read_difficulties
 
@@ -120,8 +120,8 @@ def curation_plan(
     strategy's default metric when unset)."""
     if run.curation is None:
         return None
-    if strategy_spec(run.curation.strategy).mixes_domains:  # DDK, fixed mixing: by domain
-        return mixture_plan(run, inputs)
+    if strategy_spec(run.curation.strategy).planned_by_distill:  # DDK, mixing, DA-KD
+        return measured_plan(run, inputs)
     out = Path(run.output_dir)
     if run.curation.difficulties is not None:
         ids, values = read_difficulties(run.curation.difficulties)

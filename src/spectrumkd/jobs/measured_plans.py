@@ -1,6 +1,9 @@
-"""The plan of a domain-mixture run (DDK, fixed mixing): the training rows' domains, the
-held-out rows of each domain, and for DDK the teacher's and the untrained student's perplexity
-on them, measured before training; written as ``schedule.json`` like every plan."""
+"""The plans that ``distill`` makes from its models rather than from a difficulty table,
+written as ``schedule.json`` like every plan: a domain mixture (DDK, fixed mixing) from the
+training rows' domains, the held-out rows of each domain and, for DDK, the teacher's and the
+untrained student's perplexity on them; DA-KD from the teacher's cross-entropy on every training
+row. The dynamic ones (DDK, DA-KD) measure the student again during training through their
+plan's updater."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 from accelerate import PartialState
 
 from spectrumkd.curation import SCHEDULE_FILE, CurriculumPlan
+from spectrumkd.curation.dakd import DAKD, DAKDConfig
 from spectrumkd.curation.ddk import DDK, DDKConfig, DomainMix, DomainMixConfig, MixtureConfig
 from spectrumkd.curation.mixture import perplexity
 from spectrumkd.distillation import RunConfig, TrainConfig
@@ -60,8 +64,39 @@ def held_out_by_domain(inputs: DistillInputs, limit: int | None = None) -> dict[
     return {domain: rows[:limit] for domain, rows in sorted(grouped.items())}
 
 
+def measured_plan(run: RunConfig, inputs: DistillInputs) -> CurriculumPlan:
+    """The plan of a ``ddk``, ``domain_mix`` or ``dakd`` run, written to
+    ``output_dir/schedule.json`` with its settings."""
+    assert run.curation is not None
+    settings = run.curation.settings
+    if isinstance(settings, DAKDConfig):
+        if inputs.teacher is None:
+            raise ValueError("DA-KD measures the teacher's cross-entropy: it needs the teacher")
+        started = time.perf_counter()
+        teacher_losses = example_token_losses(
+            inputs.teacher,
+            inputs.train_examples,
+            precision=run.train.mixed_precision,
+            pad_token_id=inputs.tokenizer.pad_token_id,
+            max_batch_size=run.train.batch_size,
+        )
+        plan = DAKD(settings).plan_for_examples(inputs.train_examples, teacher_losses)
+        seconds = time.perf_counter() - started
+        plan = dataclasses.replace(
+            plan, metadata={**plan.metadata, "teacher_measure_seconds": seconds}
+        )
+    else:
+        plan = mixture_plan(run, inputs)
+    plan = dataclasses.replace(
+        plan, metadata={"settings": settings_dict(settings), **plan.metadata}
+    )
+    if PartialState().is_main_process:
+        write_json(Path(run.output_dir) / SCHEDULE_FILE, plan.to_dict())
+    return plan
+
+
 def mixture_plan(run: RunConfig, inputs: DistillInputs) -> CurriculumPlan:
-    """The plan of a ``ddk`` or ``domain_mix`` run, written to ``output_dir/schedule.json``.
+    """The plan of a ``ddk`` or ``domain_mix`` run.
 
     DDK measures the teacher and the untrained student on each domain's held-out rows first
     (the spec's ``l_T``, once, and ``l_S`` at step 0); the seconds it took are recorded in the
@@ -93,9 +128,6 @@ def mixture_plan(run: RunConfig, inputs: DistillInputs) -> CurriculumPlan:
         plan = dataclasses.replace(plan, metadata={**plan.metadata, "mixture": mixture})
     else:
         raise ValueError(f"{strategy} is not a domain mixture")
-    plan = dataclasses.replace(
+    return dataclasses.replace(
         plan, metadata={"settings": settings_dict(settings), **plan.metadata}
     )
-    if PartialState().is_main_process:
-        write_json(Path(run.output_dir) / SCHEDULE_FILE, plan.to_dict())
-    return plan
