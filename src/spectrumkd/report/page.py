@@ -29,13 +29,14 @@ from spectrumkd.report.html import (
     set_label,
     write_page,
 )
+from spectrumkd.report.mixture import is_mixture, mixture_section, mixture_skip
 from spectrumkd.report.readers import RunData, as_number, read_run
 
 REPORT_DIR = "report"
 # Every PNG name this module writes: stale ones from an earlier report of the same folder are
 # removed, and nothing else in a user-chosen --out folder is touched.
 OWN_PNG = re.compile(
-    r"^(difficulty|spectrum|schedule|training|evaluation-[\w.-]+|comparison-\d+)\.png$"
+    r"^(difficulty|spectrum|schedule|mixture|training|evaluation-[\w.-]+|comparison-\d+)\.png$"
 )
 
 # Headline metric of an evaluation set, in order of preference, with its unit.
@@ -50,6 +51,9 @@ HEADLINE_METRICS = (
 
 
 def _difficulty_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
+    if run.difficulties is None and is_mixture(run):
+        skip = mixture_skip(run, "difficulty histogram")
+        return html_section("Difficulty distribution", [skip], [], []), []
     notes = list(run.notes.get("Difficulties", []))
     parts, rendered = [], []
     if run.difficulties is not None:
@@ -91,6 +95,9 @@ def _difficulty_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
 
 
 def _spectrum_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
+    if run.spectrum is None and is_mixture(run):
+        skip = mixture_skip(run, "difficulty spectrum")
+        return html_section("Difficulty spectrum", [skip], [], []), []
     notes = []
     parts, rendered = [], []
     spectrum = run.spectrum
@@ -140,6 +147,9 @@ def _schedule_section(run: RunData) -> tuple[str, list[RenderedFigure]]:
     notes = list(run.notes.get("Schedule", []))
     parts, rendered = [], []
     schedule = run.schedule
+    if is_mixture(run):
+        skip = mixture_skip(run, "ranks per epoch (its epochs are update intervals)")
+        return html_section("Curriculum schedule", [skip], [], notes), []
     if schedule is not None:
         epochs = [
             e
@@ -483,6 +493,7 @@ def render_page(run: RunData) -> tuple[str, list[RenderedFigure]]:
         _difficulty_section,
         _spectrum_section,
         _schedule_section,
+        mixture_section,
         _training_section,
         _evaluation_section,
         _comparison_section,

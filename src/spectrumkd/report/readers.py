@@ -131,6 +131,7 @@ class RunData:
     schedule_source: str | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)  # training step rows
     epochs: list[dict[str, Any]] = field(default_factory=list)  # validation rows per epoch
+    plan_updates: list[dict[str, Any]] = field(default_factory=list)  # a dynamic plan's (DDK)
     trainer_state: dict[str, Any] | None = None
     alpha: float | None = None
     alpha_source: str | None = None
@@ -331,6 +332,7 @@ def _read_training(run: RunData) -> None:
         steps = [r for r in metrics.rows if _has_numbers(r, "epoch", "step", "ce", "kd")]
         epochs = [r for r in metrics.rows if _has_numbers(r, "epoch", "val_ce", "val_kd")]
         run.steps = _dedupe_by_step(steps)
+        run.plan_updates = [r for r in metrics.rows if isinstance(r.get("plan_update"), str)]
         by_epoch: dict[Any, dict[str, Any]] = {}
         for row in epochs:
             by_epoch[row.get("epoch")] = row
