@@ -265,3 +265,12 @@ def test_a_run_that_is_not_a_mixture_has_no_mixture_section(tmp_path):
     write_jsonl(tmp_path / "metrics.jsonl", step_rows(3))
     page = write_report(tmp_path).read_text()
     assert "Domain mixture" not in page and "mixture.png" not in page
+
+
+def test_another_dynamic_plans_updates_do_not_make_a_mixture(tmp_path):
+    rows = step_rows(2 * K)
+    rows.insert(K, {"epoch": 2, "step": K, "plan_update": "dakd", "keep_ratio": 0.8})
+    write_jsonl(tmp_path / "metrics.jsonl", rows)
+    run = read_run(tmp_path)
+    assert len(run.plan_updates) == 1
+    assert "Domain mixture" not in write_report(tmp_path).read_text()

@@ -41,8 +41,13 @@ def is_mixture(run: RunData) -> bool:
         isinstance(schedule.get("mixture"), dict)
         or schedule.get("strategy") in MIXTURE_STRATEGIES
         or run.strategy in MIXTURE_STRATEGIES
-        or bool(run.plan_updates)
+        or bool(_mixture_updates(run))
     )
+
+
+def _mixture_updates(run: RunData) -> list[dict[str, Any]]:
+    """The logged updates of a mixture plan (other dynamic plans, DA-KD's, log their own)."""
+    return [r for r in run.plan_updates if r.get("plan_update") in MIXTURE_STRATEGIES]
 
 
 def mixture_strategy(run: RunData) -> str:
@@ -109,7 +114,7 @@ def read_mixture(run: RunData) -> Mixture:
     domains = [str(d) for d in meta.get("domains") or [] if isinstance(d, str)]
     if not domains:
         # Without the plan, the domains of the fullest update (a torn row names fewer).
-        rows = [*run.plan_updates, *_history(run)]
+        rows = [*_mixture_updates(run), *_history(run)]
         named = [
             r["weights"] for r in rows if isinstance(r, dict) and isinstance(r.get("weights"), dict)
         ]
@@ -127,7 +132,7 @@ def read_mixture(run: RunData) -> Mixture:
         notes.append("no schedule.json: the plan's initial weights (step 0) are unknown")
     by_epoch: dict[Any, MixturePoint] = {}
     skipped = 0
-    for row in run.plan_updates:
+    for row in _mixture_updates(run):
         step, weights = as_number(row.get("step")), _numbers(row.get("weights"), domains)
         if step is None or weights is None:
             skipped += 1
@@ -232,7 +237,7 @@ def _overhead(run: RunData, mixture: Mixture) -> str:
     updates = [p for p in mixture.points if p.update_seconds is not None]
     meta = (run.schedule or {}).get("mixture") or {}
     initial = as_number(meta.get("measure_seconds")) if isinstance(meta, dict) else None
-    if not updates and not run.plan_updates and mixture.strategy != "ddk":
+    if not updates and not _mixture_updates(run) and mixture.strategy != "ddk":
         return "<p>Fixed weights: no updates, so no extra forwards beyond training.</p>"
     logged = sum(p.update_seconds or 0.0 for p in updates)
     tokens = [p.validation_tokens for p in updates if p.validation_tokens is not None]
