@@ -57,7 +57,7 @@ def mixture_strategy(run: RunData) -> str:
 
 def mixture_skip(run: RunData, what: str) -> str:
     """The one line a difficulty-based section shows for a mixture run instead of ``what``."""
-    return f"<p>{escape(f'A {mixture_strategy(run)} plan draws each interval by domain weights and ranks no examples by difficulty: no {what} (see Domain mixture).')}</p>"
+    return f"<p>{escape(f'A {mixture_strategy(run)} plan draws each interval by domain weights and ranks no examples by difficulty: no {what}; see Domain mixture.')}</p>"
 
 
 @dataclass
