@@ -10,6 +10,7 @@ from spectrumkd.cli.flags import (
     add_metric_option_flag,
     add_strategy_flags,
     metric_options,
+    ranking_strategies,
     strategy_options,
 )
 from spectrumkd.curation.strategies import STRATEGIES
@@ -53,7 +54,7 @@ def register(commands: Any) -> None:
         default=None,
         help="difficulty the strategy ranks the distillation rows by (default: the strategy's "
         "own: "
-        + ", ".join(f"{name} {spec.default_metric}" for name, spec in STRATEGIES.items())
+        + ", ".join(f"{name} {STRATEGIES[name].default_metric}" for name in ranking_strategies())
         + ")",
     )
     add_metric_option_flag(demo)

@@ -295,19 +295,26 @@ def resolve_data_root(data_root: str | None, needed: bool, alternative: str = ""
     return None
 
 
+def ranking_strategies() -> list[str]:
+    """The strategies that plan from a difficulty table (what ``curate`` and ``demo`` run)."""
+    return [name for name, spec in STRATEGIES.items() if not spec.planned_by_distill]
+
+
 def add_strategy_flags(parser: argparse.ArgumentParser, budget_help: str) -> None:
     """``--strategy NAME`` and its settings as repeatable ``--option KEY=VALUE``;
     ``budget_help`` says how the command gives the strategy its epochs."""
     group = parser.add_argument_group("curation strategy")
+    ranked = ranking_strategies()
+    measured = [name for name in strategy_names() if name not in ranked]
     group.add_argument(
         "--strategy",
-        choices=strategy_names(),
+        choices=ranked,
         default=SpectrumKD.name,
         help="curation strategy (default %(default)s): "
         # argparse %-formats help: a literal % (POCL's "25/50/75/100 %") is written %%.
-        + "; ".join(
-            f"{name}: {spec.summary}".replace("%", "%%") for name, spec in STRATEGIES.items()
-        ),
+        + "; ".join(f"{name}: {STRATEGIES[name].summary}".replace("%", "%%") for name in ranked)
+        + f". ({', '.join(measured)} measure the run's models while it trains: run them with "
+        "spectrumkd distill, curation.strategy)",
     )
     group.add_argument(
         "--option",
