@@ -180,6 +180,13 @@ def test_ddk_weights_ratios_table_and_cost_follow_the_written_files(tmp_path):
     assert "needs the run&#x27;s wall time" in mixture
     assert "2 later interval(s) were drawn from the initial weights" in mixture
 
+    # With the trainer's train_seconds recorded, the share: (1.30 + 1.25) / (40.0 + 1.25).
+    state_file = tmp_path / "checkpoint" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    write_json(state_file, {**state, "train_seconds": 40.0})
+    shared = section(write_report(tmp_path).read_text(), "domain_mixture")
+    assert f"2.5 s of 41.2 s ({100 * 2.55 / 41.25:.1f} %" in shared
+
     # The figure: stepped weights from step 0 to the run's last step, the 1/D level, the ratios.
     figure = mixture_figure(read_mixture(read_run(tmp_path)))
     weights_axes, ratio_axes = figure.axes

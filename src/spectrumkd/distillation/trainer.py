@@ -33,6 +33,7 @@ metrics in :mod:`~spectrumkd.distillation.validation`, and what a run writes int
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -172,11 +173,17 @@ def train(
             dynamic_ncols=True,
         )
         for epoch in range(state["epoch"] + 1, plan.num_epochs + 1):
+            started = time.perf_counter()
             update_plan(run, state, epoch)  # a dynamic plan's hook (DDK); else nothing
             train_epoch(run, state, epoch, bar)
             if validation:
                 metrics = validate_epoch(run, state, epoch, validation, validators)
                 keep_if_best(run, state, epoch, metrics, tokenizer)
+            # Wall seconds of the finished epochs (updates, steps, validation; not the
+            # checkpoint writes): what a plan update's cost is a share of.
+            state["train_seconds"] = state.get("train_seconds", 0.0) + (
+                time.perf_counter() - started
+            )
             save_checkpoint(accelerator, output, state)
         bar.close()
         save_model(accelerator, run.student, output / "final", tokenizer)

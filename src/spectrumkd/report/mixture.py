@@ -255,10 +255,22 @@ def _overhead(run: RunData, mixture: Mixture) -> str:
             if initial is not None
             else ""
         )
-        + " The share of the run this is needs the run's wall time, which this run folder "
-        "does not record (metrics.jsonl rows carry no times, trainer_state.json no training "
-        "seconds)."
     )
+    trained = as_number((run.trainer_state or {}).get("train_seconds"))
+    if trained:
+        spent = (state if state is not None else logged) + (initial or 0.0)
+        text += (
+            f" Share of the run: {spent:.1f} s of {trained + (initial or 0.0):.1f} s "
+            f"({100 * spent / (trained + (initial or 0.0)):.1f} %; the run's seconds are "
+            "trainer_state.json's train_seconds, the finished epochs' wall time, plus the "
+            "plan's measurement before training)."
+        )
+    else:
+        text += (
+            " The share of the run this is needs the run's wall time, which this run folder "
+            "does not record (trainer_state.json has no train_seconds: a trainer older than "
+            "the field, or no finished epoch)."
+        )
     return f"<p>{escape(text)}</p>"
 
 
