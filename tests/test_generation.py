@@ -279,3 +279,4 @@ def test_bf16_weight_casts_are_autocasts_own_and_are_put_back(model):
     for name, parameter in model.named_parameters():
         assert parameter is before[name][0] and torch.equal(parameter, before[name][1])
     assert model.lm_head.weight is model.model.embed_tokens.weight  # the tie survives
+    assert not model.lm_head._forward_pre_hooks  # the contiguous-input hook is gone
