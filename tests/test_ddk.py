@@ -313,3 +313,11 @@ def test_a_killed_ddk_run_resumes_to_the_uninterrupted_weights_and_draws(tmp_pat
         torch.testing.assert_close(mine, theirs)
     updates = [row for row in metric_rows(killed) if "plan_update" in row]
     assert [row["step"] for row in updates] == [K, 2 * K, 3 * K]  # none lost, none twice
+
+
+def test_a_trainers_dataset_view_refuses_a_dynamic_plan():
+    from spectrumkd.integrations import CurriculumDataset
+
+    plan = ddk_plan(build_tiny_llama(VOCAB, num_layers=1, seed=2), intervals=2)
+    with pytest.raises(ValueError, match="updated from the student during training"):
+        CurriculumDataset(EXAMPLES, [e.id for e in EXAMPLES], plan)
