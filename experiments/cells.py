@@ -34,17 +34,82 @@ def setup_settings(exp: Experiment) -> dict[str, Any]:
     )
 
 
-def cell_settings(exp: Experiment, cell: Cell) -> dict[str, Any]:
+def cell_settings(exp: Experiment, cell: Cell, *, with_rate: bool = True) -> dict[str, Any]:
     """What a cell's results depend on: every setting but paths, speed, the lists of objectives,
     seeds and ablations (its own objective and its ablation's changes are included; its seed and
-    arm are in its name). Adding an ablation to the config leaves the finished cells current."""
+    arm are in its name). Adding an ablation to the config leaves the finished cells current.
+    With ``lr_selection``, the chosen learning rate too (None before ``lr.json`` exists)."""
     kept = {
         k: v
         for k, v in exp.settings.items()
         if k not in (*NOT_RESULT_SETTINGS, "objectives", "seeds", "ablations")
     }
     ablation = {"ablation": dict(cell.changes)} if cell.changes else {}
-    return _plain({**kept, "objective": cell.objective, **ablation})
+    rate = {}
+    if with_rate and exp.lr_selection is not None:
+        choice = read_result(exp.results_dir / "lr.json")
+        rate = {"chosen_learning_rate": choice["learning_rate"] if choice else None}
+    return _plain({**kept, "objective": cell.objective, **ablation, **rate})
+
+
+# The learning-rate stage (lr_selection): one trial per rate of the grid (``lr-<rate>``), each
+# the training of one baseline cell at that rate, and the choice (``lr.json``).
+CHOICE = "lr"
+
+
+def rate_tag(rate: float) -> str:
+    return f"{rate:g}"
+
+
+def trial_name(rate: float) -> str:
+    return f"lr-{rate_tag(rate)}"
+
+
+def trial_names(exp: Experiment) -> list[str]:
+    return [trial_name(rate) for rate in exp.lr_selection.grid] if exp.lr_selection else []
+
+
+def stage_names(exp: Experiment) -> list[str]:
+    """The stage's pieces in run order: each rate's trial, then the choice."""
+    return [*trial_names(exp), CHOICE] if exp.lr_selection else []
+
+
+def trial_cell(exp: Experiment) -> Cell:
+    """The baseline cell whose training the trials are."""
+    assert exp.lr_selection is not None
+    selection = exp.lr_selection
+    return next(
+        c
+        for c in exp.cells()
+        if c.arm == "baseline" and c.key == selection.objective and c.seed == selection.seed
+    )
+
+
+def trial_settings(exp: Experiment) -> dict[str, Any]:
+    """What every trial depends on: the baseline cell's settings (the grid left out, so that the
+    trials of a widened grid stay current)."""
+    settings = cell_settings(exp, trial_cell(exp), with_rate=False)
+    return _plain({**settings, "lr_selection": {**settings.get("lr_selection", {}), "grid": None}})
+
+
+def choice_settings(exp: Experiment) -> dict[str, Any]:
+    return _plain({**trial_settings(exp), "lr_selection": exp.settings["lr_selection"]})
+
+
+def chosen_rate(exp: Experiment, needed_by: str) -> float:
+    """The chosen learning rate; refused in one line while ``lr.json`` is missing."""
+    choice = read_result(result_path(exp, CHOICE))
+    if choice is None:
+        raise ValueError(
+            f"{needed_by} trains at the learning rate chosen on validation, and "
+            f"{shown_path(result_path(exp, CHOICE))} does not exist yet: run "
+            f"`experiments/run.py --profile {exp.profile} run --cell 'lr*'` first"
+        )
+    return float(choice["learning_rate"])
+
+
+def trial_folder(exp: Experiment, rate: float) -> Path:
+    return exp.runs_dir / trial_name(rate)
 
 
 def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
@@ -79,6 +144,10 @@ def read_result(path: Path) -> dict[str, Any] | None:
 def expected_settings(exp: Experiment, name: str) -> dict[str, Any]:
     if name == SETUP:
         return setup_settings(exp)
+    if name == CHOICE and exp.lr_selection is not None:
+        return choice_settings(exp)
+    if name in trial_names(exp):
+        return trial_settings(exp)
     cell = next(c for c in exp.cells() if c.name == name)
     return cell_settings(exp, cell)
 
@@ -129,8 +198,13 @@ def relative_paths(values: Any) -> Any:
     return values
 
 
+def all_names(exp: Experiment) -> list[str]:
+    """Every piece in run order: the setup, the learning-rate stage (if any), the cells."""
+    return [SETUP, *stage_names(exp), *(cell.name for cell in exp.cells())]
+
+
 def cells_table(exp: Experiment) -> str:
-    names = [SETUP, *(cell.name for cell in exp.cells())]
+    names = all_names(exp)
     width = max(len(n) for n in names)
     lines = [f"profile {exp.profile}; results in {shown_path(exp.results_dir)}"]
     for name in names:

@@ -18,7 +18,7 @@ from spectrumkd.distillation import TrainConfig, apply_override, read_yaml_mappi
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "experiments" / "config.yaml"
-PROFILES = ("cpu", "gpu")
+PROFILES = ("cpu", "gpu", "paper_cpu")
 ARMS = ("baseline", "spectrumkd")
 ARM_LABELS = {"baseline": "baseline", "spectrumkd": "+SpectrumKD"}
 SETUP = "setup"
@@ -50,10 +50,12 @@ TOP_LEVEL = {
     "train",
     "test",
     "ablations",
+    "lr_selection",
 }
 # Settings that change where things are written or how fast, not what is computed.
 NOT_RESULT_SETTINGS = ("results_dir", "runs_dir", "threads", "prune_finished")
 PER_CELL_TRAIN = ("objective", "objective_params", "seed", "epochs")
+TEST_METRICS = ("ce", "kl_forward", "kl_reverse", "rougeL_greedy", "rougeL_sampled")
 SPECTRUMKD_KEYS = {
     "lambda_a",
     "lambda_b",
@@ -78,9 +80,15 @@ class TestSettings:
     greedy: bool = True
     sample_seeds: tuple[int, ...] = (10,)
     max_new_tokens: int = 128
+    # The checkpoint of the lowest validation CE evaluated beside the selected one (when the
+    # run selects on validation ROUGE-L and the two epochs differ).
+    evaluate_ce_selected: bool = False
+    # The metrics the summary's claim is made on (the paper's regime: sampled ROUGE-L).
+    primary: tuple[str, ...] = ("ce", "kl_forward")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sample_seeds", tuple(self.sample_seeds or ()))
+        object.__setattr__(self, "primary", tuple(self.primary or ()))
         for name in ("max_prompt_tokens", "quality_max_length", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"test.{name}={getattr(self, name)} must be >= 1")
@@ -88,6 +96,11 @@ class TestSettings:
             raise ValueError(f"test.rouge_rows={self.rouge_rows} must be >= 0 (null: every row)")
         if len(set(self.sample_seeds)) != len(self.sample_seeds):
             raise ValueError(f"test.sample_seeds {list(self.sample_seeds)} must be distinct")
+        unknown = sorted(set(self.primary) - set(TEST_METRICS))
+        if unknown or not self.primary:
+            raise ValueError(
+                f"test.primary={list(self.primary)} must name some of {', '.join(TEST_METRICS)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,16 @@ class Ablation:
     changes: dict[str, Any]
     objectives: tuple[str, ...]
     seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LrSelection:
+    """The learning rate chosen once, on the validation rows, by the baseline of one objective
+    and seed trained at each rate of ``grid``; every cell then trains at the chosen rate."""
+
+    grid: tuple[float, ...]
+    objective: str
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -134,6 +157,7 @@ class Experiment:
     spectrumkd: dict[str, Any]
     test: TestSettings
     ablations: dict[str, Ablation] = dataclasses.field(default_factory=dict)
+    lr_selection: LrSelection | None = None
 
     @property
     def setup_dir(self) -> Path:
@@ -256,7 +280,7 @@ def experiment_from_settings(settings: dict[str, Any], profile: str) -> Experime
     settings = _mapping(settings, "experiment", TOP_LEVEL)
     missing = sorted(
         k
-        for k in TOP_LEVEL - {"heal", "threads", "prune_finished", "ablations"}
+        for k in TOP_LEVEL - {"heal", "threads", "prune_finished", "ablations", "lr_selection"}
         if settings.get(k) is None
     )
     if missing:
@@ -350,6 +374,7 @@ def experiment_from_settings(settings: dict[str, Any], profile: str) -> Experime
             _scope(values, "objectives", list(objectives), where),
             _scope(values, "seeds", seeds, where),
         )
+    lr_selection = _lr_selection(settings.get("lr_selection"), train, objectives, seeds)
     threads = settings.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads={threads!r} must be an integer >= 1 or null")
@@ -375,4 +400,36 @@ def experiment_from_settings(settings: dict[str, Any], profile: str) -> Experime
         spectrumkd={"warmup_fraction": fraction, **curation_settings},
         test=TestSettings(**test),
         ablations=ablations,
+        lr_selection=lr_selection,
     )
+
+
+def _lr_selection(
+    value: Any, train: Mapping[str, Any], objectives: Mapping[str, Any], seeds: list[int]
+) -> LrSelection | None:
+    """``lr_selection: {grid, objective, seed}``; the cells' rate then comes from the choice, so
+    ``train.learning_rate`` must be left unset."""
+    if value is None:
+        return None
+    values = _mapping(value, "lr_selection", {"grid", "objective", "seed"})
+    grid = values.get("grid")
+    if (
+        not isinstance(grid, list)
+        or not grid
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in grid)
+        or len(set(grid)) != len(grid)
+    ):
+        raise ValueError(f"lr_selection.grid={grid!r} must list distinct learning rates > 0")
+    objective = values.get("objective", next(iter(objectives)))
+    if objective not in objectives:
+        raise ValueError(
+            f"lr_selection.objective={objective!r} is not one of {', '.join(objectives)}"
+        )
+    seed = values.get("seed", seeds[0])
+    if seed not in seeds:
+        raise ValueError(f"lr_selection.seed={seed!r} is not one of seeds {seeds}")
+    if "learning_rate" in train:
+        raise ValueError(
+            "train.learning_rate is chosen by lr_selection; remove it (or remove lr_selection)"
+        )
+    return LrSelection(tuple(float(v) for v in grid), objective, seed)

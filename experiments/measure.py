@@ -4,6 +4,7 @@ through the library's evaluation."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,3 +140,22 @@ def evaluate_student(
     for metric in ROUGE_METRICS:
         means.setdefault(metric, None)
     return {"means": means, "counts": counts, "per_example": per_example}
+
+
+def copy_answers(out: Path, destination: Path) -> list[Path]:
+    """The generated answers of an evaluation in ``out`` (one JSONL per decoding run, ``greedy``
+    and ``seed<k>``: id, prediction, references, rougeL), copied to ``destination``, which is
+    committed beside the cell's result so that the scores can be recomputed without rerunning."""
+    import shutil
+
+    copied = []
+    for folder in ("greedy", "sampled"):
+        manifest = out / folder / SUITE / "manifest.json"
+        if not manifest.is_file():
+            continue
+        for stem in json.loads(manifest.read_text(encoding="utf-8"))["runs"]:
+            destination.mkdir(parents=True, exist_ok=True)
+            target = destination / f"{stem}.jsonl"
+            shutil.copyfile(out / folder / SUITE / f"{stem}.jsonl", target)
+            copied.append(target)
+    return copied

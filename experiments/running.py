@@ -1,10 +1,10 @@
-"""Running the matrix: each cell is one ``jobs.distill`` of the initial student (resumable from
-its checkpoint) and its evaluation on the test rows, written as one result file; ``run`` does the
-selected cells that are not finished, the setup first when it is missing."""
+"""Running the matrix: each cell is one distillation of the initial student (``jobs.distill``,
+resumable from its checkpoint) and its evaluation on the test rows, written as one result file
+with its answers beside it; ``run`` does the selected pieces that are not finished, the setup
+first when it is missing, then the learning-rate stage (``lr_selection``), then the cells."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import time
@@ -13,84 +13,29 @@ from pathlib import Path
 from typing import Any
 
 from experiments.cells import (
+    CHOICE,
+    all_names,
     cell_settings,
+    chosen_rate,
     duration_text,
     machine,
     relative_paths,
     result_path,
     select,
     shown_path,
+    stage_names,
     status,
     utc_now,
 )
-from experiments.config import ABLATION_CURATION_KEYS, SETUP, Cell, Experiment
-from experiments.measure import evaluate_student
-from experiments.prepare import (
-    difficulties_file,
-    initial_student,
-    run_setup,
-    setup_ready,
-    training_data,
-)
-from spectrumkd import jobs
-from spectrumkd.distillation import RunConfig
+from experiments.config import SETUP, Cell, Experiment
+from experiments.distill_config import cell_run_config, validation_curve
+from experiments.lr_select import run_trial, write_choice
+from experiments.measure import copy_answers, evaluate_student
+from experiments.prepare import run_setup, setup_ready
+from experiments.training import BEST_CE, distill_keeping_ce_best
 from spectrumkd.io import write_json
 
-
-def cell_run_config(exp: Experiment, cell: Cell, setup: Mapping[str, Any]) -> RunConfig:
-    """The distillation of one cell; the arms differ only in ``curation`` (an ablation is the
-    +SpectrumKD arm with its changes)."""
-    train = {**exp.train, **cell.objective, "seed": cell.seed, "epochs": exp.baseline_epochs}
-    curation = None
-    if cell.arm != "baseline":
-        parity = setup["spectrumkd"]
-        settings = {
-            **exp.spectrumkd,
-            **{k: v for k, v in cell.changes.items() if k in ABLATION_CURATION_KEYS},
-        }
-        curation = {
-            "difficulties": str(difficulties_file(exp)),
-            **{k: v for k, v in settings.items() if k != "warmup_fraction"},
-            "epochs": parity["epochs"],
-            "warmup_epochs": parity["warmup_epochs"],
-        }
-    return RunConfig.from_dict(
-        {
-            "teacher": exp.teacher,
-            "student": initial_student(exp),
-            "output_dir": str(exp.runs_dir / cell.name),
-            "data": dataclasses.asdict(training_data(exp)),
-            "train": train,
-            "curation": curation,
-            "dtype": exp.dtype,
-            "device": exp.device,
-            "teacher_cache_k": cell.changes.get("teacher_cache_k", exp.teacher_cache_k),
-            # One cache for every cell: it is keyed by teacher and data, which all cells share.
-            "teacher_cache_root": str(exp.runs_dir / "teacher-cache"),
-        }
-    )
-
-
-def validation_curve(metrics_file: Path) -> list[dict[str, Any]]:
-    """Each epoch's validation metrics and distillation temperature, from the trainer's
-    metrics.jsonl (a resumed run appends again: the last row of an epoch wins)."""
-    epochs: dict[int, dict[str, Any]] = {}
-    temperatures: dict[int, float] = {}
-    for line in metrics_file.read_text().splitlines() if metrics_file.is_file() else ():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-        if "val_ce" in row:
-            epochs[row["epoch"]] = {
-                "epoch": row["epoch"],
-                "step": row["step"],
-                "val_ce": row["val_ce"],
-                "val_kd": row.get("val_kd"),
-            }
-        elif "temperature" in row:
-            temperatures[row["epoch"]] = row["temperature"]
-    return [{**epochs[e], "temperature": temperatures.get(e)} for e in sorted(epochs)]
+__all__ = ["cell_run_config", "run", "run_cell", "validation_curve"]
 
 
 def run_cell(
@@ -102,10 +47,14 @@ def run_cell(
     folder = Path(run.output_dir)
     state_file = folder / "checkpoint" / "trainer_state.json"
     resumed = json.loads(state_file.read_text())["step"] if state_file.is_file() else None
-    state = jobs.distill(run, progress=progress)
+    state = distill_keeping_ce_best(run, progress=progress)
     trained = time.perf_counter()
     chosen = folder / "best" if (folder / "best").is_dir() else folder / "final"
     metrics = evaluate_student(exp, chosen, folder / "eval", progress=progress)
+    answers = copy_answers(folder / "eval", exp.results_dir / cell.name / "selected")
+    ce_selected = None
+    if exp.test.evaluate_ce_selected and state.get("best_ce") is not None:
+        ce_selected = ce_selected_metrics(exp, cell, folder, state, progress=progress)
     finished = time.perf_counter()
     result = {
         "cell": cell.name,
@@ -127,6 +76,8 @@ def run_cell(
             "validation": validation_curve(folder / "metrics.jsonl"),
         },
         **metrics,
+        "answers": [shown_path(path) for path in answers],
+        **({"ce_selected": ce_selected} if ce_selected is not None else {}),
         # This process's time only: a resumed cell's earlier processes are not counted. CPU
         # time (all threads) is the steadier measure of the work on a machine shared with others.
         "wall_time_s": {
@@ -144,14 +95,45 @@ def run_cell(
     return result
 
 
+def ce_selected_metrics(
+    exp: Experiment,
+    cell: Cell,
+    run_folder: Path,
+    state: Mapping[str, Any],
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The lowest-validation-CE epoch's test metrics beside the selected epoch's: the same
+    numbers when it is the selected epoch, else its own evaluation (answers committed too)."""
+    epoch = state["best_ce"]
+    best = state.get("best") or {}
+    if best.get("epoch") == epoch:
+        return {"epoch": epoch, "same_as_selected": True}
+    metrics = evaluate_student(exp, run_folder / BEST_CE, run_folder / "eval-ce", progress=progress)
+    answers = copy_answers(run_folder / "eval-ce", exp.results_dir / cell.name / "ce_selected")
+    return {
+        "epoch": epoch,
+        "same_as_selected": False,
+        **metrics,
+        "answers": [shown_path(path) for path in answers],
+    }
+
+
 def run(
     exp: Experiment, patterns: Sequence[str] | None = None, *, progress: bool = True
 ) -> list[str]:
-    """Run the selected cells that are not finished, setup first when needed; returns the names
-    of what ran. A finished cell is skipped; one finished with other settings is refused."""
+    """Run the selected pieces that are not finished, setup first when needed, then the
+    learning-rate stage (selecting ``lr`` selects its trials), then the cells; returns the names
+    of what ran. A finished piece is skipped; one finished with other settings is refused, and
+    so is a cell that needs the chosen learning rate before the stage has written it."""
     log = print if progress else (lambda *a, **k: None)
     cells = {cell.name: cell for cell in exp.cells()}
-    chosen = select([SETUP, *cells], patterns)
+    stage = stage_names(exp)
+    grid = exp.lr_selection.grid if exp.lr_selection else ()
+    rates = {name: rate for name, rate in zip(stage, grid, strict=False)}  # the choice: no rate
+    chosen = select(all_names(exp), patterns)
+    if CHOICE in chosen:  # the choice needs every trial
+        chosen = [n for n in all_names(exp) if n in chosen or n in rates]
     pending, finished = [], []
     for name in chosen:
         state, detail = status(exp, name)
@@ -164,6 +146,8 @@ def run(
             finished.append(name)
         elif name != SETUP:
             pending.append(name)
+    if stage and CHOICE not in chosen and any(name in cells for name in pending):
+        chosen_rate(exp, next(name for name in pending if name in cells))  # refused when missing
     if exp.threads is not None:
         import torch
 
@@ -180,7 +164,16 @@ def run(
         log(f"{name}: finished, skipped")
     for name in pending:
         log(f"{name}: running")
-        result = run_cell(exp, cells[name], setup, progress=progress)
+        if name in rates:
+            result = run_trial(exp, rates[name], setup, progress=progress)
+        elif name == CHOICE:
+            result = write_choice(exp)
+            assert result is not None, "every trial runs before the choice"
+            log(f"{name}: learning rate {result['learning_rate']:g}")
+            executed.append(name)
+            continue
+        else:
+            result = run_cell(exp, cells[name], setup, progress=progress)
         log(f"{name}: done in {duration_text(result['wall_time_s']['total'])}")
         executed.append(name)
     return executed

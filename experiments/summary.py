@@ -11,7 +11,22 @@ from typing import Any
 
 from experiments.cells import changed_settings, read_result, shown_path
 from experiments.config import ARMS, CELL_NAME, SETUP
-from experiments.measure import LOWER_IS_BETTER, METRICS, QUALITY_METRICS
+from experiments.measure import LOWER_IS_BETTER, METRICS, PRIMARY, QUALITY_METRICS
+
+# The paper's gain of +SpectrumKD over the same objective's baseline on DollyEval, sampled
+# ROUGE-L at T = 1 averaged over five seeds: (baseline, +SpectrumKD, source).
+PAPER_DOLLYEVAL = {
+    "forward_kl": [
+        (23.49, 24.71, "Table 6, GPT-2 1.5B -> 0.1B, KLD"),
+        (23.76, 25.02, "Table 1, OpenLLaMA2 7B -> 3B, KLD"),
+    ],
+    "reverse_kl": [
+        (23.79, 24.53, "Table 6, GPT-2 1.5B -> 0.1B, RKL"),
+    ],
+    "jsd": [
+        (24.07, 24.82, "Table 6, GPT-2 1.5B -> 0.1B, JSD"),
+    ],
+}
 
 
 def read_cell_results(results_dir: Path) -> list[dict[str, Any]]:
@@ -55,6 +70,8 @@ def summarize(results_dir: Path) -> dict[str, Any]:
                 f"{', '.join(changed[:4])}; one table cannot mix them"
             )
     setup = read_result(results_dir / f"{SETUP}.json")
+    learning_rate = read_result(results_dir / "lr.json")
+    primary = list(results[0]["settings"].get("test", {}).get("primary") or PRIMARY)
     objectives: list[dict[str, Any]] = []
     for key in dict.fromkeys(r["objective_key"] for r in results):
         group = [r for r in results if r["objective_key"] == key]
@@ -93,6 +110,16 @@ def summarize(results_dir: Path) -> dict[str, Any]:
                     "better": better,
                 }
             )
+        if seeds and any("ce_selected" in by_arm[arm][s] for arm in ARMS for s in seeds):
+            entry["ce_selected"] = _ce_selected_rows(
+                {arm: [by_arm[arm][s] for s in seeds] for arm in ARMS}
+            )
+        paper = PAPER_DOLLYEVAL.get(entry["objective"])
+        if paper and "rougeL_sampled" in primary and entry["rows"]:
+            entry["paper"] = [
+                {"baseline": b, "spectrumkd": n, "gain_pct": (n - b) / b * 100, "source": src}
+                for b, n, src in paper
+            ]
         if seeds:
             entry["by_difficulty"] = difficulty_quartiles(
                 {arm: [by_arm[arm][s] for s in seeds] for arm in ARMS}
@@ -110,9 +137,54 @@ def summarize(results_dir: Path) -> dict[str, Any]:
             "per-example values averaged over the seeds both compared arms finished"
         ),
         "setup": setup,
+        **({"learning_rate": _lr_summary(results_dir, learning_rate)} if learning_rate else {}),
+        **({"primary": primary} if tuple(primary) != PRIMARY else {}),
         "objectives": objectives,
         "cells": [_cell_cost(result) for result in results],
     }
+
+
+def _lr_summary(results_dir: Path, choice: Mapping[str, Any]) -> dict[str, Any]:
+    """The learning-rate stage: each trial's selected epoch and validation curve, the choice."""
+    trials = []
+    for tag, best in choice["selected"].items():
+        trial = read_result(results_dir / f"lr-{tag}.json") or {}
+        curve = (trial.get("training") or {}).get("validation") or []
+        trials.append({"learning_rate": float(tag), "best": best, "validation": curve})
+    return {"chosen": choice["learning_rate"], "metric": choice["metric"], "trials": trials}
+
+
+def _ce_selected_rows(cells: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """The arms compared again with each cell's lowest-validation-CE epoch in place of its
+    selected one (the same numbers where the two epochs are one)."""
+
+    def view(cell: Mapping[str, Any]) -> dict[str, Any]:
+        chosen = cell.get("ce_selected") or {"same_as_selected": True}
+        if chosen.get("same_as_selected", True):
+            return dict(cell)
+        return {**cell, "means": chosen["means"], "per_example": chosen["per_example"]}
+
+    views = {arm: [view(c) for c in cells[arm]] for arm in ARMS}
+    rows = []
+    for metric in METRICS:
+        if any(c["means"].get(metric) is None for arm in ARMS for c in views[arm]):
+            continue
+        stats = {arm: _arm_stats(views[arm], metric) for arm in ARMS}
+        versus = _compare_arms(metric, views["baseline"], views["spectrumkd"])
+        better = {"candidate": "spectrumkd", "reference": "baseline"}.get(
+            versus["better"], versus["better"]
+        )
+        rows.append(
+            {
+                "metric": metric,
+                "direction": "lower" if metric in LOWER_IS_BETTER else "higher",
+                **stats,
+                **versus,
+                "better": better,
+            }
+        )
+    epochs = {arm: [(c.get("ce_selected") or {}).get("epoch") for c in cells[arm]] for arm in ARMS}
+    return {"epochs": epochs, "rows": rows}
 
 
 def _arm_stats(cells: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:

@@ -79,6 +79,71 @@ def _ablation_markdown(ablation: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _lr_markdown(stage: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "## Learning rate",
+        "",
+        f"Chosen once by the baseline on the validation rows ({stage['metric']} of the selected "
+        f"epoch, highest wins): **{stage['chosen']:g}**, then fixed for every arm.",
+        "",
+        "| learning rate | selected epoch | value | validation by epoch |",
+        "|---|---|---|---|",
+    ]
+    for trial in stage["trials"]:
+        curve = ", ".join(
+            f"{row['epoch']}: {row.get('val_rouge', float('nan')):.2f} / {row['val_ce']:.4f}"
+            for row in trial["validation"]
+        )
+        best = trial["best"]
+        lines.append(
+            f"| {trial['learning_rate']:g} | {best.get('epoch')} | {best.get('value', 0):.4f} "
+            f"| {curve} (ROUGE-L / CE) |"
+        )
+    return [*lines, ""]
+
+
+def _paper_markdown(entry: Mapping[str, Any]) -> list[str]:
+    row = next((r for r in entry["rows"] if r["metric"] == "rougeL_sampled"), None)
+    if not entry.get("paper") or row is None:
+        return []
+    gain = "–" if row["gain_pct"] is None else f"{row['gain_pct']:+.2f}"
+    ours = f"here {row['baseline']['mean']:.2f} → {row['spectrumkd']['mean']:.2f} ({gain} %)"
+    papers = "; ".join(
+        f"{p['source']}: {p['baseline']:.2f} → {p['spectrumkd']:.2f} ({p['gain_pct']:+.2f} %)"
+        for p in entry["paper"]
+    )
+    return [
+        f"Effect size against the paper's on DollyEval (sampled ROUGE-L): {ours}; {papers}.",
+        "",
+    ]
+
+
+def _ce_selected_markdown(ce: Mapping[str, Any], seeds: int) -> list[str]:
+    epochs = ", ".join(f"{ARM_LABELS[arm]} {ce['epochs'][arm]}" for arm in ARMS)
+    lines = [
+        f"With the lowest-validation-CE checkpoint of each cell instead (epochs: {epochs}):",
+        "",
+        "| metric | baseline | +SpectrumKD | gain % | better | seeds +SpectrumKD better "
+        "| Wilcoxon p | pairs differing / all |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in ce["rows"]:
+        metric = row["metric"]
+        arrow = "↓" if row["direction"] == "lower" else "↑"
+        means = " | ".join(
+            metric_text(row[arm]["mean"], metric)
+            + ("" if row[arm]["std"] is None else f" ± {metric_text(row[arm]['std'], metric)}")
+            for arm in ARMS
+        )
+        gain = "–" if row["gain_pct"] is None else f"{row['gain_pct']:+.2f}"
+        lines.append(
+            f"| {METRIC_LABELS[metric]} {arrow} | {means} | {gain} "
+            f"| {ARM_LABELS.get(row['better'], row['better'])} | {row['seed_wins']}/{seeds} "
+            f"| {_p(row['p_value'])} | {row['n_nonzero']}/{row['n_pairs']} |"
+        )
+    return [*lines, ""]
+
+
 def summary_markdown(summary: Mapping[str, Any]) -> str:
     lines = [
         "# SpectrumKD evidence: baseline vs +SpectrumKD per KD objective",
@@ -125,6 +190,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                 f"{metric_text(scores['kl_forward'], 'ce')} | {metric_text(scores['kl_reverse'], 'ce')} |"
             )
         lines.append("")
+    primary = tuple(summary.get("primary") or PRIMARY)
+    if summary.get("learning_rate"):
+        lines += _lr_markdown(summary["learning_rate"])
     claims = []
     for entry in summary["objectives"]:
         seeds = ", ".join(map(str, entry["seeds"])) or "none"
@@ -161,7 +229,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                 f"| {row['seed_wins']}/{len(entry['seeds'])} "
                 f"| {_p(row['p_value'])} | {row['n_nonzero']}/{row['n_pairs']} |"
             )
-            if metric in PRIMARY:
+            if metric in primary:
                 significant = row["p_value"] is not None and row["p_value"] < 0.05
                 verdicts[metric] = (
                     f"{better} better, p {_p(row['p_value'])}"
@@ -170,6 +238,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                 )
         claims.append((entry, verdicts))
         lines.append("")
+        lines += _paper_markdown(entry)
+        if entry.get("ce_selected"):
+            lines += _ce_selected_markdown(entry["ce_selected"], len(entry["seeds"]))
         if entry.get("by_difficulty"):
             lines += [
                 "By difficulty (test examples in quartiles of their CE averaged over both arms; "
@@ -204,13 +275,13 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         lines += [
             "## The claim, on the primary metrics",
             "",
-            "| objective | seeds | " + " | ".join(METRIC_LABELS[m] for m in PRIMARY) + " |",
-            "|---|---|" + "---|" * len(PRIMARY),
+            "| objective | seeds | " + " | ".join(METRIC_LABELS[m] for m in primary) + " |",
+            "|---|---|" + "---|" * len(primary),
         ]
         for entry, verdicts in claims:
             lines.append(
                 f"| {entry['objective']} | {len(entry['seeds'])} | "
-                + " | ".join(verdicts.get(m, "–") for m in PRIMARY)
+                + " | ".join(verdicts.get(m, "–") for m in primary)
                 + " |"
             )
         lines.append("")
