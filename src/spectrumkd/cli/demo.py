@@ -36,13 +36,13 @@ def register(commands: Any) -> None:
     demo.add_argument(
         "--distill-rows",
         type=int,
-        default=96,
+        default=32,
         help="training rows of the baseline and +SpectrumKD distillations (0: skip them)",
     )
     demo.add_argument(
         "--baseline-epochs",
         type=int,
-        default=3,
+        default=2,
         help="epochs of the baseline; SpectrumKD gets as many optimiser steps",
     )
     add_strategy_flags(
