@@ -17,7 +17,8 @@ undistilled; it never emits EOS, so every row costs the full budget (the worst c
 
 Prints Markdown table rows: generated tokens (up to and including each row's EOS), wall and
 process CPU seconds, tokens per CPU second and per wall second, the CPU-time speed-up over the
-first row of the table, and how many rows equal ``generate``'s greedy output. The machine may be
+first row of the table, and how many rows equal ``generate``'s greedy output (with the mean
+number of leading tokens a row shares with it). The machine may be
 shared: the load average before and after each run is printed (process CPU time is the fairer
 number when it is loaded). ``--full-limit`` times the first N kept rows only (the longest
 prompts first, as the loop orders them) and extrapolates.
@@ -121,6 +122,16 @@ def loop(module, model, tokenizer, encoded, n, precision, temperature=0.0, batch
     return rows
 
 
+def mean_common_prefix(rows, reference) -> float:
+    """Mean number of leading tokens each row shares with its reference row."""
+    total = 0
+    for a, b in zip(rows, reference, strict=True):
+        total += next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
+    return total / len(rows)
+
+
 def table_row(name, rows, wall, cpu, load, base_cpu_rate, reference) -> float:
     tokens = sum(len(r) for r in rows)
     same = (
@@ -140,7 +151,7 @@ def table_row(name, rows, wall, cpu, load, base_cpu_rate, reference) -> float:
 
 HEADER = (
     "| variant | tokens | wall s | CPU s | tokens/CPU s | tokens/wall s | vs first (CPU) | "
-    "= generate | load |\n|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    "= generate (mean common prefix) | load |\n|---|---:|---:|---:|---:|---:|---:|---:|---|"
 )
 
 
