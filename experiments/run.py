@@ -72,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
         "pair and any ablation of seed 1) or setup",
     )
     commands.add_parser("summarize", help="write results/summary.md from the result files")
+    estimate = commands.add_parser(
+        "estimate", help="the machine time of the first objective's matrix, from measured speeds"
+    )
+    estimate.add_argument("--layers", type=int, default=None, help="price another student size")
+    estimate.add_argument(
+        "--answer-tokens",
+        type=int,
+        default=None,
+        help="mean new tokens per answer (default: the full budget, as measured)",
+    )
+    estimate.add_argument("--budget-h", type=float, default=15.0)
     return parser
 
 
@@ -81,6 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         exp = load_experiment(args.config, args.profile, args.set)
         if args.list or args.command in (None, "cells"):
             print(cells_table(exp))
+        elif args.command == "estimate":
+            from experiments.estimate import estimate_text
+
+            print(
+                estimate_text(
+                    exp,
+                    layers=args.layers,
+                    answer_tokens=args.answer_tokens,
+                    budget_h=args.budget_h,
+                )
+            )
         elif args.command == "run":
             executed = run(exp, args.cell, progress=not args.quiet)
             print(f"ran {len(executed)}: {', '.join(executed) or 'nothing (all finished)'}")

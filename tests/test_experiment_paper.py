@@ -189,6 +189,18 @@ def test_paper_matrix_runs_end_to_end_in_pieces(paper_world, monkeypatch, capsys
 
     assert separate >= 1
 
+    # The estimate prices the same steps the cells took.
+    capsys.readouterr()
+    assert main([*args, "estimate"]) == 0
+    text = capsys.readouterr().out
+    steps = {
+        arm: json.loads((results / f"fkl-{arm}-seed2.json").read_text())["training"]["steps"]
+        for arm in ("baseline", "spectrumkd")
+    }
+    assert f"baseline {steps['baseline']} (3 epochs)" in text
+    assert f"+SpectrumKD {steps['spectrumkd']} (" in text
+    assert "| lr-0.01 (baseline, seed 1) |" in text and "Budget 15 h" in text
+
     # The summary, from the committed files.
     assert main([*args, "summarize"]) == 0
     summary = summarize(results)
