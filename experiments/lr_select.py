@@ -9,6 +9,7 @@ the cell resumes the trial's finished run folder instead of training again."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from experiments.cells import (
     relative_paths,
     result_path,
     trial_cell,
+    trial_folder,
     trial_name,
     trial_names,
     trial_settings,
@@ -90,4 +92,8 @@ def write_choice(exp: Experiment) -> dict[str, Any] | None:
         "finished_at": utc_now(),
     }
     write_json(result_path(exp, CHOICE), choice)
+    if exp.prune_finished:  # the chosen trial's checkpoint is the baseline cell's to resume
+        for other, _ in scored:
+            if other != rate:
+                shutil.rmtree(trial_folder(exp, other) / "checkpoint", ignore_errors=True)
     return choice

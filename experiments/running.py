@@ -72,6 +72,8 @@ def run_cell(
             "best": state.get("best"),
             "evaluated": chosen.name,
             "resumed_from_step": resumed,
+            # The learning-rate trial whose finished training this cell is (lr_selection).
+            **({"trained_as": folder.name} if folder.name != cell.name else {}),
             # val_kd is at each epoch's temperature (comparable across epochs only at one tau)
             "validation": validation_curve(folder / "metrics.jsonl"),
         },

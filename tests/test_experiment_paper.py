@@ -117,6 +117,10 @@ def test_paper_matrix_runs_end_to_end_in_pieces(paper_world, monkeypatch, capsys
         )
     chosen_folder = tmp / "runs" / f"lr-{choice['learning_rate']:g}"
     assert (chosen_folder / "best_ce" / "config.json").is_file()
+    assert (chosen_folder / "checkpoint").is_dir()  # kept for the baseline cell
+    for tag in trials:
+        if float(tag) != choice["learning_rate"]:
+            assert not (tmp / "runs" / f"lr-{tag}" / "checkpoint").exists()  # pruned
     assert not (chosen_folder / "epochs").exists()
 
     # The baseline of seed 1 is the chosen trial's training: no step is trained again.
@@ -134,6 +138,8 @@ def test_paper_matrix_runs_end_to_end_in_pieces(paper_world, monkeypatch, capsys
         baseline["training"]["steps"] == trials[f"{choice['learning_rate']:g}"]["training"]["steps"]
     )
     assert baseline["settings"]["chosen_learning_rate"] == choice["learning_rate"]
+    assert baseline["training"]["trained_as"] == chosen_folder.name
+    assert not (chosen_folder / "checkpoint").exists()  # pruned once the cell is finished
 
     # The rest of the matrix, with a validation ROUGE-L that prefers the first epoch (the real
     # one ran in the trials), so that the CE-selected checkpoint is another epoch.
@@ -215,3 +221,28 @@ def test_paper_matrix_runs_end_to_end_in_pieces(paper_world, monkeypatch, capsys
     assert "## Learning rate" in text and "lowest-validation-CE checkpoint" in text
     assert "ROUGE-L, sampled (tau 1)" in text.split("## The claim")[1]
     assert (results / "summary.md").read_text() == text
+
+
+def test_epoch_keeper_keeps_the_current_and_the_ce_best_epoch(tmp_path):
+    from experiments.training import BEST_CE, EPOCHS, epoch_keeper, finish_ce_best
+
+    class Model:
+        def save_pretrained(self, folder, **kwargs):
+            Path(folder).mkdir(parents=True)
+            (Path(folder) / "config.json").write_text("{}")
+
+    metrics = tmp_path / "metrics.jsonl"
+    keep = epoch_keeper(tmp_path, None)
+    for epoch, val_ce in enumerate([3.0, 2.0, 2.5, 2.0], start=1):
+        assert keep(Model()) == {}  # the trainer logs the epoch after its validators
+        kept = sorted(int(p.name) for p in (tmp_path / EPOCHS).iterdir())
+        logged = {1: 3.0, 2: 2.0, 3: 2.5}
+        best = min((e for e in logged if e < epoch), key=lambda e: logged[e], default=None)
+        assert kept == sorted({epoch, *([best] if best else [])})
+        with metrics.open("a") as out:
+            out.write(json.dumps({"epoch": epoch, "step": epoch * 10, "loss": 1.0}) + "\n")
+            out.write(json.dumps({"epoch": epoch, "step": epoch * 10, "val_ce": val_ce}) + "\n")
+    assert finish_ce_best(tmp_path) == 2  # the earliest of the ties, as the trainer's choice
+    assert (tmp_path / BEST_CE / "config.json").is_file()
+    assert not (tmp_path / EPOCHS).exists()
+    assert finish_ce_best(tmp_path) == 2 and (tmp_path / BEST_CE).is_dir()  # idempotent
