@@ -3,8 +3,9 @@
     python experiments/run.py cells                        # every cell and its status (or --list)
     python experiments/run.py run [--cell PATTERN ...]     # run what is not finished, resumably
     python experiments/run.py summarize                    # results table from the result files
+    python experiments/run.py estimate                     # machine time, from measured speeds
 
-Settings come from ``experiments/config.yaml`` (``--profile cpu|gpu``, ``--set a.b=value``). The
+Settings come from ``experiments/config.yaml`` (``--profile cpu|gpu|paper_cpu``, ``--set a.b=value``). The
 work is split into cells, each of which writes one small JSON into the results folder, atomically,
 when it is finished; a rerun skips finished cells and resumes an interrupted one from its last
 checkpoint (the trainer resumes from ``<run folder>/checkpoint``).
@@ -18,6 +19,8 @@ checkpoint (the trainer resumes from ``<run folder>/checkpoint``).
   student, plain KD (``baseline``) or with SpectrumKD (``spectrumkd``), then its evaluation on the
   test rows: CE of the reference and KL to the teacher per example (primary), ROUGE-L of greedy
   and sampled answers per example (secondary).
+- ``lr-<rate>``, ``lr`` (profiles with ``lr_selection``, e.g. paper_cpu): the baseline trained at
+  each learning rate of the grid, and the choice on validation (``lr.json``) every cell needs.
 - ``<objective>-<ablation>-seed<k>``: the +SpectrumKD cell with an ablation's changes (config
   ``ablations:``), after the whole matrix; summarised against both arms.
 
