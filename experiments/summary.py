@@ -336,6 +336,12 @@ def _mean_curve(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | No
             "epoch": rows[0]["epoch"],
             "val_ce": statistics.fmean(row["val_ce"] for row in rows),
             "temperature": rows[0]["temperature"],
+            # Validation ROUGE-L of generated answers, where the cells selected on it.
+            **(
+                {"val_rouge": statistics.fmean(row["val_rouge"] for row in rows)}
+                if all(row.get("val_rouge") is not None for row in rows)
+                else {}
+            ),
         }
         for rows in zip(*curves, strict=True)
     ]

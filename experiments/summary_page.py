@@ -260,6 +260,18 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                 )
             lines.append("")
         curves = entry.get("validation") or {}
+        if all(curves.get(arm) for arm in ARMS) and "val_rouge" in curves["baseline"][0]:
+            lines += [
+                "Validation ROUGE-L of sampled answers by epoch (the selection metric; mean over "
+                "the seeds):",
+                "",
+                *(
+                    f"- {ARM_LABELS[arm]}: "
+                    + ", ".join(f"{row['epoch']}: {row['val_rouge']:.2f}" for row in curves[arm])
+                    for arm in ARMS
+                ),
+                "",
+            ]
         if all(curves.get(arm) for arm in ARMS):
             lines.append(
                 "Validation CE by epoch (the held-out training rows, mean over the seeds; "

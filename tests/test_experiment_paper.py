@@ -219,6 +219,7 @@ def test_paper_matrix_runs_end_to_end_in_pieces(paper_world, monkeypatch, capsys
     assert 0 <= sampled["seed_wins"] <= 2
     text = summary_markdown(summary)
     assert "## Learning rate" in text and "lowest-validation-CE checkpoint" in text
+    assert "Validation ROUGE-L of sampled answers by epoch" in text
     assert "ROUGE-L, sampled (tau 1)" in text.split("## The claim")[1]
     assert (results / "summary.md").read_text() == text
 
