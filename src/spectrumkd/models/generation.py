@@ -79,7 +79,7 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int = 64,
     progress: bool = False,
     stop: Sequence[str] = (),
     precision: str = "auto",
@@ -89,7 +89,9 @@ def generate(
     has produced one of the ``stop`` strings (the text up to it is returned, the string cut
     off): few-shot prompts otherwise run on into an invented next problem until the limit.
     ``precision`` is the compute precision of the forwards (``auto``, ``float32``, ``bf16``,
-    ``fp16``; see :mod:`spectrumkd.models.precision`)."""
+    ``fp16``; see :mod:`spectrumkd.models.precision`). ``batch_size`` rows run at once, freed
+    slots refilled (64: the fastest of 16, 64 and 128 for SmolLM2 on the project's CPU,
+    benchmarks/README.md)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0:
