@@ -6,14 +6,14 @@ K = 1,000 steps between weight updates and 500 validation rows per domain. Here:
 SmolLM2-135M-Instruct teacher and the demo's 20-of-30-layer cut of it as the student (not
 healed); three domains of a few hundred rows each (instruction following: the embedded Dolly dev
 rows; maths: GSM8K train; code: MBPP's training tasks 601-974), 160 rows a domain and 15 % of
-each held out; K = 8 steps of 8 rows, 6 intervals (48 steps, about 0.9 of a pass over the mix); the
+each held out; K = 6 steps of 8 rows, 5 intervals (30 steps, about 0.6 of a pass over the mix); the
 paper's loss CE + 0.2 KL (forward KL, T = 1) for both arms; learning rate 1e-4 (the paper's grid
 is not searched). One seed. What it shows: that DDK's weights follow the student's gap to the
 teacher on a real mix and what its measurements cost; not whether DDK beats uniform mixing at
 the paper's scale.
 
 Usage: python benchmarks/ddk_three_domains.py [--out runs/ddk-three-domains]
-       [--data-root ../shared/data] [--rows-per-domain 160] [--update-every 8] [--intervals 6]
+       [--data-root ../shared/data] [--rows-per-domain 160] [--update-every 6] [--intervals 5]
 Resumable: each arm's result is written atomically to OUT/results/<arm>.json and skipped by a
 rerun; a killed training resumes from its checkpoint. The Markdown table is OUT/results.md.
 """
@@ -55,8 +55,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--rows-per-domain", type=int, default=160)
     parser.add_argument("--validation-ratio", type=float, default=0.15)
-    parser.add_argument("--update-every", type=int, default=8, help="K: steps per interval")
-    parser.add_argument("--intervals", type=int, default=6)
+    parser.add_argument("--update-every", type=int, default=6, help="K: steps per interval")
+    parser.add_argument("--intervals", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
