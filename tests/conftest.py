@@ -99,6 +99,16 @@ def build_tiny_llama(vocab_size: int, num_layers: int = 4, seed: int = 0) -> Lla
     return LlamaForCausalLM(config).eval()
 
 
+def save_tiny_pair(folder: Path, tokenizer) -> tuple[Path, Path]:
+    """A 2-layer teacher and a 1-layer student of ``tokenizer``'s vocabulary, each saved with the
+    tokenizer under ``folder`` (``teacher/``, ``student/``): a pair ``distill`` can load."""
+    teacher, student = folder / "teacher", folder / "student"
+    for path, layers, seed in ((teacher, 2, 1), (student, 1, 2)):
+        build_tiny_llama(len(tokenizer), num_layers=layers, seed=seed).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return teacher, student
+
+
 @dataclass(frozen=True)
 class TokenExample:
     """What the scorer, the cache and the trainer read: an id, token ids and masked labels."""

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import build_tiny_llama
+from conftest import save_tiny_pair
 from transformers import AutoModelForCausalLM
 
 from spectrumkd.cli import main
@@ -16,10 +16,7 @@ from spectrumkd.distillation import RunConfig, apply_override
 
 @pytest.fixture()
 def tiny_pair(tmp_path, tiny_tokenizer):
-    teacher, student = tmp_path / "teacher", tmp_path / "student"
-    for path, layers, seed in ((teacher, 2, 1), (student, 1, 2)):
-        build_tiny_llama(len(tiny_tokenizer), num_layers=layers, seed=seed).save_pretrained(path)
-        tiny_tokenizer.save_pretrained(path)
+    teacher, student = save_tiny_pair(tmp_path, tiny_tokenizer)
     rows = [
         {
             "instruction": f"Count to {i}.",

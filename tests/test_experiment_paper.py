@@ -233,7 +233,7 @@ def test_epoch_keeper_keeps_the_current_and_the_ce_best_epoch(tmp_path):
             (Path(folder) / "config.json").write_text("{}")
 
     metrics = tmp_path / "metrics.jsonl"
-    keep = epoch_keeper(tmp_path, None)
+    keep = epoch_keeper(tmp_path)
     for epoch, val_ce in enumerate([3.0, 2.0, 2.5, 2.0], start=1):
         assert keep(Model()) == {}  # the trainer logs the epoch after its validators
         kept = sorted(int(p.name) for p in (tmp_path / EPOCHS).iterdir())

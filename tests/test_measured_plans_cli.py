@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import build_tiny_llama
+from conftest import save_tiny_pair
 
 from spectrumkd.cli import main
 from spectrumkd.distillation import RunConfig
@@ -18,10 +18,7 @@ CATEGORIES = ("open_qa", "brainstorming", "summarization")
 
 @pytest.fixture()
 def tiny_pair(tmp_path, tiny_tokenizer):
-    teacher, student = tmp_path / "teacher", tmp_path / "student"
-    for path, layers, seed in ((teacher, 2, 1), (student, 1, 2)):
-        build_tiny_llama(len(tiny_tokenizer), num_layers=layers, seed=seed).save_pretrained(path)
-        tiny_tokenizer.save_pretrained(path)
+    teacher, student = save_tiny_pair(tmp_path, tiny_tokenizer)
     rows = [
         {
             "instruction": f"Count to {i}.",

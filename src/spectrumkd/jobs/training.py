@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +79,18 @@ def train_student(
     plan: CurriculumPlan | None = None,
     teacher_cache_k: int = 0,
     teacher_cache_root: str | Path = "runs/teacher-cache",
+    extra_validators: Sequence[Any] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Distil the teacher into ``inputs.student`` with ``train`` on ``inputs``' rows, following
     ``plan`` (None: the baseline), from the live teacher or its top-``teacher_cache_k`` cache.
     Writes ``metrics.jsonl``, ``checkpoint/``, ``best/`` and ``final/`` into ``out_dir`` and
-    returns the trainer's final state. :func:`distill` and the demo both train through here."""
+    returns the trainer's final state. :func:`distill` and the demo both train through here.
+    ``extra_validators`` run each epoch after the configured ones (the trainer's
+    ``validators``)."""
     from spectrumkd.distillation import train as train_loop
 
-    validators = epoch_validators(train, inputs)
+    validators = [*epoch_validators(train, inputs), *extra_validators]
     signal = teacher_signal(
         inputs, train, cache_k=teacher_cache_k, cache_root=teacher_cache_root, progress=progress
     )
@@ -106,7 +110,9 @@ def train_student(
     )
 
 
-def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
+def distill(
+    run: RunConfig, *, progress: bool = True, extra_validators: Sequence[Any] = ()
+) -> dict[str, Any]:
     """``spectrumkd distill``: pair check, data, (scoring and) curation, training, final student.
 
     Writes into ``run.output_dir``: ``run_config.yaml``, ``scores/`` when the student had to be
@@ -140,7 +146,7 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             cache_root=run.teacher_cache_root,
             progress=progress,
         )
-        validators = epoch_validators(run.train, inputs)
+        validators = [*epoch_validators(run.train, inputs), *extra_validators]
         state = distill_reranked(run, inputs, plan, signal, validators, progress=progress)
         atomic_write_text(out / "run_config.yaml", config_text)
         return state
@@ -151,6 +157,7 @@ def distill(run: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         plan=plan,
         teacher_cache_k=run.teacher_cache_k,
         teacher_cache_root=run.teacher_cache_root,
+        extra_validators=extra_validators,
         progress=progress,
     )
     atomic_write_text(out / "run_config.yaml", config_text)
