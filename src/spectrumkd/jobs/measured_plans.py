@@ -43,17 +43,22 @@ def domain_perplexities(
 ) -> dict[str, float]:
     """``exp`` of ``model``'s mean token cross-entropy on each domain's held-out rows."""
     return {
-        domain: perplexity(
-            example_token_losses(
-                model,
-                rows,
-                precision=train.mixed_precision,
-                pad_token_id=pad_token_id,
-                max_batch_size=train.batch_size,
-            )
-        )
+        domain: perplexity(token_losses(model, rows, train, pad_token_id))
         for domain, rows in validation.items()
     }
+
+
+def token_losses(
+    model: Any, rows: Sequence[Any], train: TrainConfig, pad_token_id: int
+) -> list[tuple[float, int]]:
+    """``model``'s (summed CE, tokens) on each row, in the run's precision and batch size."""
+    return example_token_losses(
+        model,
+        rows,
+        precision=train.mixed_precision,
+        pad_token_id=pad_token_id,
+        max_batch_size=train.batch_size,
+    )
 
 
 def held_out_by_domain(inputs: DistillInputs, limit: int | None = None) -> dict[str, list[Any]]:
@@ -73,23 +78,15 @@ def measured_plan(run: RunConfig, inputs: DistillInputs) -> CurriculumPlan:
         if inputs.teacher is None:
             raise ValueError("DA-KD measures the teacher's cross-entropy: it needs the teacher")
         started = time.perf_counter()
-        teacher_losses = example_token_losses(
-            inputs.teacher,
-            inputs.train_examples,
-            precision=run.train.mixed_precision,
-            pad_token_id=inputs.tokenizer.pad_token_id,
-            max_batch_size=run.train.batch_size,
+        teacher_losses = token_losses(
+            inputs.teacher, inputs.train_examples, run.train, inputs.tokenizer.pad_token_id
         )
         plan = DAKD(settings).plan_for_examples(inputs.train_examples, teacher_losses)
         seconds = time.perf_counter() - started
-        plan = dataclasses.replace(
-            plan, metadata={**plan.metadata, "teacher_measure_seconds": seconds}
-        )
+        metadata = {"settings": settings_dict(settings), **plan.metadata}
+        plan = dataclasses.replace(plan, metadata={**metadata, "teacher_measure_seconds": seconds})
     else:
         plan = mixture_plan(run, inputs)
-    plan = dataclasses.replace(
-        plan, metadata={"settings": settings_dict(settings), **plan.metadata}
-    )
     if PartialState().is_main_process:
         write_json(Path(run.output_dir) / SCHEDULE_FILE, plan.to_dict())
     return plan
