@@ -92,24 +92,8 @@ def summarize(results_dir: Path) -> dict[str, Any]:
             },
             "rows": [],
         }
-        for metric in METRICS if seeds else ():
-            cells = {arm: [by_arm[arm][s] for s in seeds] for arm in ARMS}
-            if any(c["means"].get(metric) is None for arm in ARMS for c in cells[arm]):
-                continue
-            stats = {arm: _arm_stats(cells[arm], metric) for arm in ARMS}
-            versus = _compare_arms(metric, cells["baseline"], cells["spectrumkd"])
-            better = {"candidate": "spectrumkd", "reference": "baseline"}.get(
-                versus["better"], versus["better"]
-            )
-            entry["rows"].append(
-                {
-                    "metric": metric,
-                    "direction": "lower" if metric in LOWER_IS_BETTER else "higher",
-                    **stats,
-                    **versus,
-                    "better": better,
-                }
-            )
+        if seeds:
+            entry["rows"] = _metric_rows({arm: [by_arm[arm][s] for s in seeds] for arm in ARMS})
         if seeds and any("ce_selected" in by_arm[arm][s] for arm in ARMS for s in seeds):
             entry["ce_selected"] = _ce_selected_rows(
                 {arm: [by_arm[arm][s] for s in seeds] for arm in ARMS}
@@ -164,13 +148,20 @@ def _ce_selected_rows(cells: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[
             return dict(cell)
         return {**cell, "means": chosen["means"], "per_example": chosen["per_example"]}
 
-    views = {arm: [view(c) for c in cells[arm]] for arm in ARMS}
+    rows = _metric_rows({arm: [view(c) for c in cells[arm]] for arm in ARMS})
+    epochs = {arm: [(c.get("ce_selected") or {}).get("epoch") for c in cells[arm]] for arm in ARMS}
+    return {"epochs": epochs, "rows": rows}
+
+
+def _metric_rows(cells: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Per metric every cell has: each arm's mean and spread over seeds and the paired
+    comparison of +SpectrumKD with the baseline."""
     rows = []
     for metric in METRICS:
-        if any(c["means"].get(metric) is None for arm in ARMS for c in views[arm]):
+        if any(c["means"].get(metric) is None for arm in ARMS for c in cells[arm]):
             continue
-        stats = {arm: _arm_stats(views[arm], metric) for arm in ARMS}
-        versus = _compare_arms(metric, views["baseline"], views["spectrumkd"])
+        stats = {arm: _arm_stats(cells[arm], metric) for arm in ARMS}
+        versus = _compare_arms(metric, cells["baseline"], cells["spectrumkd"])
         better = {"candidate": "spectrumkd", "reference": "baseline"}.get(
             versus["better"], versus["better"]
         )
@@ -183,8 +174,7 @@ def _ce_selected_rows(cells: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[
                 "better": better,
             }
         )
-    epochs = {arm: [(c.get("ce_selected") or {}).get("epoch") for c in cells[arm]] for arm in ARMS}
-    return {"epochs": epochs, "rows": rows}
+    return rows
 
 
 def _arm_stats(cells: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:
