@@ -75,7 +75,9 @@ class TestSettings:
     limit: int | None = None
     max_prompt_tokens: int = 256
     quality_max_length: int = 768
-    batch_size: int = 8
+    batch_size: int = 8  # CE/KL of prompt + reference (with the teacher's logits)
+    # Rows decoded at a time (continuous batching refills freed rows); None: batch_size.
+    decode_batch_size: int | None = None
     rouge_rows: int | None = 160  # None: every row; 0: no generation
     greedy: bool = True
     sample_seeds: tuple[int, ...] = (10,)
@@ -92,6 +94,8 @@ class TestSettings:
         for name in ("max_prompt_tokens", "quality_max_length", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"test.{name}={getattr(self, name)} must be >= 1")
+        if self.decode_batch_size is not None and self.decode_batch_size < 1:
+            raise ValueError(f"test.decode_batch_size={self.decode_batch_size} must be >= 1")
         if self.rouge_rows is not None and self.rouge_rows < 0:
             raise ValueError(f"test.rouge_rows={self.rouge_rows} must be >= 0 (null: every row)")
         if len(set(self.sample_seeds)) != len(self.sample_seeds):

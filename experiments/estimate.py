@@ -23,10 +23,12 @@ from experiments.config import Experiment, data_config
 # teacher is about 6 s (src/spectrumkd/demo.py).
 TRAIN_STEP_S_FP32 = 13.5
 BF16_STEP_SPEEDUP = 1.67
-# Decoding: every kept DollyEval row sampled at T = 1 to 256 new tokens, bf16, batch 16, the
-# 20-layer student, both cores: 31.2 new tokens/s (benchmarks/README.md, bench_generation.py
-# --full; that student never stopped early, so every row cost the full budget).
-GENERATION_TOKENS_S = 31.2
+# Decoding: every kept DollyEval row sampled at T = 1 to 256 new tokens, bf16, 64 rows at a time
+# (continuous batching), the 20-layer student: 254.6 new tokens per CPU second of one thread
+# (benchmarks/README.md, "Generation", table 3: the 128 longest prompts, an upper bound per row;
+# that student never stopped early, so every row cost the full budget); two runners of one
+# thread each make the machine's 509 tokens/s. (Before issue 14's decode loop: 31.2 tokens/s.)
+GENERATION_TOKENS_S = 2 * 254.6
 MEASURED_LAYERS = 20
 # The setup of the CPU profile: 1,017 s for 277 rows (experiments/README.md), of which scoring
 # is about 70 s per model per 277 rows; the teacher cache about 180 s per 277 rows.
@@ -187,9 +189,9 @@ def estimate_text(
         "",
         f"CE-selected checkpoints evaluated on their own: up to {extra:.1f} h more (only where "
         "the lowest-CE epoch is not the selected one).",
-        "Shorter answers (--answer-tokens) are priced per token; decoding a batch of 16 is bound "
-        "by memory, so a batch costs about its longest answer: the full budget is the safer "
-        "figure unless whole batches stop early.",
+        "Shorter answers (--answer-tokens) are priced per token: the decode loop refills a "
+        "finished row's slot, so a row that stops early frees its work; the full budget is the "
+        "measured (undistilled) student's.",
         f"Budget {budget_h:g} h: {'fits' if total <= budget_h else 'does NOT fit'}"
         f" ({total:.1f} h; {total + extra:.1f} h at most).",
         "",

@@ -111,7 +111,8 @@ def evaluate_student(
 
     decodings = []
     if exp.test.rouge_rows != 0:
-        common = {"max_new_tokens": exp.test.max_new_tokens, "batch_size": exp.test.batch_size}
+        decode_batch = exp.test.decode_batch_size or exp.test.batch_size
+        common = {"max_new_tokens": exp.test.max_new_tokens, "batch_size": decode_batch}
         if exp.test.greedy:
             decodings.append(("rougeL_greedy", "greedy", Decoding(greedy=True, **common)))
         if exp.test.sample_seeds:

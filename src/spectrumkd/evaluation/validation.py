@@ -23,12 +23,14 @@ def rouge_validator(
     sampled: bool,
     max_new_tokens: int,
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int = 64,
     precision: str = "auto",
 ) -> Callable[[Any], dict[str, float]]:
     """A per-epoch validator: mean ROUGE-L x 100 of the student's answers to ``prompts`` (greedy,
     or sampled at temperature 1 with a fixed seed, so epochs differ only by the weights), generated
-    at ``precision`` (``auto``: bf16 autocast where the device has fast bf16)."""
+    at ``precision`` (``auto``: bf16 autocast where the device has fast bf16), ``batch_size`` rows at
+    a time (``generate``'s default: 64 rows refilled as rows finish were 2.07x batches of 16 on
+    this project's CPU, benchmarks/README.md "Generation", table 2)."""
 
     def validate(model: Any) -> dict[str, float]:
         answers = generate(
