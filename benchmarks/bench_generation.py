@@ -9,7 +9,7 @@ Usage:
     python benchmarks/bench_generation.py [--model student|teacher] [--prompts 16]
         [--new-tokens 128] [--threads N] [--before REV] [--skip-compare]
         [--scale 16,64,128] [--scale-prompts 128] [--scale-new-tokens 64]
-        [--full] [--full-limit N] [--full-new-tokens 256] [--batch-size 64]
+        [--full] [--full-limit N] [--full-new-tokens 256] [--batch-size 64] [--workers 1]
 
 ``student`` (default) is the demo's student: SmolLM2-135M-Instruct cut to blocks 0-9 and 20-29,
 undistilled; it never emits EOS, so every row costs the full budget (the worst case).
@@ -21,7 +21,8 @@ first row of the table, and how many rows equal ``generate``'s greedy output (wi
 number of leading tokens a row shares with it). The machine may be
 shared: the load average before and after each run is printed (process CPU time is the fairer
 number when it is loaded). ``--full-limit`` times the first N kept rows only (the longest
-prompts first, as the loop orders them) and extrapolates.
+prompts first, as the loop orders them) and extrapolates; ``--workers`` decodes them in that
+many processes (CPU time then includes the workers').
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import importlib.util
 import os
 import platform
+import resource
 import subprocess
 import tempfile
 import time
@@ -74,11 +76,19 @@ def load_before(rev: str):
     return module
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (decode workers)."""
+    own, children = (
+        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def timed(fn):
     load_before_run = os.getloadavg()[0]
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu = time.perf_counter(), cpu_seconds()
     result = fn()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     return result, wall, cpu, (load_before_run, os.getloadavg()[0])
 
 
@@ -172,6 +182,9 @@ def main() -> None:
     parser.add_argument("--full-new-tokens", type=int, default=256)
     parser.add_argument("--full-precision", default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="--full: decode processes (0: generate's auto)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -249,18 +262,25 @@ def main() -> None:
                 seed=10,
                 batch_size=args.batch_size,
                 precision=args.full_precision,
+                workers=args.workers or None,
             )
 
-        # Each forward makes one token per row it computes: rows forwarded = tokens.
+        # Each forward makes one token per row it computes: rows forwarded = tokens. Forwards
+        # in decode workers are not seen here: with workers, tokens are counted from the
+        # answers (re-encoded, plus the EOS of each row that ended early).
         forwarded: list[int] = []
         hook = model.register_forward_pre_hook(
             lambda _m, _a, kw: forwarded.append(kw["input_ids"].shape[0]), with_kwargs=True
         )
-        _, wall, cpu, load_avg = timed(run)
+        answers, wall, cpu, load_avg = timed(run)
         hook.remove()
         tokens = sum(forwarded)
+        if args.workers != 1:
+            lengths = [len(ids) for ids in prompt_token_ids(tokenizer, answers)]
+            tokens = sum(min(n, length + 1) for length in lengths)
         print(
-            f"\nDollyEval {len(prompts)} rows, {args.batch_size} rows at a time, {n} new tokens, "
+            f"\nDollyEval {len(prompts)} rows, {args.batch_size} rows at a time, "
+            f"{args.workers or 'auto'} worker(s), {n} new tokens, "
             f"sampled T=1, seed 10, precision {args.full_precision}, model {args.model}: "
             f"{wall:.1f} s wall, {cpu:.1f} s CPU, {tokens} tokens ({tokens / len(prompts):.0f} "
             f"per row, {tokens / (n * len(prompts)):.0%} of the budget), {len(forwarded)} forwards, "

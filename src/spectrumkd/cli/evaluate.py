@@ -91,7 +91,25 @@ def register(commands: Any) -> None:
         help="drop (never truncate) longer prompts (default %(default)s)",
     )
     parser.add_argument("--limit", type=int, default=None, help="use only the first N rows per set")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="rows decoded at a time, refilled as rows end (default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="CPU processes decoding a share of the prompts each (default: 2 on a CPU where "
+        "torch has 2 threads or more, else 1)",
+    )
+    parser.add_argument(
+        "--quality-batch-size",
+        type=int,
+        default=8,
+        help="rows at a time for CE/KL on the references (default %(default)s)",
+    )
     parser.add_argument(
         "--no-quality", action="store_true", help="skip CE/KL on the reference answers"
     )
@@ -132,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     if args.greedy and args.seeds is not None:
         raise ValueError("give --greedy or --seeds, not both (greedy decoding uses no seed)")
-    for name in ("batch_size", "max_new_tokens", "limit"):
+    for name in ("batch_size", "quality_batch_size", "workers", "max_new_tokens", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -154,6 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         seeds=tuple(args.seeds) if args.seeds is not None else DEFAULT_SEEDS,
         max_new_tokens=args.max_new_tokens or 512,
         batch_size=args.batch_size,
+        workers=args.workers,
         precision=args.precision,
     )
     evaluate(
@@ -172,6 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         limit=args.limit,
         quality=not args.no_quality,
         quality_max_length=args.quality_max_length,
+        quality_batch_size=args.quality_batch_size,
         suite_options=dict(args.suite_option),
         other_max_new_tokens=args.max_new_tokens,
         progress=not args.quiet,

@@ -42,7 +42,9 @@ Why each choice:
   run is reproducible for a given prompt list, batch size and precision, and the global RNG is
   left untouched. (On-policy sampling passes no generator and draws from the global RNG, which the
   trainer's checkpoints save.)
-- The thread count is torch's (all cores by default); nothing here pins it.
+- The thread count is torch's (all cores by default); with ``workers`` > 1 the prompts are
+  split between forked CPU processes that share torch's threads
+  (:mod:`spectrumkd.models.decode_workers`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from transformers import (
 )
 
 from spectrumkd.batching import left_pad, prompt_token_ids
+from spectrumkd.models.decode_workers import auto_workers, decode_in_workers
 from spectrumkd.models.kv_cache import merge_rows, mergeable, new_cache
 from spectrumkd.models.pairing import missing_token_ids
 from spectrumkd.models.precision import autocast, autocast_dtype, resolve_precision
@@ -83,6 +86,7 @@ def generate(
     progress: bool = False,
     stop: Sequence[str] = (),
     precision: str = "auto",
+    workers: int | None = 1,
 ) -> list[str]:
     """Continue each prompt; temperature 0 is greedy. Returns the decoded continuations only
     (special tokens skipped, cut at the first EOS), in prompt order. A row also stops once it
@@ -91,7 +95,9 @@ def generate(
     ``precision`` is the compute precision of the forwards (``auto``, ``float32``, ``bf16``,
     ``fp16``; see :mod:`spectrumkd.models.precision`). ``batch_size`` rows run at once, freed
     slots refilled (64: the fastest of 16, 64 and 128 for SmolLM2 on the project's CPU,
-    benchmarks/README.md)."""
+    benchmarks/README.md). ``workers`` CPU processes decode a share of the prompts each
+    (:mod:`spectrumkd.models.decode_workers`; None: two on a CPU where torch has two threads or
+    more, else one); sampled outputs depend on it, as on the batch size."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0:
@@ -102,6 +108,12 @@ def generate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
+    if workers is None:
+        workers = auto_workers(device, len(prompts))
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and device.type != "cpu":
+        raise ValueError(f"workers={workers} splits decoding over CPU cores; on {device} use 1")
     if not prompts:
         return []
 
@@ -115,19 +127,20 @@ def generate(
     stop_list = [s for s in stop if s]
     stopping = StopStringCriteria(tokenizer, stop_list) if stop_list else None
 
-    generator = None
-    if temperature > 0:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(batch_seed(seed, 0))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(prompts), desc="generate", unit="prompt")
-    try:
-        outputs = decode(
+
+    def decode_share(share: list[Sequence[int]], index: int) -> list[list[int]]:
+        generator = None
+        if temperature > 0:  # one stream per share (the only one when workers is 1)
+            generator = torch.Generator(device=device)
+            generator.manual_seed(batch_seed(seed, index))
+        return decode(
             model,
-            encoded,
+            share,
             pad_token_id=pad_id,
             eos_token_ids=eos_ids,
             max_new_tokens=max_new_tokens,
@@ -138,8 +151,19 @@ def generate(
             generator=generator,
             precision=precision,
             batch_size=batch_size,
-            on_finish=bar.update if bar is not None else None,
+            on_finish=bar.update if bar is not None and index == 0 else None,
         )
+
+    try:
+        if workers == 1:
+            outputs = decode_share(encoded, 0)
+        else:
+            outputs = decode_in_workers(
+                decode_share,
+                encoded,
+                workers,
+                on_finish=bar.update if bar is not None else None,
+            )
     finally:
         if bar is not None:
             bar.close()

@@ -41,6 +41,7 @@ from spectrumkd.evaluation.instruction.suites import (
 from spectrumkd.evaluation.registry import SUITE_RUNNERS, SuiteContext, SuiteRunner
 from spectrumkd.evaluation.rouge import rouge_l_scores
 from spectrumkd.io import read_jsonl, write_json, write_jsonl
+from spectrumkd.models.decode_workers import auto_workers
 from spectrumkd.models.generation import generate
 
 DEFAULT_SEEDS: tuple[int, ...] = (10, 20, 30, 40, 50)
@@ -86,8 +87,13 @@ class Decoding:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 512
-    # Part of the settings because it fixes the batches, and so each batch's sampling seed.
-    batch_size: int = 8
+    # Rows decoded at a time, refilled as rows end (64: the fastest of 16, 64 and 128 on the
+    # project's CPU, benchmarks/README.md "Generation"). Part of the settings: with the workers
+    # below it fixes which rows share a batch and a sampling stream.
+    batch_size: int = 64
+    # CPU processes decoding a share of the prompts each (None: two on a CPU where torch has two
+    # threads or more, else one; spectrumkd.models.decode_workers). In the settings when not 1.
+    workers: int | None = None
     # Compute precision of the forwards (auto: bf16 where the device has fast bf16). Resolved
     # per device and recorded in the manifest unless float32 (see generation_key below).
     precision: str = "auto"
@@ -99,6 +105,10 @@ class Decoding:
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         if not self.greedy and not self.temperature > 0:
             raise ValueError(f"sampling temperature must be > 0, got {self.temperature}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1 (None: automatic), got {self.workers}")
 
     def runs(self) -> list[tuple[str, int]]:
         """(file stem, seed) of every generation run."""
@@ -153,6 +163,7 @@ def evaluate_instruction_following(
     teacher: Any = None,
     quality: bool = True,
     quality_max_length: int = 768,
+    quality_batch_size: int = 8,
     model_spec: str | None = None,
     teacher_spec: str | None = None,
     suite_options: Mapping[str, Any] | None = None,
@@ -165,7 +176,8 @@ def evaluate_instruction_following(
     Instruction sets: ROUGE-L per run (mean over seeds per set, then the mean over sets), plus
     the student's CE on the references and, given ``teacher``, forward/reverse KL to it, on
     examples of at most ``quality_max_length`` tokens (default 768: a 256-token prompt plus the
-    protocol's 512 new tokens, the longest sequence the protocol itself generates). Names in
+    protocol's 512 new tokens, the longest sequence the protocol itself generates),
+    ``quality_batch_size`` of them at a time (each holds the logits of both models). Names in
     :data:`SUITE_RUNNERS` are dispatched to their runners, which get ``limit``,
     ``decoding.batch_size``, ``other_max_new_tokens`` (None: their own default) and
     ``suite_options``. Returns the summary it writes.
@@ -215,6 +227,7 @@ def evaluate_instruction_following(
                 teacher_print=teacher_print,
                 quality=quality,
                 quality_max_length=quality_max_length,
+                quality_batch_size=quality_batch_size,
                 progress=progress,
                 console=console,
             )
@@ -277,6 +290,7 @@ def _run_instruction_suite(
     teacher_print: str | None,
     quality: bool,
     quality_max_length: int,
+    quality_batch_size: int,
     progress: bool,
     console: Any,
 ) -> dict[str, Any]:
@@ -297,6 +311,11 @@ def _run_instruction_suite(
     precision = _resolved_precision(model, decoding)
     if precision != "float32":  # folders from before the setting existed were float32
         generation_key["precision"] = precision
+    workers = decoding.workers
+    if workers is None:
+        workers = auto_workers(next(model.parameters()).device, len(examples))
+    if workers != 1:  # folders from before the setting existed decoded in one process
+        generation_key["workers"] = workers
     manifest = _open_manifest(folder, generation_key)
     write_jsonl(folder / "dropped.jsonl", dropped)
     ids = [e.id for e in examples]
@@ -320,6 +339,7 @@ def _run_instruction_suite(
             batch_size=decoding.batch_size,
             progress=progress,
             precision=precision,
+            workers=workers,
         )
         seconds = time.perf_counter() - start
         scores = rouge_l_scores(predictions, references)
@@ -363,7 +383,7 @@ def _run_instruction_suite(
             teacher=teacher,
             key={"teacher_fingerprint": teacher_print, "max_length": quality_max_length},
             max_length=quality_max_length,
-            batch_size=decoding.batch_size,
+            batch_size=quality_batch_size,
             progress=progress,
         )
     return result
