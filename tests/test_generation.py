@@ -265,13 +265,13 @@ def test_bf16_weight_casts_are_autocasts_own_and_are_put_back(model):
     """The loop holds Linear weights in bf16 while it runs (autocast would re-cast them every
     step under inference_mode): the logits are autocast's bit for bit, and the model's own
     float32 parameters come back, the same objects with the same values."""
-    from spectrumkd.models.generation import _linear_weights_in
+    from spectrumkd.models.precision import weights_held_in
 
     before = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
     x = torch.tensor([[5, 17, 33, 2, 9]])
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         plain = model(input_ids=x).logits
-        with _linear_weights_in(torch.bfloat16, model):
+        with weights_held_in(torch.bfloat16, model):
             assert model.lm_head.weight.dtype == torch.bfloat16
             held = model(input_ids=x).logits
     assert torch.equal(plain, held)

@@ -231,3 +231,62 @@ def test_the_cli_offers_the_precisions_of_the_library():
     )
     assert score.precision == "float32"
     assert cli.build_parser().parse_args(["score", "--out", "x", "--data", "d"]).precision == "auto"
+
+
+@pytest.mark.parametrize("chunk_size", [None, 16])
+def test_a_teacher_held_in_bf16_gives_autocasts_step_bit_for_bit(chunk_size):
+    """The trainer holds a live teacher's Linear weights in bf16 for a bf16 run
+    (``frozen_teacher_weights``): the step's losses and gradients must be autocast's own, for
+    the full logits and the chunked engine (which takes the teacher's head weight)."""
+    from spectrumkd.models.precision import weights_held_in
+
+    examples = make_examples(8)
+    teacher_model = build_tiny_llama(VOCAB, num_layers=2, seed=1)
+    teacher = LiveTeacher(teacher_model)
+    batch = collate_with_ids(examples, 0)
+    objective = get_objective("forward_kl")
+    results = []
+    for held in (False, True):
+        student = build_tiny_llama(VOCAB, num_layers=2, seed=2)
+        with (
+            weights_held_in(torch.bfloat16 if held else None, teacher_model),
+            torch.autocast("cpu", dtype=torch.bfloat16),
+        ):
+            if held:
+                assert teacher_model.lm_head.weight.dtype == torch.bfloat16
+            ce, kd = step_losses(student, teacher, batch, objective, 2.0, chunk_size=chunk_size)
+        (0.3 * ce + 0.7 * kd).backward()
+        results.append((ce.item(), kd.item(), [p.grad.clone() for p in student.parameters()]))
+    (ce_a, kd_a, grads_a), (ce_b, kd_b, grads_b) = results
+    assert (ce_a, kd_a) == (ce_b, kd_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+    assert all(p.dtype == torch.float32 for p in teacher_model.parameters())  # put back
+
+
+def test_a_bf16_run_holds_its_live_teacher_in_bf16_and_gives_it_back(
+    tmp_path, fresh_accelerate_state
+):
+    examples = make_examples(8)
+    teacher_model = build_tiny_llama(VOCAB, num_layers=2, seed=1)
+    before = {name: p for name, p in teacher_model.named_parameters()}
+    seen = []
+    hook = teacher_model.lm_head.register_forward_pre_hook(
+        lambda module, args: seen.append(module.weight.dtype)
+    )
+    try:
+        for precision in ("no", "bf16"):
+            seen.clear()
+            train(
+                build_tiny_llama(VOCAB, num_layers=1, seed=2),
+                LiveTeacher(teacher_model),
+                examples[:6],
+                TrainConfig(epochs=1, batch_size=4, mixed_precision=precision),
+                tmp_path / precision,
+                validation=examples[6:],
+            )
+            expected = torch.float32 if precision == "no" else torch.bfloat16
+            assert seen and set(seen) == {expected}  # steps and validation alike
+    finally:
+        hook.remove()
+    assert {name: p for name, p in teacher_model.named_parameters()} == before  # same objects
+    assert all(p.dtype == torch.float32 for p in teacher_model.parameters())

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ from spectrumkd.distillation.checkpoints import (
 from spectrumkd.distillation.dynamic import restore_plan, update_plan
 from spectrumkd.distillation.objectives import Objective, get_objective
 from spectrumkd.distillation.on_policy import sampling_vocabulary
-from spectrumkd.distillation.signals import TeacherSignalSource
+from spectrumkd.distillation.signals import LiveTeacher, TeacherSignalSource
 from spectrumkd.distillation.stages import StagedScheduler, epoch_optimizer_steps, restart_optimizer
 from spectrumkd.distillation.steps import OnPolicy, accumulate_gradients, collate_with_ids
 from spectrumkd.distillation.train_config import TrainConfig
@@ -75,7 +75,7 @@ from spectrumkd.distillation.validation import (
     run_validators,
 )
 from spectrumkd.integrations.sampler import CurriculumSampler
-from spectrumkd.models.precision import accelerate_mixed_precision
+from spectrumkd.models.precision import accelerate_mixed_precision, weights_held_in
 
 
 def baseline_plan(ids: Sequence[str], config: TrainConfig) -> CurriculumPlan:
@@ -161,34 +161,37 @@ def train(
         student, teacher, examples, config, plan, accelerator, output, pad_token_id, eos_token_id
     )
     try:
-        state = resume_state(run)
-        if config.report_to != "none":
-            accelerator.init_trackers("spectrumkd", config=_flat(asdict(config)))
-        bar = tqdm(
-            total=run.total_steps,
-            initial=state["step"],
-            unit="step",
-            desc="distilling",
-            disable=not progress or not accelerator.is_main_process,
-            dynamic_ncols=True,
-        )
-        for epoch in range(state["epoch"] + 1, plan.num_epochs + 1):
-            started = time.perf_counter()
-            update_plan(run, state, epoch)  # a dynamic plan's hook (DDK); else nothing
-            train_epoch(run, state, epoch, bar)
-            if validation:
-                metrics = validate_epoch(run, state, epoch, validation, validators)
-                keep_if_best(run, state, epoch, metrics, tokenizer)
-            # Wall seconds of the finished epochs (updates, steps, validation; not the
-            # checkpoint writes): what a plan update's cost is a share of.
-            state["train_seconds"] = state.get("train_seconds", 0.0) + (
-                time.perf_counter() - started
+        # A frozen live teacher's weights held in the autocast dtype for the run: the same
+        # products, without autocast re-casting all of them at every forward.
+        with frozen_teacher_weights(teacher, accelerator):
+            state = resume_state(run)
+            if config.report_to != "none":
+                accelerator.init_trackers("spectrumkd", config=_flat(asdict(config)))
+            bar = tqdm(
+                total=run.total_steps,
+                initial=state["step"],
+                unit="step",
+                desc="distilling",
+                disable=not progress or not accelerator.is_main_process,
+                dynamic_ncols=True,
             )
-            save_checkpoint(accelerator, output, state)
-        bar.close()
-        save_model(accelerator, run.student, output / "final", tokenizer)
-        if config.report_to != "none":
-            accelerator.end_training()
+            for epoch in range(state["epoch"] + 1, plan.num_epochs + 1):
+                started = time.perf_counter()
+                update_plan(run, state, epoch)  # a dynamic plan's hook (DDK); else nothing
+                train_epoch(run, state, epoch, bar)
+                if validation:
+                    metrics = validate_epoch(run, state, epoch, validation, validators)
+                    keep_if_best(run, state, epoch, metrics, tokenizer)
+                # Wall seconds of the finished epochs (updates, steps, validation; not the
+                # checkpoint writes): what a plan update's cost is a share of.
+                state["train_seconds"] = state.get("train_seconds", 0.0) + (
+                    time.perf_counter() - started
+                )
+                save_checkpoint(accelerator, output, state)
+            bar.close()
+            save_model(accelerator, run.student, output / "final", tokenizer)
+            if config.report_to != "none":
+                accelerator.end_training()
     finally:
         # prepare() wrapped the student's forward in the run's autocast; the caller's model
         # leaves as it came, also from a run that failed, so that what runs it next (an
@@ -476,6 +479,19 @@ def keep_if_best(
     if improves_on(state.get("best"), metric, metrics[metric]):
         state["best"] = {"epoch": epoch, "metric": metric, "value": metrics[metric]}
         save_model(run.accelerator, run.student, run.output / "best", tokenizer)
+
+
+def frozen_teacher_weights(teacher: TeacherSignalSource, accelerator: Accelerator) -> Any:
+    """A live teacher's Linear weights held in the run's autocast dtype while it trains (a
+    context manager; nothing for float32 runs or a cached teacher). Autocast re-casts a frozen
+    model's weights at every forward (it caches casts only for weights autograd records): for
+    SmolLM2 that is 134.5 M weights read and written per step. Every teacher forward of a run
+    (training, on-policy scoring, validation) is under the run's autocast, so the products are
+    the same bits (tests/test_trainer_precision.py)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
+    if dtype is None or not isinstance(teacher, LiveTeacher):
+        return nullcontext()
+    return weights_held_in(dtype, teacher.model)
 
 
 def build_accelerator(config: TrainConfig, output: Path) -> Accelerator:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,7 +70,12 @@ from spectrumkd.batching import left_pad, prompt_token_ids
 from spectrumkd.models.decode_workers import auto_workers, decode_in_workers
 from spectrumkd.models.kv_cache import merge_rows, mergeable, new_cache
 from spectrumkd.models.pairing import missing_token_ids
-from spectrumkd.models.precision import autocast, autocast_dtype, resolve_precision
+from spectrumkd.models.precision import (
+    autocast,
+    autocast_dtype,
+    resolve_precision,
+    weights_held_in,
+)
 
 
 def generate(
@@ -415,47 +420,11 @@ def _compute_in(precision: str, device: Any, model: torch.nn.Module) -> contextl
         hook = head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(),))
         stack.callback(hook.remove)
     if precision == "bf16":
-        stack.enter_context(_linear_weights_in(torch.bfloat16, model, every_parameter=True))
+        stack.enter_context(weights_held_in(torch.bfloat16, model, every_parameter=True))
     elif precision != "float32":
         stack.enter_context(autocast(precision, device))
-        stack.enter_context(_linear_weights_in(autocast_dtype(precision), model))
+        stack.enter_context(weights_held_in(autocast_dtype(precision), model))
     return stack
-
-
-@contextlib.contextmanager
-def _linear_weights_in(
-    dtype: torch.dtype | None, model: torch.nn.Module, every_parameter: bool = False
-) -> Iterator[None]:
-    """Every float32 ``nn.Linear`` weight and bias held in ``dtype`` for the duration (the
-    originals are put back after, untouched). Autocast casts them to ``dtype`` at each call
-    anyway, and it caches casts only when autograd records (not under ``inference_mode``): in a
-    decode loop that re-cast the whole model every step, 58% of a bf16 CPU decode step. The
-    products are the same bits; one cast per call instead of one per token. ``every_parameter``:
-    every float32 parameter of every module (embeddings and norms too), for a model run in
-    ``dtype`` without autocast. A parameter shared by two modules (tied embeddings) is cast once."""
-    if dtype is None:
-        yield
-        return
-    swapped: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
-    casts: dict[int, torch.nn.Parameter] = {}
-    try:
-        for module in model.modules():
-            if not (every_parameter or isinstance(module, torch.nn.Linear)):
-                continue
-            names = list(module._parameters) if every_parameter else ["weight", "bias"]
-            for name in names:
-                original = module._parameters.get(name)
-                if original is not None and original.dtype == torch.float32:
-                    if id(original) not in casts:
-                        casts[id(original)] = torch.nn.Parameter(
-                            original.detach().to(dtype), requires_grad=False
-                        )
-                    module._parameters[name] = casts[id(original)]
-                    swapped.append((module, name, original))
-        yield
-    finally:
-        for module, name, original in reversed(swapped):
-            module._parameters[name] = original
 
 
 def _forward_arguments(model: Any) -> dict[str, Any]:
