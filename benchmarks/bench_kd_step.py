@@ -95,7 +95,10 @@ ENGINES: dict[str, tuple[str, str, str, str]] = {
     # this benchmark applies by patching torch.optim.AdamW in its own process)
     "bf16+fused-adamw": ("ours", "bf16", "full", "live"),
     "bf16-cached+fused-adamw": ("ours", "bf16", "full", "cache"),
+    # the chunked engine at its chunk size before it became automatic (160 tokens here)
+    "bf16-chunked-1024": ("ours", "bf16", "chunked", "live"),
 }
+CHUNK_SIZES = {"bf16-chunked-1024": 1024}  # else 0: TrainConfig's automatic size
 DEFAULT_ENGINES = ("trl", "fp32", "bf16", "bf16-chunked", "bf16-cached")
 LABELS = {
     "trl": "TRL `GKDTrainer`, its defaults (bf16 autocast)",
@@ -107,6 +110,7 @@ LABELS = {
     "fp32-chunked": "spectrumkd `train()`, float32, chunked engine",
     "fp32-cached": "spectrumkd `train()`, float32, teacher cache",
     "bf16+fused-adamw": "spectrumkd `train()`, bf16, full logits, fused AdamW (trial)",
+    "bf16-chunked-1024": "spectrumkd `train()`, bf16, chunked engine, 1,024-token chunks",
     "bf16-cached+fused-adamw": "spectrumkd `train()`, bf16, teacher cache, fused AdamW (trial)",
 }
 
@@ -190,9 +194,15 @@ def _mixed_precision(precision: str) -> str:
     raise RuntimeError("TrainConfig takes neither float32 nor no for mixed_precision")
 
 
-def _our_config(args: argparse.Namespace, precision: str = "float32", loss_impl: str = "full"):
+def _our_config(
+    args: argparse.Namespace,
+    precision: str = "float32",
+    loss_impl: str = "full",
+    chunk_size: int = 0,
+):
     return TrainConfig(
         loss_impl=loss_impl,
+        chunk_size=chunk_size,
         objective="forward_kl",
         alpha=0.0,
         temperature=1.0,
@@ -366,7 +376,7 @@ def worker(engine: str, args: argparse.Namespace) -> None:
     if engine.endswith("+fused-adamw"):
         torch.optim.AdamW = _FusedAdamW  # this process only: train() looks it up when called
     if trainer == "ours":
-        config = _our_config(args, precision, loss_impl)
+        config = _our_config(args, precision, loss_impl, CHUNK_SIZES.get(engine, 0))
         _run_ours(student, source, examples, tokenizer.pad_token_id, config, recorder)
     else:
         ordered = _ordered_examples(examples, _our_config(args))

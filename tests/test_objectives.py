@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from spectrumkd.distillation import (
     OBJECTIVES,
+    TrainConfig,
     chunked_kd_loss,
     combine,
     get_objective,
@@ -501,3 +502,17 @@ def test_chunked_under_bf16_autocast_matches_float32(with_ce):
     for g_got, g_want in zip(got, want, strict=True):
         error = (g_got - g_want).norm() / g_want.norm()
         assert error < 3e-2, error
+
+
+def test_auto_chunk_size_keeps_a_chunks_float32_logits_in_a_heap_block():
+    from spectrumkd.distillation.chunked import HEAP_BLOCK_BYTES, auto_chunk_size
+
+    for vocab in (96, 32_000, 49_152, 151_936, 4_000_000):
+        rows = auto_chunk_size(vocab, "cpu")
+        assert rows >= 16 and rows % 16 == 0
+        if rows > 16:  # the floor of 16 rows wins only for giant vocabularies
+            assert rows * vocab * 4 <= HEAP_BLOCK_BYTES < (rows + 16) * vocab * 4
+    assert auto_chunk_size(49_152, "cpu") == 160  # SmolLM2
+    assert auto_chunk_size(49_152, "cuda") == 1024
+    with pytest.raises(ValueError, match="chunk_size=-1"):
+        TrainConfig(chunk_size=-1)

@@ -31,6 +31,31 @@ from spectrumkd.distillation.objectives import (
     scaled_log_probs,
 )
 
+# glibc's malloc serves blocks up to 32 MiB from its heap, where a freed block is reused; a
+# bigger one is mapped afresh and faulted in page by page (zeroed by the kernel) every time it
+# is allocated. Chunks whose [chunk, V] float32 tensors stay under it cost far less kernel time:
+# on the project's CPU, the engine's forward + backward over 1,700 tokens of a 49k vocabulary
+# took 8.2 s of wall time at 128 tokens a chunk against 15-16.6 s at 1,024 (benchmarks/README.md).
+HEAP_BLOCK_BYTES = 32 * 2**20
+GPU_CHUNK_SIZE = 1024
+
+
+def auto_chunk_size(vocab_size: int, device: torch.device | str) -> int:
+    """Tokens per chunk: on a CPU the most (a multiple of 16, at least 16) whose float32
+    [chunk, vocab_size] tensors fit a heap block of glibc; on a GPU (a caching allocator, no
+    page faults) 1,024."""
+    if torch.device(device).type != "cpu":
+        return GPU_CHUNK_SIZE
+    rows = HEAP_BLOCK_BYTES // (4 * vocab_size)
+    return max(16, rows // 16 * 16)
+
+
+def student_vocab_size(model: torch.nn.Module) -> int:
+    """Rows of ``model``'s output head (through DDP / compile wrappers)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return int(model.get_output_embeddings().weight.shape[0])
+
 
 @torch.no_grad()
 def _fold(grad_logits: Tensor, hidden: Tensor, weight: Tensor, acc_h, acc_w, rows) -> None:
@@ -71,6 +96,15 @@ class _ChunkedKD(torch.autograd.Function):
     ):
         device = student_hidden.device
         rows = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
+        # Under autocast each chunk's products would cast both [V, H] heads again (autocast
+        # caches no cast here: grad is off inside a Function's forward), three or four times a
+        # chunk, each a fresh [V, H] allocation; cast once instead. Autocast's casts are plain
+        # .to(dtype) roundings, so the products are the same bits.
+        student_weight_c, teacher_weight_c = student_weight, teacher_weight
+        if torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
+            student_weight_c = student_weight.detach().to(dtype)
+            teacher_weight_c = teacher_weight.detach().to(dtype)
 
         def zeros(like: Tensor, needed: bool) -> Tensor | None:
             return torch.zeros(like.shape, dtype=torch.float32, device=device) if needed else None
@@ -86,18 +120,18 @@ class _ChunkedKD(torch.autograd.Function):
         for start in range(0, rows.numel(), chunk_size):
             chunk = rows[start : start + chunk_size]
             hidden = student_hidden[chunk]
-            teacher_logp = scaled_log_probs(teacher_hidden[chunk] @ teacher_weight.T, temperature)
-            logits = (hidden @ student_weight.T).float()
+            teacher_logp = scaled_log_probs(teacher_hidden[chunk] @ teacher_weight_c.T, temperature)
+            logits = (hidden @ student_weight_c.T).float()
             with torch.enable_grad():
                 logits.requires_grad_(need_h or need_w)
                 kd = objective(scaled_log_probs(logits, temperature), teacher_logp).sum()
                 ce = F.cross_entropy(logits, labels[chunk], reduction="sum") if with_ce else None
                 if need_h or need_w:
                     (grad,) = torch.autograd.grad(kd, logits)
-                    _fold(grad, hidden, student_weight, kd_h, kd_w, chunk)
+                    _fold(grad, hidden, student_weight_c, kd_h, kd_w, chunk)
                     if ce is not None and ce_grad:
                         (grad,) = torch.autograd.grad(ce, logits)
-                        _fold(grad, hidden, student_weight, ce_h, ce_w, chunk)
+                        _fold(grad, hidden, student_weight_c, ce_h, ce_w, chunk)
             kd_sum += kd.detach()
             if ce is not None:
                 ce_sum += ce.detach()

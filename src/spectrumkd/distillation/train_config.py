@@ -111,7 +111,11 @@ class TrainConfig:
         },
     )
     chunk_size: int = field(
-        default=1024, metadata={"help": "tokens per chunk of loss_impl chunked"}
+        default=0,
+        metadata={
+            "help": "tokens per chunk of loss_impl chunked (0: automatic, on a CPU the most "
+            "whose float32 logits fit 32 MiB, on a GPU 1024)"
+        },
     )
     report_to: str = field(
         default="none", metadata={"help": "extra metric trackers: none, tensorboard, wandb, all"}
@@ -151,10 +155,10 @@ class TrainConfig:
                 f"mixed_precision={self.mixed_precision!r} is not one of "
                 f"{', '.join(MIXED_PRECISIONS)}"
             )
-        if self.save_every_steps < 0 or self.lora_rank < 0 or self.chunk_size < 1:
+        if self.save_every_steps < 0 or self.lora_rank < 0 or self.chunk_size < 0:
             raise ValueError(
-                f"save_every_steps={self.save_every_steps} and lora_rank={self.lora_rank} must "
-                f"be >= 0, chunk_size={self.chunk_size} >= 1"
+                f"save_every_steps={self.save_every_steps}, lora_rank={self.lora_rank} and "
+                f"chunk_size={self.chunk_size} must be >= 0"
             )
         if self.sampling_temperature <= 0:
             raise ValueError(f"sampling_temperature={self.sampling_temperature} must be > 0")

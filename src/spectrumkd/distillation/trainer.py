@@ -60,6 +60,7 @@ from spectrumkd.distillation.checkpoints import (
     save_checkpoint,
     save_model,
 )
+from spectrumkd.distillation.chunked import auto_chunk_size, student_vocab_size
 from spectrumkd.distillation.dynamic import restore_plan, update_plan
 from spectrumkd.distillation.objectives import Objective, get_objective
 from spectrumkd.distillation.on_policy import sampling_vocabulary
@@ -261,7 +262,11 @@ def set_up_run(
         total_steps=scheduler.total_steps,
         pad_token_id=pad_token_id,
         on_policy=on_policy,
-        chunk_size=config.chunk_size if config.loss_impl == "chunked" else None,
+        chunk_size=(
+            (config.chunk_size or auto_chunk_size(student_vocab_size(student), accelerator.device))
+            if config.loss_impl == "chunked"
+            else None
+        ),
     )
 
 
