@@ -222,9 +222,13 @@ class RecordingTeacher(LiveTeacher):
         super().__init__(model)
         self.seen: list[str] = []
 
-    def logits(self, batch):
+    def logits(self, batch):  # loss_impl full
         self.seen.extend(batch["ids"])
         return super().logits(batch)
+
+    def hidden_states(self, batch):  # the chunked engine (loss_impl auto with a live teacher)
+        self.seen.extend(batch["ids"])
+        return super().hidden_states(batch)
 
 
 def metric_rows(folder) -> list[dict]:

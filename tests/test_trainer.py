@@ -128,11 +128,18 @@ class KilledTeacher(LiveTeacher):
         super().__init__(model)
         self.calls, self.die_at = 0, die_at
 
-    def logits(self, batch):
+    def _call(self) -> None:
         self.calls += 1
         if self.calls == self.die_at:
             raise KeyboardInterrupt("killed")
+
+    def logits(self, batch):  # full logits (validation; loss_impl full)
+        self._call()
         return super().logits(batch)
+
+    def hidden_states(self, batch):  # the chunked engine (loss_impl auto with a live teacher)
+        self._call()
+        return super().hidden_states(batch)
 
 
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):

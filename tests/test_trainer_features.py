@@ -121,10 +121,17 @@ def test_on_policy_gkd_trains_and_the_teacher_scores_student_samples(tmp_path):
     seen: list[tuple[int, ...]] = []
 
     class RecordingTeacher(LiveTeacher):
-        def logits(self, batch):
+        def record(self, batch) -> None:
             for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
                 seen.append(tuple(row[mask.bool()].tolist()))
+
+        def logits(self, batch):  # loss_impl full
+            self.record(batch)
             return super().logits(batch)
+
+        def hidden_states(self, batch):  # the chunked engine (loss_impl auto here)
+            self.record(batch)
+            return super().hidden_states(batch)
 
     config = TrainConfig(
         objective="jsd", on_policy_fraction=0.5, epochs=1, batch_size=4, max_new_tokens=4
@@ -358,3 +365,28 @@ def test_the_ce_over_response_rows_is_the_ce_over_every_position():
             logits.logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:], reduction="sum"
         )
     torch.testing.assert_close(ce.detach(), reference, rtol=1e-6, atol=1e-5)
+
+
+def test_loss_impl_auto_takes_the_chunked_engine_only_where_it_applies():
+    from spectrumkd.distillation.steps import resolve_loss_impl
+
+    student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    live = LiveTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1))
+    assert TrainConfig().loss_impl == "auto"
+    assert resolve_loss_impl(TrainConfig(), student, live) == "chunked"
+    for explicit in ("full", "chunked"):
+        assert resolve_loss_impl(TrainConfig(loss_impl=explicit), student, live) == explicit
+
+    class Cache:  # any signal without hidden states (an offline cache)
+        def logits(self, batch):
+            raise AssertionError("not called")
+
+    assert resolve_loss_impl(TrainConfig(), student, Cache()) == "full"
+    # The engine would take the CE of the student's own samples.
+    on_policy = TrainConfig(on_policy_fraction=0.5, alpha=0.3)
+    assert resolve_loss_impl(on_policy, student, live) == "full"
+    assert resolve_loss_impl(TrainConfig(on_policy_fraction=0.5), student, live) == "chunked"
+    biased = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    biased.lm_head = torch.nn.Linear(biased.lm_head.in_features, VOCAB, bias=True)
+    assert resolve_loss_impl(TrainConfig(), biased, live) == "full"
+    assert resolve_loss_impl(TrainConfig(), student, live, sharded=True) == "full"  # FSDP

@@ -29,9 +29,13 @@ class CountingTeacher(LiveTeacher):
         super().__init__(model)
         self.calls = 0
 
-    def logits(self, batch):
+    def logits(self, batch):  # loss_impl full
         self.calls += 1
         return super().logits(batch)
+
+    def hidden_states(self, batch):  # the chunked engine (loss_impl auto with a live teacher)
+        self.calls += 1
+        return super().hidden_states(batch)
 
 
 def run(folder: Path, config: TrainConfig, teacher=None, **options) -> tuple[dict, torch.nn.Module]:

@@ -50,11 +50,16 @@ def auto_chunk_size(vocab_size: int, device: torch.device | str) -> int:
     return max(16, rows // 16 * 16)
 
 
-def student_vocab_size(model: torch.nn.Module) -> int:
-    """Rows of ``model``'s output head (through DDP / compile wrappers)."""
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` inside its DDP / compile wrappers."""
     while hasattr(model, "module"):
         model = model.module
-    return int(model.get_output_embeddings().weight.shape[0])
+    return model
+
+
+def student_vocab_size(model: torch.nn.Module) -> int:
+    """Rows of ``model``'s output head (through DDP / compile wrappers)."""
+    return int(unwrapped(model).get_output_embeddings().weight.shape[0])
 
 
 @torch.no_grad()

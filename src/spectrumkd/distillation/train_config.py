@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from spectrumkd.distillation.objectives import get_objective
 
-LOSS_IMPLS = ("full", "chunked")
+LOSS_IMPLS = ("auto", "full", "chunked")
 TRACKERS = ("none", "tensorboard", "wandb", "all")
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
@@ -104,10 +104,12 @@ class TrainConfig:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
     loss_impl: str = field(
-        default="full",
+        default="auto",
         metadata={
-            "help": "full (both models' logits) or chunked (fused head + loss over token "
-            "chunks: never holds batch x length x vocab logits; needs a live teacher)"
+            "help": "full (both models' logits), chunked (fused head + loss over token "
+            "chunks: never holds batch x length x vocab logits; needs a live teacher) or auto "
+            "(chunked where it applies: a live teacher, bias-free heads, no CE of on-policy "
+            "samples; else full)"
         },
     )
     chunk_size: int = field(

@@ -66,7 +66,12 @@ from spectrumkd.distillation.objectives import Objective, get_objective
 from spectrumkd.distillation.on_policy import sampling_vocabulary
 from spectrumkd.distillation.signals import LiveTeacher, TeacherSignalSource
 from spectrumkd.distillation.stages import StagedScheduler, epoch_optimizer_steps, restart_optimizer
-from spectrumkd.distillation.steps import OnPolicy, accumulate_gradients, collate_with_ids
+from spectrumkd.distillation.steps import (
+    OnPolicy,
+    accumulate_gradients,
+    collate_with_ids,
+    resolve_loss_impl,
+)
 from spectrumkd.distillation.train_config import TrainConfig
 from spectrumkd.distillation.validation import (
     EVAL_TEMPERATURE,
@@ -247,6 +252,11 @@ def set_up_run(
     # and this loop counts optimiser steps itself (registered so checkpoints still hold it).
     student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
+    chunk_size = None  # full logits
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if resolve_loss_impl(config, student, teacher, sharded=sharded) == "chunked":
+        vocab = student_vocab_size(student)
+        chunk_size = config.chunk_size or auto_chunk_size(vocab, accelerator.device)
     return PreparedRun(
         accelerator=accelerator,
         config=config,
@@ -262,11 +272,7 @@ def set_up_run(
         total_steps=scheduler.total_steps,
         pad_token_id=pad_token_id,
         on_policy=on_policy,
-        chunk_size=(
-            (config.chunk_size or auto_chunk_size(student_vocab_size(student), accelerator.device))
-            if config.loss_impl == "chunked"
-            else None
-        ),
+        chunk_size=chunk_size,
     )
 
 
