@@ -270,3 +270,24 @@ def test_a_checkpoint_written_before_plans_had_a_digest_still_resumes(tmp_path):
     saved.write_text(json.dumps(values))
     again, _ = run(tmp_path, CONFIG)
     assert again["step"] == state["step"]
+
+
+def test_a_checkpoint_resumes_across_loss_impl_defaults_that_leave_its_loss_as_it_was(tmp_path):
+    """loss_impl and chunk_size count by the loss path they resolve to: a checkpoint of the
+    full-logits path written before ``auto`` and the automatic chunk size existed (its state
+    without ``loss_path``, loss_impl full, chunk_size 1024) continues under loss_impl full at
+    any chunk size, and is refused in one line under ``auto``, which chunks with a live teacher."""
+    config = TrainConfig(epochs=1, batch_size=4, loss_impl="full")
+    finished, student = run(tmp_path, config)
+    state_file = tmp_path / "checkpoint" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["loss_path"] is None
+    del state["loss_path"]
+    state["config"].update(loss_impl="full", chunk_size=1024)
+    state_file.write_text(json.dumps(state))
+
+    again, resumed = run(tmp_path, TrainConfig(epochs=1, batch_size=4, loss_impl="full"))
+    assert again["step"] == finished["step"]  # nothing trained again
+    assert_same_weights(resumed, student)
+    with pytest.raises(ValueError, match="full logits in the checkpoint, chunks of .* now"):
+        run(tmp_path, TrainConfig(epochs=1, batch_size=4))

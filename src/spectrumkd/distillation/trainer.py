@@ -325,6 +325,7 @@ def resume_state(run: PreparedRun) -> dict[str, Any]:
         "strategy": run.plan.strategy,
         "plan": run.plan.digest(),
         "val_kd_temperature": EVAL_TEMPERATURE,
+        "loss_path": run.chunk_size,
     }
     if (output / CHECKPOINT / STATE_FILE).exists():
         state = _load_checkpoint(run, state)
@@ -334,12 +335,37 @@ def resume_state(run: PreparedRun) -> dict[str, Any]:
     return state
 
 
+def _loss_path(config: dict[str, Any]) -> int | None:
+    """The chunk size of a checkpoint's run (None: full logits), for checkpoints written before
+    the state recorded it (loss_impl was then full or chunked, chunk_size 1,024 by default)."""
+    if config.get("loss_impl", "full") != "chunked":
+        return None
+    return int(config.get("chunk_size", 1024))
+
+
+def _path_text(chunk_size: int | None) -> str:
+    return "full logits" if chunk_size is None else f"chunks of {chunk_size} tokens"
+
+
 def _load_checkpoint(run: PreparedRun, fresh: dict[str, Any]) -> dict[str, Any]:
     """The state of the run's checkpoint, refused when it was written by a run of another
     configuration or strategy (continuing it would mix two runs)."""
     accelerator, output = run.accelerator, run.output
     saved = json.loads((output / CHECKPOINT / STATE_FILE).read_text())
-    changed = [k for k in fresh["config"] if saved["config"].get(k) != fresh["config"][k]]
+    # loss_impl and chunk_size count by the path they resolve to (auto: chunked or full logits;
+    # a chunk size only with chunks), so that a run continues across a change of their defaults
+    # that leaves its loss as it was.
+    changed = [
+        k
+        for k in fresh["config"]
+        if k not in ("loss_impl", "chunk_size") and saved["config"].get(k) != fresh["config"][k]
+    ]
+    saved_path = saved.get("loss_path", _loss_path(saved["config"]))
+    if saved_path != fresh["loss_path"]:
+        changed.append(
+            f"loss_impl: {_path_text(saved_path)} in the checkpoint, "
+            f"{_path_text(fresh['loss_path'])} now"
+        )
     if saved["strategy"] != fresh["strategy"]:
         changed.append("strategy")
     elif saved.get("plan", fresh["plan"]) != fresh["plan"]:  # older checkpoints have no digest
@@ -350,6 +376,7 @@ def _load_checkpoint(run: PreparedRun, fresh: dict[str, Any]) -> dict[str, Any]:
             "use another output_dir, or delete that one to start over"
         )
     state = {"step_in_epoch": 0, "stage": 1, **saved, "plan": fresh["plan"]}
+    state["config"], state["loss_path"] = fresh["config"], fresh["loss_path"]
     # The checkpoint holds the schedule of the span its last step trained in: that span's
     # schedule is built first, so that its state loads into the right one.
     last_trained = state["epoch"] + 1 if state["step_in_epoch"] else state["epoch"]
