@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "spectrumkd": 0,  # the package's own __init__ (its version)
     "spectrumkd.io": 0,
     "spectrumkd.batching": 0,
+    "spectrumkd.host_memory": 0,
     "spectrumkd.data": 1,
     "spectrumkd.models": 2,
     "spectrumkd.scoring": 3,

@@ -55,6 +55,7 @@ from spectrumkd.distillation.tail import (
     interpolate_tail,
     tail_log_partitions,
 )
+from spectrumkd.host_memory import release_freed_memory
 from spectrumkd.io import atomic_write_bytes, write_json
 from spectrumkd.models.precision import autocast, resolve_precision
 from spectrumkd.scoring.scorer import (
@@ -246,6 +247,7 @@ def build_teacher_cache(
         write_json(folder / INDEX, index)  # last: its presence marks a finished cache
     if world > 1:
         torch.distributed.barrier()
+    release_freed_memory()  # the build's buffers, before the training that usually follows
     return folder
 
 

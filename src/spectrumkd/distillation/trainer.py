@@ -80,6 +80,7 @@ from spectrumkd.distillation.validation import (
     improves_on,
     run_validators,
 )
+from spectrumkd.host_memory import release_freed_memory
 from spectrumkd.integrations.sampler import CurriculumSampler
 from spectrumkd.models.precision import accelerate_mixed_precision, weights_held_in
 
@@ -194,6 +195,7 @@ def train(
                     time.perf_counter() - started
                 )
                 save_checkpoint(accelerator, output, state)
+                release_freed_memory()  # glibc keeps a step's freed blocks (host_memory says)
             bar.close()
             save_model(accelerator, run.student, output / "final", tokenizer)
             if config.report_to != "none":
