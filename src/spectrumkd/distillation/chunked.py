@@ -35,7 +35,8 @@ from spectrumkd.distillation.objectives import (
 # bigger one is mapped afresh and faulted in page by page (zeroed by the kernel) every time it
 # is allocated. Chunks whose [chunk, V] float32 tensors stay under it cost far less kernel time:
 # on the project's CPU, the engine's forward + backward over 1,700 tokens of a 49k vocabulary
-# took 8.2 s of wall time at 128 tokens a chunk against 15-16.6 s at 1,024 (benchmarks/README.md).
+# faulted in 1.0 M pages at 128 tokens a chunk against 2.2-2.35 M at 1,024, with 2.5 s of kernel
+# time against 5.5 (benchmarks/bench_chunk_faults.py, benchmarks/README.md).
 HEAP_BLOCK_BYTES = 32 * 2**20
 GPU_CHUNK_SIZE = 1024
 
@@ -48,18 +49,6 @@ def auto_chunk_size(vocab_size: int, device: torch.device | str) -> int:
         return GPU_CHUNK_SIZE
     rows = HEAP_BLOCK_BYTES // (4 * vocab_size)
     return max(16, rows // 16 * 16)
-
-
-def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` inside its DDP / compile wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-def student_vocab_size(model: torch.nn.Module) -> int:
-    """Rows of ``model``'s output head (through DDP / compile wrappers)."""
-    return int(unwrapped(model).get_output_embeddings().weight.shape[0])
 
 
 @torch.no_grad()

@@ -63,13 +63,18 @@ class LiveTeacher:
         return logits.clone()
 
 
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` inside its DDP / compile wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 def head_inputs(model: torch.nn.Module, **inputs) -> tuple[torch.Tensor, torch.nn.Module]:
     """(what the output head receives: the final hidden states [B, T, H], the head) of a forward
     of ``model`` (or of a DDP / compile wrapper around it) on ``inputs``. The head projects zero
     positions, so no [B, T, V] logits are made; it must be bias-free (Llama, Qwen, GPT-2)."""
-    inner = model
-    while hasattr(inner, "module"):  # the wrapper's forward still runs the hook set inside
-        inner = inner.module
+    inner = unwrapped(model)  # the wrapper's forward still runs the hook set inside
     head = inner.get_output_embeddings()
     if head is None or getattr(head, "bias", None) is not None:
         raise ValueError(

@@ -19,10 +19,15 @@ from accelerate import Accelerator
 
 from spectrumkd.batching import IGNORE_INDEX, collate
 from spectrumkd.data.tokenize import TokenizedExample
-from spectrumkd.distillation.chunked import chunked_kd_loss, unwrapped
+from spectrumkd.distillation.chunked import chunked_kd_loss
 from spectrumkd.distillation.objectives import kd_loss, topk_kd_loss
 from spectrumkd.distillation.on_policy import with_student_responses
-from spectrumkd.distillation.signals import LiveTeacher, TeacherSignalSource, head_inputs
+from spectrumkd.distillation.signals import (
+    LiveTeacher,
+    TeacherSignalSource,
+    head_inputs,
+    unwrapped,
+)
 from spectrumkd.distillation.train_config import TrainConfig
 from spectrumkd.models.pairing import VocabAlignment
 

@@ -60,11 +60,11 @@ from spectrumkd.distillation.checkpoints import (
     save_checkpoint,
     save_model,
 )
-from spectrumkd.distillation.chunked import auto_chunk_size, student_vocab_size
+from spectrumkd.distillation.chunked import auto_chunk_size
 from spectrumkd.distillation.dynamic import restore_plan, update_plan
 from spectrumkd.distillation.objectives import Objective, get_objective
 from spectrumkd.distillation.on_policy import sampling_vocabulary
-from spectrumkd.distillation.signals import LiveTeacher, TeacherSignalSource
+from spectrumkd.distillation.signals import LiveTeacher, TeacherSignalSource, unwrapped
 from spectrumkd.distillation.stages import StagedScheduler, epoch_optimizer_steps, restart_optimizer
 from spectrumkd.distillation.steps import (
     OnPolicy,
@@ -257,7 +257,7 @@ def set_up_run(
     chunk_size = None  # full logits
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if resolve_loss_impl(config, student, teacher, sharded=sharded) == "chunked":
-        vocab = student_vocab_size(student)
+        vocab = unwrapped(student).get_output_embeddings().weight.shape[0]
         chunk_size = config.chunk_size or auto_chunk_size(vocab, accelerator.device)
     return PreparedRun(
         accelerator=accelerator,
