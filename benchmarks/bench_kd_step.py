@@ -88,6 +88,9 @@ ENGINES: dict[str, tuple[str, str, str, str]] = {
     "bf16": ("ours", "bf16", "full", "live"),
     "bf16-chunked": ("ours", "bf16", "chunked", "live"),
     "bf16-cached": ("ours", "bf16", "full", "cache"),
+    # the cache through the chunked engine (chunked_topk_kd_loss): loss_impl auto's choice since
+    # it reads a cache
+    "bf16-cached-chunked": ("ours", "bf16", "chunked", "cache"),
     "trl-fp32": ("trl", "float32", "full", "live"),
     "fp32-chunked": ("ours", "float32", "chunked", "live"),
     "fp32-cached": ("ours", "float32", "full", "cache"),
@@ -106,7 +109,8 @@ LABELS = {
     "fp32": "spectrumkd `train()`, float32, full logits",
     "bf16": "spectrumkd `train()`, bf16, full logits",
     "bf16-chunked": "spectrumkd `train()`, bf16, chunked engine",
-    "bf16-cached": "spectrumkd `train()`, bf16, teacher cache",
+    "bf16-cached": "spectrumkd `train()`, bf16, teacher cache, full logits",
+    "bf16-cached-chunked": "spectrumkd `train()`, bf16, teacher cache, chunked engine",
     "fp32-chunked": "spectrumkd `train()`, float32, chunked engine",
     "fp32-cached": "spectrumkd `train()`, float32, teacher cache",
     "bf16+fused-adamw": "spectrumkd `train()`, bf16, full logits, fused AdamW (trial)",

@@ -516,3 +516,50 @@ def test_auto_chunk_size_keeps_a_chunks_float32_logits_in_a_heap_block():
     assert auto_chunk_size(49_152, "cuda") == 1024
     with pytest.raises(ValueError, match="chunk_size=-1"):
         TrainConfig(chunk_size=-1)
+
+
+def _topk_setup(seed=43, n=N, k=5):
+    """A truncated teacher at the unmasked rows: k distinct ids per row, their raw logits and
+    the log-partition of the rest (what CachedTeacher.top_k returns)."""
+    hidden, weight, _, _, labels = _hidden_setup(seed, n)
+    g = torch.Generator().manual_seed(seed + 1)
+    rows = int((labels != -100).sum())
+    indices = torch.stack([torch.randperm(V, generator=g)[:k] for _ in range(rows)])
+    values = torch.randn(rows, k, generator=g) * 2
+    tail = torch.randn(rows, generator=g) - 1.0
+    return hidden, weight, labels, values, indices, tail
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 1024])
+@pytest.mark.parametrize("name", NAMES)
+def test_chunked_topk_matches_topk_kd_loss_on_full_logits(name, chunk_size):
+    from spectrumkd.distillation.chunked import chunked_topk_kd_loss
+    from spectrumkd.distillation.objectives import topk_kd_loss
+
+    hidden, weight, labels, values, indices, tail = _topk_setup()
+    tau, alpha = 2.0, 0.3
+    # the tail at tau 2 from a tail at tau 1 would need the rest's logits: any finite value is a
+    # valid truncated teacher for the comparison
+    kd_full, n_full = topk_kd_loss(hidden @ weight.T, labels, values, indices, tail, name, tau)
+    ce_full = reference_ce(hidden @ weight.T, labels)
+    grads_full = torch.autograd.grad(combine(ce_full, kd_full, n_full, alpha, tau), (hidden, weight))
+
+    kd, ce, n = chunked_topk_kd_loss(
+        hidden, weight, labels, values, indices, tail, name, tau, chunk_size
+    )
+    grads = torch.autograd.grad(combine(ce, kd, n, alpha, tau), (hidden, weight))
+    assert n == n_full
+    torch.testing.assert_close(kd, kd_full.detach(), atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(ce, ce_full.detach(), atol=ATOL, rtol=ATOL)
+    for got, want in zip(grads, grads_full, strict=True):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=ATOL)
+
+
+def test_chunked_topk_refuses_a_signal_of_other_rows():
+    from spectrumkd.distillation.chunked import chunked_topk_kd_loss
+
+    hidden, weight, labels, values, indices, tail = _topk_setup()
+    with pytest.raises(ValueError, match="one row per label"):
+        chunked_topk_kd_loss(hidden, weight, labels, values[1:], indices[1:], tail[1:], "jsd")
+    with pytest.raises(ValueError, match="teacher_tail"):
+        chunked_topk_kd_loss(hidden, weight, labels, values, indices, tail[1:], "jsd")

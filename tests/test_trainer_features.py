@@ -334,6 +334,35 @@ def test_a_cached_teacher_step_reads_the_top_k_and_equals_the_dense_step(tmp_pat
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd"])
+def test_a_cached_teacher_step_through_the_chunked_engine_equals_the_top_k_step(tmp_path, name):
+    """loss_impl chunked (what auto takes) with a cached teacher: the student's logits chunk by
+    chunk against the cache's top k and tail, the same losses and gradients as the top-k step
+    over full logits, to float rounding."""
+    from spectrumkd.distillation.teacher_cache import CachedTeacher, build_teacher_cache
+    from spectrumkd.scoring import ScoringSettings
+
+    examples = make_examples(6)
+    teacher = build_tiny_llama(VOCAB, num_layers=2, seed=1)
+    folder = build_teacher_cache(
+        teacher, examples, tmp_path, k=8, settings=ScoringSettings(precision="float32")
+    )
+    cached = CachedTeacher(folder, VOCAB)
+    batch = collate_with_ids(examples, 0)
+    objective = get_objective(name)
+    results = []
+    for chunk_size in (None, 16):
+        student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+        ce, kd = step_losses(student, cached, batch, objective, 1.5, chunk_size=chunk_size)
+        (0.3 * ce + 0.7 * kd).backward()
+        results.append((ce, kd, grads(student)))
+    (ce_full, kd_full, grads_full), (ce, kd, grads_chunked) = results
+    torch.testing.assert_close(kd, kd_full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ce, ce_full, rtol=1e-6, atol=1e-5)
+    for a, b in zip(grads_chunked, grads_full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("chunk_size", [None, 16])
 def test_with_alpha_zero_the_ce_is_logged_but_left_out_of_the_graph(chunk_size):
     teacher = LiveTeacher(build_tiny_llama(VOCAB, num_layers=2, seed=1))
@@ -377,11 +406,24 @@ def test_loss_impl_auto_takes_the_chunked_engine_only_where_it_applies():
     for explicit in ("full", "chunked"):
         assert resolve_loss_impl(TrainConfig(loss_impl=explicit), student, live) == explicit
 
-    class Cache:  # any signal without hidden states (an offline cache)
+    class Signal:  # a signal of dense logits alone: neither hidden states nor a top k
         def logits(self, batch):
             raise AssertionError("not called")
 
-    assert resolve_loss_impl(TrainConfig(), student, Cache()) == "full"
+    assert resolve_loss_impl(TrainConfig(), student, Signal()) == "full"
+
+    class Cache(Signal):  # a teacher cache, read as its top k and tail
+        vocab_size = VOCAB
+
+        def __init__(self, width: int) -> None:
+            self.teacher_vocab_size = width
+
+        def top_k(self, batch, temperature):
+            raise AssertionError("not called")
+
+    assert resolve_loss_impl(TrainConfig(), student, Cache(VOCAB)) == "chunked"
+    # a cache wider than the student's vocabulary is read densely (its extra ids dropped)
+    assert resolve_loss_impl(TrainConfig(), student, Cache(VOCAB + 8)) == "full"
     # The engine would take the CE of the student's own samples.
     on_policy = TrainConfig(on_policy_fraction=0.5, alpha=0.3)
     assert resolve_loss_impl(on_policy, student, live) == "full"

@@ -276,7 +276,8 @@ def test_a_checkpoint_resumes_across_loss_impl_defaults_that_leave_its_loss_as_i
     """loss_impl and chunk_size count by the loss path they resolve to: a checkpoint of the
     full-logits path written before ``auto`` and the automatic chunk size existed (its state
     without ``loss_path``, loss_impl full, chunk_size 1024) continues under loss_impl full at
-    any chunk size, and is refused in one line under ``auto``, which chunks with a live teacher."""
+    any chunk size and under ``auto`` (which would chunk with a live teacher: it keeps the run on
+    the path it started on), and is refused in one line under an explicit ``chunked``."""
     config = TrainConfig(epochs=1, batch_size=4, loss_impl="full")
     finished, student = run(tmp_path, config)
     state_file = tmp_path / "checkpoint" / "trainer_state.json"
@@ -289,5 +290,41 @@ def test_a_checkpoint_resumes_across_loss_impl_defaults_that_leave_its_loss_as_i
     again, resumed = run(tmp_path, TrainConfig(epochs=1, batch_size=4, loss_impl="full"))
     assert again["step"] == finished["step"]  # nothing trained again
     assert_same_weights(resumed, student)
-    with pytest.raises(ValueError, match="full logits in the checkpoint, chunks of .* now"):
-        run(tmp_path, TrainConfig(epochs=1, batch_size=4))
+    kept, resumed = run(tmp_path, TrainConfig(epochs=1, batch_size=4))
+    assert kept["step"] == finished["step"] and kept["loss_path"] is None
+    assert_same_weights(resumed, student)
+    with pytest.raises(ValueError, match="full logits in the checkpoint, chunks of 16 tokens now"):
+        run(tmp_path, TrainConfig(epochs=1, batch_size=4, loss_impl="chunked", chunk_size=16))
+
+
+def test_a_finished_runs_checkpoint_keeps_no_optimiser_moments_and_still_resumes(tmp_path):
+    """The last checkpoint of a finished run drops AdamW's moments (the run steps no more); a
+    rerun loads it, trains nothing and hands back the trained student."""
+    config = TrainConfig(epochs=2, batch_size=4, learning_rate=1e-3, seed=5)
+    folder = tmp_path / "run"
+    killed = KilledTeacher(teacher_model(), die_at=5)  # in epoch 2 (3 steps an epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(folder, config, teacher=killed)
+    moments = torch.load(folder / "checkpoint" / "optimizer.bin", weights_only=False)["state"]
+    assert moments and all("exp_avg" in entry for entry in moments.values())  # mid-run: kept
+    state, trained = run(folder, config)
+    assert state["epoch"] == 2
+    finished = torch.load(folder / "checkpoint" / "optimizer.bin", weights_only=False)
+    assert finished["state"] == {} and finished["param_groups"]  # the groups load as before
+    counting = CountingTeacher(teacher_model())
+    again, reloaded = run(folder, config, teacher=counting)
+    assert counting.calls == 0 and again["step"] == state["step"]
+    assert_same_weights(trained, reloaded)
+
+
+def test_a_run_resumed_under_auto_trains_on_the_loss_path_it_started_on(tmp_path):
+    """A run checkpointed on full logits and resumed under ``auto`` (which now chunks with a
+    live teacher) finishes on full logits: the weights of an uninterrupted full-logits run."""
+    full = TrainConfig(epochs=2, batch_size=4, learning_rate=1e-3, seed=5, loss_impl="full")
+    _, uninterrupted = run(tmp_path / "whole", full)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed", full, teacher=KilledTeacher(teacher_model(), die_at=5))
+    auto = TrainConfig(epochs=2, batch_size=4, learning_rate=1e-3, seed=5)
+    state, resumed = run(tmp_path / "resumed", auto)
+    assert state["loss_path"] is None
+    assert_same_weights(resumed, uninterrupted)

@@ -3,7 +3,8 @@
 The full-logits path holds [N, V] logits of both models plus the objective's [N, V]
 intermediates saved for backward; at V = 152k and a few thousand tokens that dominates memory.
 Here one ``torch.autograd.Function`` loops over chunks of the *unmasked* tokens: for each chunk
-it computes both models' logits, the per-token divergence and (optionally) the student's
+it computes both models' logits (or, for a cached teacher, reads its top k and tail bucket:
+:func:`chunked_topk_kd_loss`), the per-token divergence and (optionally) the student's
 cross-entropy, and the gradients of those sums w.r.t. the chunk's logits, which it immediately
 folds into gradients w.r.t. ``student_hidden`` and ``student_head_weight``. Nothing of size
 [N, V] outlives its chunk, and nothing of size [*, V] is kept for backward; backward only scales
@@ -29,6 +30,7 @@ from spectrumkd.distillation.objectives import (
     check_temperature,
     check_vocab,
     scaled_log_probs,
+    topk_buckets,
 )
 
 # glibc's malloc serves blocks up to 32 MiB from its heap, where a freed block is reused; a
@@ -71,34 +73,57 @@ def _fold(grad_logits: Tensor, hidden: Tensor, weight: Tensor, acc_h, acc_w, row
         acc_w.addmm_(grad_logits.T, hidden.float())
 
 
+class _DenseTeacher:
+    """A chunk's KD sum against a live teacher: its logits from its hidden states and head."""
+
+    def __init__(self, hidden: Tensor, weight: Tensor, objective: Objective, temperature: float):
+        self.hidden, self.weight = hidden, weight
+        self.objective, self.temperature = objective, temperature
+
+    def __call__(self, logits: Tensor, chunk: Tensor, start: int) -> Tensor:
+        teacher_logp = scaled_log_probs(self.hidden[chunk] @ self.weight.T, self.temperature)
+        return self.objective(scaled_log_probs(logits, self.temperature), teacher_logp).sum()
+
+
+class _TopKTeacher:
+    """A chunk's KD sum against a truncated (cached) teacher: its top k and tail bucket, given
+    in the order of the unmasked rows, so a chunk is the slice of rows it starts at."""
+
+    def __init__(self, values, indices, tail, objective: Objective, temperature: float):
+        self.values, self.indices, self.tail = values, indices, tail
+        self.objective, self.temperature = objective, temperature
+
+    def __call__(self, logits: Tensor, chunk: Tensor, start: int) -> Tensor:
+        part = slice(start, start + chunk.numel())
+        student, teacher = topk_buckets(
+            scaled_log_probs(logits, self.temperature),
+            self.values[part],
+            self.indices[part],
+            self.tail[part],
+            self.temperature,
+        )
+        return self.objective(student, teacher).sum()
+
+
 class _ChunkedKD(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx,
         student_hidden: Tensor,
         student_weight: Tensor,
-        teacher_hidden: Tensor,
-        teacher_weight: Tensor,
         labels: Tensor,
-        objective: Objective,
-        temperature: float,
+        teacher_chunk,
         chunk_size: int,
         with_ce: bool,
         ce_grad: bool,
         need_h: bool,
         need_w: bool,
     ):
+        """``teacher_chunk(logits, chunk, start)``: the KD sum of a chunk's rows (positions
+        ``chunk``, the ``start``-th unmasked row first) from the student's float32 logits."""
         device = student_hidden.device
         rows = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
-        # Under autocast each chunk's products would cast both [V, H] heads again (autocast
-        # caches no cast here: grad is off inside a Function's forward), three or four times a
-        # chunk, each a fresh [V, H] allocation; cast once instead. Autocast's casts are plain
-        # .to(dtype) roundings, so the products are the same bits.
-        student_weight_c, teacher_weight_c = student_weight, teacher_weight
-        if torch.is_autocast_enabled(device.type):
-            dtype = torch.get_autocast_dtype(device.type)
-            student_weight_c = student_weight.detach().to(dtype)
-            teacher_weight_c = teacher_weight.detach().to(dtype)
+        student_weight_c = _autocast_weight(student_weight)
 
         def zeros(like: Tensor, needed: bool) -> Tensor | None:
             return torch.zeros(like.shape, dtype=torch.float32, device=device) if needed else None
@@ -114,11 +139,10 @@ class _ChunkedKD(torch.autograd.Function):
         for start in range(0, rows.numel(), chunk_size):
             chunk = rows[start : start + chunk_size]
             hidden = student_hidden[chunk]
-            teacher_logp = scaled_log_probs(teacher_hidden[chunk] @ teacher_weight_c.T, temperature)
             logits = (hidden @ student_weight_c.T).float()
             with torch.enable_grad():
                 logits.requires_grad_(need_h or need_w)
-                kd = objective(scaled_log_probs(logits, temperature), teacher_logp).sum()
+                kd = teacher_chunk(logits, chunk, start)
                 ce = F.cross_entropy(logits, labels[chunk], reduction="sum") if with_ce else None
                 if need_h or need_w:
                     (grad,) = torch.autograd.grad(kd, logits)
@@ -154,7 +178,7 @@ class _ChunkedKD(torch.autograd.Function):
         return (
             scaled(kd_h, ce_h, h_dtype),
             scaled(kd_w, ce_w, w_dtype),
-            *([None] * 10),
+            *([None] * 7),
         )
 
 
@@ -187,35 +211,105 @@ def chunked_kd_loss(
     objective = as_objective(objective)
     check_vocab(student_head_weight.shape[0], teacher_head_weight.shape[0])
     check_temperature(temperature)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} must be >= 1")
-    if student_hidden.shape[-1] != student_head_weight.shape[1]:
-        raise ValueError(
-            f"student hidden size {student_hidden.shape[-1]} != head input size "
-            f"{student_head_weight.shape[1]}"
-        )
+    _check_student(student_hidden, student_head_weight, labels, chunk_size)
     if teacher_hidden.shape[-1] != teacher_head_weight.shape[1]:
         raise ValueError(
             f"teacher hidden size {teacher_hidden.shape[-1]} != head input size "
             f"{teacher_head_weight.shape[1]}"
         )
-    if student_hidden.shape[:-1] != labels.shape or teacher_hidden.shape[:-1] != labels.shape:
+    if teacher_hidden.shape[:-1] != labels.shape:
         raise ValueError(
-            f"hidden states {tuple(student_hidden.shape)} (student), "
-            f"{tuple(teacher_hidden.shape)} (teacher) do not match labels {tuple(labels.shape)}"
+            f"teacher hidden states {tuple(teacher_hidden.shape)} do not match labels "
+            f"{tuple(labels.shape)}"
         )
-    grad_on = torch.is_grad_enabled()
-    return _ChunkedKD.apply(
-        student_hidden.reshape(-1, student_hidden.shape[-1]),
-        student_head_weight,
+    teacher = _DenseTeacher(
         teacher_hidden.reshape(-1, teacher_hidden.shape[-1]),
-        teacher_head_weight,
-        labels.reshape(-1),
+        _autocast_weight(teacher_head_weight),
         objective,
         float(temperature),
+    )
+    return _apply(
+        student_hidden, student_head_weight, labels, teacher, chunk_size, with_ce, ce_grad
+    )
+
+
+def chunked_topk_kd_loss(
+    student_hidden: Tensor,
+    student_head_weight: Tensor,
+    labels: Tensor,
+    teacher_values: Tensor,
+    teacher_indices: Tensor,
+    teacher_tail: Tensor,
+    objective: Objective | str,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    with_ce: bool = True,
+    ce_grad: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`chunked_kd_loss` against a truncated (cached) teacher: (kd_sum, ce_sum,
+    num_tokens) equal to :func:`~spectrumkd.distillation.objectives.topk_kd_loss` on
+    ``hidden @ weight.T`` (values and gradients), without the student's [N, V] logits.
+
+    ``teacher_values`` and ``teacher_indices`` [n, k] and ``teacher_tail`` [n] are what
+    ``CachedTeacher.top_k`` returns: one row per unmasked position of ``labels``, row-major."""
+    objective = as_objective(objective)
+    check_temperature(temperature)
+    _check_student(student_hidden, student_head_weight, labels, chunk_size)
+    rows = int((labels != IGNORE_INDEX).sum())
+    if teacher_values.shape != teacher_indices.shape or teacher_values.shape[0] != rows:
+        raise ValueError(
+            f"teacher top-k values {tuple(teacher_values.shape)} and indices "
+            f"{tuple(teacher_indices.shape)} must both be [{rows}, k] (one row per label)"
+        )
+    if teacher_tail.shape != (rows,):
+        raise ValueError(f"teacher_tail {tuple(teacher_tail.shape)} must be [{rows}]")
+    device = student_hidden.device
+    teacher = _TopKTeacher(
+        teacher_values.to(device),
+        teacher_indices.to(device, torch.long),
+        teacher_tail.to(device),
+        objective,
+        float(temperature),
+    )
+    return _apply(
+        student_hidden, student_head_weight, labels, teacher, chunk_size, with_ce, ce_grad
+    )
+
+
+def _check_student(hidden: Tensor, weight: Tensor, labels: Tensor, chunk_size: int) -> None:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be >= 1")
+    if hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"student hidden size {hidden.shape[-1]} != head input size {weight.shape[1]}"
+        )
+    if hidden.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"student hidden states {tuple(hidden.shape)} do not match labels {tuple(labels.shape)}"
+        )
+
+
+def _autocast_weight(weight: Tensor) -> Tensor:
+    """A frozen head in the autocast dtype, cast once: under autocast each chunk's product would
+    cast it again (autocast caches no cast inside a Function's forward, where grad is off), a
+    fresh [V, H] allocation three or four times a chunk. Autocast's casts are plain .to(dtype)
+    roundings, so the products are the same bits."""
+    device = weight.device.type
+    if torch.is_autocast_enabled(device):
+        return weight.detach().to(torch.get_autocast_dtype(device))
+    return weight
+
+
+def _apply(hidden, weight, labels, teacher, chunk_size, with_ce, ce_grad):
+    grad_on = torch.is_grad_enabled()
+    return _ChunkedKD.apply(
+        hidden.reshape(-1, hidden.shape[-1]),
+        weight,
+        labels.reshape(-1),
+        teacher,
         int(chunk_size),
         bool(with_ce),
         bool(ce_grad),
-        grad_on and student_hidden.requires_grad,
-        grad_on and student_head_weight.requires_grad,
+        grad_on and hidden.requires_grad,
+        grad_on and weight.requires_grad,
     )

@@ -302,15 +302,30 @@ def topk_kd_loss(
         )
     if teacher_tail.shape != (rows,):
         raise ValueError(f"teacher_tail {tuple(teacher_tail.shape)} must be [{rows}]")
+    student, teacher = topk_buckets(
+        student_logp, teacher_values, teacher_indices, teacher_tail, temperature
+    )
+    return objective(student, teacher).sum(), mask.sum()
+
+
+def topk_buckets(
+    student_logp: Tensor,
+    teacher_values: Tensor,
+    teacher_indices: Tensor,
+    teacher_tail: Tensor,
+    temperature: float,
+) -> tuple[Tensor, Tensor]:
+    """(student, teacher) log-probabilities [n, k + 1] over a truncated teacher's top k and its
+    tail bucket, from the student's full log-softmax [n, V] (at ``temperature``) and the
+    teacher's raw top-k logits, their ids and tail log-partition (see :func:`topk_kd_loss`)."""
     indices = teacher_indices.to(student_logp.device, torch.long)
     inside = student_logp.gather(-1, indices)
     # the student's mass outside the teacher's top k, summed as tail_buckets sums it
     student_tail = _safe_logsumexp(student_logp.scatter(-1, indices, -math.inf))
     scaled = teacher_values.to(student_logp.device, torch.float32) / temperature
     tail = teacher_tail.to(student_logp.device, torch.float32)
-    teacher_logp = F.log_softmax(torch.cat([scaled, tail[:, None]], -1), -1)
-    student = torch.cat([inside, student_tail[:, None]], -1)
-    return objective(student, teacher_logp).sum(), mask.sum()
+    teacher = F.log_softmax(torch.cat([scaled, tail[:, None]], -1), -1)
+    return torch.cat([inside, student_tail[:, None]], -1), teacher
 
 
 def combine(

@@ -19,7 +19,7 @@ from accelerate import Accelerator
 
 from spectrumkd.batching import IGNORE_INDEX, collate
 from spectrumkd.data.tokenize import TokenizedExample
-from spectrumkd.distillation.chunked import chunked_kd_loss
+from spectrumkd.distillation.chunked import chunked_kd_loss, chunked_topk_kd_loss
 from spectrumkd.distillation.objectives import kd_loss, topk_kd_loss
 from spectrumkd.distillation.on_policy import with_student_responses
 from spectrumkd.distillation.signals import (
@@ -40,11 +40,11 @@ def resolve_loss_impl(
     sharded: bool = False,
 ) -> str:
     """``loss_impl`` as the run uses it: ``auto`` is the chunked engine where it applies (a live
-    teacher, whose hidden states it projects; bias-free output heads; no CE of on-policy
-    samples; weights not sharded by FSDP or DeepSpeed, as the engine reads the head weight
-    itself) and full logits elsewhere. The engine computes the same sums (tested against full
-    logits) in less memory, and faster on a CPU: 2.05x TRL's step against 1.36x for full logits
-    (benchmarks/README.md, KD step, run 3)."""
+    teacher, whose hidden states it projects, or a teacher cache read as its top k; bias-free
+    output heads; no CE of on-policy samples; weights not sharded by FSDP or DeepSpeed, as the
+    engine reads the head weight itself) and full logits elsewhere. The engine computes the same
+    sums (tested against full logits) in less memory, and faster on a CPU: 2.05x TRL's step
+    against 1.36x for full logits (benchmarks/README.md, KD step, run 3)."""
     if config.loss_impl != "auto":
         return config.loss_impl
     live = isinstance(teacher, LiveTeacher)
@@ -53,7 +53,7 @@ def resolve_loss_impl(
         heads.append(unwrapped(teacher.model).get_output_embeddings())
     applies = (
         not sharded
-        and live
+        and (live or _reads_top_k(teacher))
         and all(head is not None and getattr(head, "bias", None) is None for head in heads)
         and not (config.on_policy_fraction > 0 and config.alpha > 0)
     )
@@ -176,17 +176,39 @@ def _chunked_step_losses(
 ):
     """The same sums without any [B, T, V] logits: the student's final hidden states are taken
     at its output head (which then projects nothing) and the teacher's from its own head, and
-    both go through :func:`~spectrumkd.distillation.chunked.chunked_kd_loss`."""
-    if not hasattr(teacher, "hidden_states"):
+    both go through :func:`~spectrumkd.distillation.chunked.chunked_kd_loss`; a cached teacher's
+    top k and tail go through :func:`~spectrumkd.distillation.chunked.chunked_topk_kd_loss`."""
+    if not (hasattr(teacher, "hidden_states") or _reads_top_k(teacher)):
         raise ValueError(
-            "loss_impl=chunked needs a live teacher (its hidden states); an offline cache holds "
-            "only top-k logits: use loss_impl=full with a cached teacher"
+            "loss_impl=chunked needs a live teacher (its hidden states) or a teacher cache no "
+            "wider than the student's vocabulary; use loss_impl=full"
         )
     hidden, head = head_inputs(
         student, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     )
-    teacher_hidden, teacher_weight = teacher.hidden_states(batch)
     labels = batch["labels"][:, 1:]
+    if _reads_top_k(teacher):
+        width = teacher.teacher_vocab_size  # the rows its top k and tail were taken over
+        if head.weight.shape[0] < width:
+            raise ValueError(
+                f"student vocabulary ({head.weight.shape[0]}) is narrower than the teacher "
+                f"cache's ({width}); build the cache with vocab_size={head.weight.shape[0]}"
+            )
+        values, indices, tail = teacher.top_k(batch, temperature)
+        kd_sum, ce_sum, _ = chunked_topk_kd_loss(
+            hidden[:, :-1],
+            head.weight[:width],  # a padded student head, as in the dense path
+            labels,
+            values,
+            indices,
+            tail,
+            objective,
+            temperature,
+            chunk_size=chunk_size,
+            ce_grad=ce_grad,
+        )
+        return ce_sum, kd_sum
+    teacher_hidden, teacher_weight = teacher.hidden_states(batch)
     weight = head.weight[: teacher_weight.shape[0]]  # a padded student head: see step_losses
     kd_sum, ce_sum, _ = chunked_kd_loss(
         hidden[:, :-1],

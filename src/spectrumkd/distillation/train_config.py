@@ -107,9 +107,9 @@ class TrainConfig:
         default="auto",
         metadata={
             "help": "full (both models' logits), chunked (fused head + loss over token "
-            "chunks: never holds batch x length x vocab logits; needs a live teacher) or auto "
-            "(chunked where it applies: a live teacher, bias-free heads, no CE of on-policy "
-            "samples; else full)"
+            "chunks: never holds batch x length x vocab logits; a live teacher or a teacher "
+            "cache) or auto (chunked where it applies: bias-free heads, no CE of on-policy "
+            "samples, no FSDP/DeepSpeed; else full)"
         },
     )
     chunk_size: int = field(

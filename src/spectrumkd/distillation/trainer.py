@@ -16,8 +16,9 @@ DDP, FSDP and DeepSpeed come from its configs. The teacher is any
 Checkpoints (``accelerator.save_state``: model weights in safetensors, optimiser, scheduler and
 RNG states) are written at every epoch end (and every ``save_every_steps`` optimiser steps) into
 ``output_dir/checkpoint`` through a staging folder (a kill at any instant of the swap leaves a
-checkpoint the next start finds or completes), and a rerun resumes where the last one was
-written, mid-epoch included, dropping the metric rows logged after it. On-policy GKD
+checkpoint the next start finds or completes; a finished run's last one keeps no optimiser
+moments), and a rerun resumes where the last one was written, mid-epoch included, dropping the
+metric rows logged after it. On-policy GKD
 (``on_policy_fraction``), LoRA (``lora_rank``) and the memory-bounded loss (``loss_impl:
 chunked``) are settings of the same loop. A staged plan (POCL, SRD, Baby Step) restarts the
 optimiser and the LR schedule where it says so (:mod:`~spectrumkd.distillation.stages`); its
@@ -54,11 +55,15 @@ from spectrumkd.distillation.checkpoints import (
     CHECKPOINT,
     METRICS_FILE,
     STATE_FILE,
+    drop_finished_optimizer_state,
     drop_rows_past,
+    keeps_saved_loss_path,
     log_metrics,
+    loss_path_change,
     recover_folder,
     save_checkpoint,
     save_model,
+    saved_loss_path,
 )
 from spectrumkd.distillation.chunked import auto_chunk_size
 from spectrumkd.distillation.dynamic import restore_plan, update_plan
@@ -194,6 +199,8 @@ def train(
                 state["train_seconds"] = state.get("train_seconds", 0.0) + (
                     time.perf_counter() - started
                 )
+                if epoch == plan.num_epochs:
+                    drop_finished_optimizer_state(accelerator, run.optimizer)
                 save_checkpoint(accelerator, output, state)
                 release_freed_memory()  # glibc keeps a step's freed blocks (host_memory says)
             bar.close()
@@ -337,18 +344,6 @@ def resume_state(run: PreparedRun) -> dict[str, Any]:
     return state
 
 
-def _loss_path(config: dict[str, Any]) -> int | None:
-    """The chunk size of a checkpoint's run (None: full logits), for checkpoints written before
-    the state recorded it (loss_impl was then full or chunked, chunk_size 1,024 by default)."""
-    if config.get("loss_impl", "full") != "chunked":
-        return None
-    return int(config.get("chunk_size", 1024))
-
-
-def _path_text(chunk_size: int | None) -> str:
-    return "full logits" if chunk_size is None else f"chunks of {chunk_size} tokens"
-
-
 def _load_checkpoint(run: PreparedRun, fresh: dict[str, Any]) -> dict[str, Any]:
     """The state of the run's checkpoint, refused when it was written by a run of another
     configuration or strategy (continuing it would mix two runs)."""
@@ -356,18 +351,18 @@ def _load_checkpoint(run: PreparedRun, fresh: dict[str, Any]) -> dict[str, Any]:
     saved = json.loads((output / CHECKPOINT / STATE_FILE).read_text())
     # loss_impl and chunk_size count by the path they resolve to (auto: chunked or full logits;
     # a chunk size only with chunks), so that a run continues across a change of their defaults
-    # that leaves its loss as it was.
+    # that leaves its loss as it was; under auto, on the path it started on.
     changed = [
         k
         for k in fresh["config"]
         if k not in ("loss_impl", "chunk_size") and saved["config"].get(k) != fresh["config"][k]
     ]
-    saved_path = saved.get("loss_path", _loss_path(saved["config"]))
+    saved_path = saved.get("loss_path", saved_loss_path(saved["config"]))
     if saved_path != fresh["loss_path"]:
-        changed.append(
-            f"loss_impl: {_path_text(saved_path)} in the checkpoint, "
-            f"{_path_text(fresh['loss_path'])} now"
-        )
+        if keeps_saved_loss_path(run.config, saved_path, fresh["loss_path"]):
+            run.chunk_size = fresh["loss_path"] = saved_path
+        else:
+            changed.append(f"loss_impl: {loss_path_change(saved_path, fresh['loss_path'])}")
     if saved["strategy"] != fresh["strategy"]:
         changed.append("strategy")
     elif saved.get("plan", fresh["plan"]) != fresh["plan"]:  # older checkpoints have no digest
