@@ -81,7 +81,8 @@ class _DenseTeacher:
         self.objective, self.temperature = objective, temperature
 
     def __call__(self, logits: Tensor, chunk: Tensor, start: int) -> Tensor:
-        teacher_logp = scaled_log_probs(self.hidden[chunk] @ self.weight.T, self.temperature)
+        with torch.no_grad():  # called where grad is on, for the student's logits: not ours
+            teacher_logp = scaled_log_probs(self.hidden[chunk] @ self.weight.T, self.temperature)
         return self.objective(scaled_log_probs(logits, self.temperature), teacher_logp).sum()
 
 
