@@ -394,3 +394,47 @@ def test_precision_is_resolved_for_the_device_and_bad_names_are_refused():
         ScoringSettings(precision="half")
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         ScoringSettings(precision="fp16").resolved(torch.device("cpu"))
+
+
+def test_two_forked_workers_score_the_one_process_table_and_resume_after_a_failure(
+    tiny_model, tmp_path, monkeypatch
+):
+    """workers=2 (forked one-thread processes, each every other shard) gives the table of one
+    one-thread process; a worker that fails fails the call in one line, and a rerun reuses the
+    shards that were finished."""
+    from spectrumkd.scoring import scorer
+
+    examples = random_examples(40, tiny_model.config.vocab_size, seed=11)
+    batching = ScoringSettings(max_batch_size=2, shard_batches=1, precision="float32")
+    one = score_examples(
+        tiny_model, examples, settings=batching, out_dir=tmp_path / "one", progress=False, workers=1
+    )
+    two = score_examples(
+        tiny_model, examples, settings=batching, out_dir=tmp_path / "two", progress=False, workers=2
+    )
+    assert two.loss_sum.tolist() == one.loss_sum.tolist() and two.ids == one.ids
+    assert (tmp_path / "two" / "difficulties.jsonl").read_bytes() == (
+        tmp_path / "one" / "difficulties.jsonl"
+    ).read_bytes()
+
+    parent, real = os.getpid(), scorer._score_batch
+
+    def fails_in_the_worker(*args, **kwargs):
+        if os.getpid() != parent:
+            raise RuntimeError("out of luck")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scorer, "_score_batch", fails_in_the_worker)
+    folder = tmp_path / "failed"
+    with pytest.raises(RuntimeError, match="scoring worker 1 failed"):
+        score_examples(
+            tiny_model, examples, settings=batching, out_dir=folder, progress=False, workers=2
+        )
+    finished = {path: path.stat().st_mtime_ns for path in (folder / "shards").glob("shard-*")}
+    assert finished and not (folder / "difficulties.jsonl").exists()  # share 0 was written
+    monkeypatch.setattr(scorer, "_score_batch", real)
+    again = score_examples(
+        tiny_model, examples, settings=batching, out_dir=folder, progress=False, workers=2
+    )
+    assert again.loss_sum.tolist() == one.loss_sum.tolist()
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())

@@ -36,6 +36,13 @@ def register(commands: Any) -> None:
     )
     score.add_argument("--max-batch-size", type=int, default=64)
     score.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="CPU processes scoring a share of the shards each, one thread apiece (default: 2 "
+        "on a CPU where torch has 2 threads or more, else 1; the cross-entropy metrics)",
+    )
+    score.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="auto",
@@ -72,6 +79,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     from spectrumkd.jobs import score
     from spectrumkd.scoring import ScoringSettings
 
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     console = Console(quiet=args.quiet)
     result = score(
         args.model,
@@ -89,6 +98,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         lambda_b=args.lambda_b,
         progress=not args.quiet,
         console=console,
+        workers=args.workers,
         **model_options(args),
     )
     if result.table is not None:  # the cross-entropy, as it always read

@@ -55,11 +55,13 @@ def score_dataset(
     lambda_b: float = 0.1,
     progress: bool = True,
     description: dict[str, Any] | None = None,
+    workers: int | None = None,
 ) -> ScoreResult:
     """Score ``dataset`` with a loaded ``model`` into ``out_dir``: ``difficulties.jsonl``
     (dataset order), ``spectrum.jsonl`` (rank order, zones for ``lambda_a``/``lambda_b``),
     ``dropped.jsonl`` (examples the length limit removed) and ``score_summary.json``. A killed
-    run resumes from its finished shards."""
+    run resumes from its finished shards. ``workers``: CPU processes scoring a share of the
+    shards each (``score_examples``; default 2 on a CPU where torch has 2+ threads)."""
     out = Path(out_dir)
     refuse_another_metrics_folder(out)
     start = time.perf_counter()
@@ -70,6 +72,7 @@ def score_dataset(
         settings=settings,
         out_dir=out,
         progress=progress,
+        workers=workers,
     )
     seconds = time.perf_counter() - start
     spectrum = build_spectrum(table.ids, table.difficulties(reduction), lambda_a, lambda_b)
@@ -175,6 +178,7 @@ def score(
     gguf_file: str | None = None,
     progress: bool = True,
     console: Any = None,
+    workers: int | None = None,
 ) -> ScoreResult:
     """``spectrumkd score``: load ``model`` (a spec: ``smollm2``, a ``.gguf``, a folder or a hub
     id) and ``data``, then score it by ``metric``: the cross-entropy (``ce_mean``, the default,
@@ -221,6 +225,7 @@ def score(
             lambda_b=lambda_b,
             progress=progress,
             description=description,
+            workers=workers,
         )
         return dataclasses.replace(result, precision=precision, metric=metric)
     out = Path(out_dir)

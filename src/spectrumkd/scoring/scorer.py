@@ -25,8 +25,10 @@ from tqdm.auto import tqdm
 
 from spectrumkd.batching import IGNORE_INDEX, collate, length_bucketed_batches, logits_at
 from spectrumkd.io import read_jsonl, write_json, write_jsonl
+from spectrumkd.models.decode_workers import auto_workers
 from spectrumkd.models.precision import autocast, normalize_precision, resolve_precision
 from spectrumkd.scoring.difficulty import DifficultyTable, table_from_rows
+from spectrumkd.scoring.workers import score_in_workers
 
 CE_SLICE = 4096  # positions per cross-entropy call
 
@@ -178,16 +180,21 @@ def score_examples(
     settings: ScoringSettings | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> DifficultyTable:
     """Per-example response cross-entropy of ``model`` (sum and token count; mean derived).
 
     With ``out_dir``, finished shards are written to ``out_dir/shards`` and reused by a rerun
     with the same model, data and settings (the precision included), and the table goes to
     ``out_dir/difficulties.jsonl``. ``settings.precision`` (default auto) picks the forward's
-    precision for the model's device.
+    precision for the model's device. ``workers`` (with ``out_dir``; default: 2 on a CPU where
+    torch has 2+ threads, else 1) forked one-thread processes score every workers-th shard each
+    (:mod:`spectrumkd.scoring.workers`); the table is the same.
     """
     device = next(model.parameters()).device
     settings = (settings or ScoringSettings()).resolved(device)
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers={workers!r} must be >= 1")
     if not examples:
         raise ValueError("no examples to score; check the data source and the length limit")
     empty = [e.id for e in examples if not any(label != IGNORE_INDEX for label in e.labels[1:])]
@@ -203,46 +210,41 @@ def score_examples(
     ]
     rank, world = process_group()
     shard_dir = _prepare_shard_dir(model, examples, settings, out_dir, len(shards), rank, world)
-    mine = [
-        index for index in range(len(shards)) if index % world == rank
-    ]  # one shard each in turn
+    workers = (
+        1 if shard_dir is None or world > 1 else (workers or auto_workers(device, len(shards)))
+    )
+
+    def score_share(share: int, count: int, progress: bool) -> dict[int, dict]:
+        """Every count-th shard from the share-th: scored, or read back when finished."""
+        mine = range(share, len(shards), count)
+        bar = tqdm(
+            total=sum(len(examples[i].input_ids) for s in mine for b in shards[s] for i in b),
+            unit="tok",
+            unit_scale=True,
+            desc="scoring",
+            disable=not progress,
+        )
+        with bar:
+            return _score_shards(
+                model,
+                examples,
+                [shards[s] for s in mine],
+                mine,
+                shard_dir,
+                settings,
+                pad_token_id,
+                bar,
+            )
+
     was_training = model.training
     model.eval()
-    rows: dict[int, dict] = {}
-    bar = tqdm(
-        total=sum(len(examples[i].input_ids) for s in mine for batch in shards[s] for i in batch),
-        unit="tok",
-        unit_scale=True,
-        desc="scoring",
-        disable=not progress or rank != 0,
-    )
     try:
-        for shard_index in mine:
-            shard, shard_path = shards[shard_index], None
-            if shard_dir is not None:
-                shard_path = shard_dir / f"shard-{shard_index:05d}.jsonl"
-            shard_rows = None
-            if shard_path is not None and shard_path.exists():
-                shard_rows, problem = _read_shard(shard_path, shard, examples)
-                if problem is not None:
-                    logger.warning("%s; rescoring that shard", problem)
-            if shard_rows is not None:
-                bar.update(sum(len(examples[i].input_ids) for batch in shard for i in batch))
-            else:
-                shard_rows = []
-                for batch in shard:
-                    shard_rows.extend(
-                        _score_batch(
-                            model, examples, batch, pad_token_id, device, settings.precision
-                        )
-                    )
-                    bar.update(sum(len(examples[i].input_ids) for i in batch))
-                if shard_path is not None:
-                    write_jsonl(shard_path, shard_rows)
-            for row in shard_rows:
-                rows[row["index"]] = row
+        if workers > 1:  # the shards fill in on disk, then all are read back below
+            score_in_workers(
+                lambda share: score_share(share, workers, progress and share == 0), workers
+            )
+        rows = score_share(rank, world, progress and rank == 0 and workers == 1)
     finally:
-        bar.close()
         model.train(was_training)
     if world > 1:
         gathered: list[dict[int, dict]] = [{} for _ in range(world)]
@@ -252,6 +254,36 @@ def score_examples(
     if out_dir is not None and rank == 0:
         table.write_jsonl(Path(out_dir) / "difficulties.jsonl")
     return table
+
+
+def _score_shards(
+    model, examples, shards, numbers, shard_dir, settings, pad_token_id, bar
+) -> dict[int, dict]:
+    """The rows of ``shards`` (numbered ``numbers``): read from a finished shard file, else
+    scored and written to one."""
+    device = next(model.parameters()).device
+    rows: dict[int, dict] = {}
+    for shard, number in zip(shards, numbers, strict=True):
+        path = None if shard_dir is None else shard_dir / f"shard-{number:05d}.jsonl"
+        shard_rows = None
+        if path is not None and path.exists():
+            shard_rows, problem = _read_shard(path, shard, examples)
+            if problem is not None:
+                logger.warning("%s; rescoring that shard", problem)
+        if shard_rows is not None:
+            bar.update(sum(len(examples[i].input_ids) for batch in shard for i in batch))
+        else:
+            shard_rows = []
+            for batch in shard:
+                shard_rows.extend(
+                    _score_batch(model, examples, batch, pad_token_id, device, settings.precision)
+                )
+                bar.update(sum(len(examples[i].input_ids) for i in batch))
+            if path is not None:
+                write_jsonl(path, shard_rows)
+        for row in shard_rows:
+            rows[row["index"]] = row
+    return rows
 
 
 def process_group() -> tuple[int, int]:
