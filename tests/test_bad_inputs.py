@@ -337,6 +337,10 @@ CASES.update(
         "evaluate-model-without-tokenizer": no_tokenizer(
             lambda tmp, out, model: evaluate_argv(good_data(tmp), out, model)
         ),
+        "score-zero-workers": lambda tmp, out, m: (
+            score_argv(good_data(tmp), out, m.ready, "--workers", "0"),
+            r"--workers must be >= 1, got 0",
+        ),
         "score-missing-model": lambda tmp, out, m: (
             score_argv(good_data(tmp), out, tmp / "no-model"),
             r"no such local model folder: .*no-model",
