@@ -328,3 +328,31 @@ def test_a_run_resumed_under_auto_trains_on_the_loss_path_it_started_on(tmp_path
     state, resumed = run(tmp_path / "resumed", auto)
     assert state["loss_path"] is None
     assert_same_weights(resumed, uninterrupted)
+
+
+@pytest.mark.parametrize("best_is_last", [True, False])
+def test_final_links_to_best_when_the_last_epoch_is_the_kept_one(
+    tmp_path, monkeypatch, best_is_last
+):
+    """``final/`` is hard links to ``best/``'s files when the last epoch is the kept one (the
+    same weights, one copy on disk), and a saved student of its own otherwise; either way it
+    loads as the trained student."""
+    from transformers import AutoModelForCausalLM
+
+    if not best_is_last:  # only the first epoch is ever an improvement
+        monkeypatch.setattr(trainer_module, "improves_on", lambda best, *args: best is None)
+    examples = make_examples(12)
+    config = TrainConfig(epochs=2, batch_size=4, learning_rate=1e-3, seed=5)
+    student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
+    state = train(
+        student, LiveTeacher(teacher_model()), examples[:8], config, tmp_path,
+        validation=examples[8:], accelerator=Accelerator(cpu=True),
+    )  # fmt: skip
+    assert state["best"]["epoch"] == (2 if best_is_last else 1)
+    weights = "model.safetensors"
+    linked = (tmp_path / "final" / weights).stat().st_ino == (
+        tmp_path / "best" / weights
+    ).stat().st_ino
+    assert linked == best_is_last
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    assert_same_weights(final, student)

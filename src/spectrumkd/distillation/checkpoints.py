@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -118,6 +119,36 @@ def save_model(
         exported.save_pretrained(staging, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        _swap_in(staging, folder)
+    accelerator.wait_for_everyone()
+
+
+def save_final(
+    accelerator: Accelerator,
+    student,
+    output: Path,
+    tokenizer: PreTrainedTokenizerBase | None,
+    same_as_best: bool,
+) -> None:
+    """``output/final``: the trained student; when ``same_as_best`` (the last epoch is the kept
+    one, so ``best/`` holds these very weights) hard links to ``best/``'s files instead of a
+    second copy (a copy where the file system has no hard links). A later ``best/`` replaces
+    its folder whole (:func:`_swap_in`), so the linked files never change under ``final/``."""
+    best = output / "best"
+    if not (same_as_best and (best / "config.json").exists()):
+        save_model(accelerator, student, output / "final", tokenizer)
+        return
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        folder = output / "final"
+        staging = _staging(folder)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for file in best.iterdir():
+            try:
+                os.link(file, staging / file.name)
+            except OSError:
+                shutil.copy2(file, staging / file.name)
         _swap_in(staging, folder)
     accelerator.wait_for_everyone()
 

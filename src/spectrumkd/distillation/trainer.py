@@ -62,6 +62,7 @@ from spectrumkd.distillation.checkpoints import (
     loss_path_change,
     recover_folder,
     save_checkpoint,
+    save_final,
     save_model,
     saved_loss_path,
 )
@@ -145,7 +146,8 @@ def train(
     checkpoint). With ``validation`` examples, every epoch ends with their CE and KD per token
     (KD at temperature 1, and at the epoch's temperature as ``val_kd_train_tau`` when that
     differs), and the epoch with the lowest ``config.select_metric`` is kept in
-    ``output_dir/best`` (the paper selects checkpoints on validation). ``eos_token_id``
+    ``output_dir/best`` (the paper selects checkpoints on validation; ``final`` then links to its
+    files when it is the last epoch). ``eos_token_id``
     (default: the student's) ends on-policy samples.
     ``validators`` are extra per-epoch metrics of the unwrapped student (for example ROUGE-L of
     generated answers, see :func:`spectrumkd.evaluation.validation.rouge_validator`), run on the main process.
@@ -204,7 +206,8 @@ def train(
                 save_checkpoint(accelerator, output, state)
                 release_freed_memory()  # glibc keeps a step's freed blocks (host_memory says)
             bar.close()
-            save_model(accelerator, run.student, output / "final", tokenizer)
+            last_is_best = (state.get("best") or {}).get("epoch") == plan.num_epochs
+            save_final(accelerator, run.student, output, tokenizer, last_is_best)
             if config.report_to != "none":
                 accelerator.end_training()
     finally:
