@@ -542,7 +542,9 @@ def test_chunked_topk_matches_topk_kd_loss_on_full_logits(name, chunk_size):
     # valid truncated teacher for the comparison
     kd_full, n_full = topk_kd_loss(hidden @ weight.T, labels, values, indices, tail, name, tau)
     ce_full = reference_ce(hidden @ weight.T, labels)
-    grads_full = torch.autograd.grad(combine(ce_full, kd_full, n_full, alpha, tau), (hidden, weight))
+    grads_full = torch.autograd.grad(
+        combine(ce_full, kd_full, n_full, alpha, tau), (hidden, weight)
+    )
 
     kd, ce, n = chunked_topk_kd_loss(
         hidden, weight, labels, values, indices, tail, name, tau, chunk_size

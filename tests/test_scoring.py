@@ -438,3 +438,26 @@ def test_two_forked_workers_score_the_one_process_table_and_resume_after_a_failu
     )
     assert again.loss_sum.tolist() == one.loss_sum.tolist()
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())
+
+
+def test_score_in_workers_runs_one_thread_a_process_and_reports_every_shares_tokens_here():
+    """Each process scores on one torch thread (a forked child starting its own thread pool
+    hangs in GNU OpenMP), and the workers' progress reaches the parent's callback."""
+    from spectrumkd.scoring.workers import score_in_workers
+
+    def share(index, advance):
+        if torch.get_num_threads() != 1:
+            raise AssertionError(f"share {index} ran on {torch.get_num_threads()} threads")
+        for _ in range(3):
+            advance(10 + index)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        torch.randn(256, 256).exp().sum()  # the parent's thread pool in use before the fork
+        seen: list[int] = []
+        score_in_workers(share, 2, seen.append)
+        assert sum(seen) == 3 * (10 + 11)
+        assert torch.get_num_threads() == 4  # given back
+    finally:
+        torch.set_num_threads(threads)

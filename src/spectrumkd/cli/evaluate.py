@@ -102,7 +102,7 @@ def register(commands: Any) -> None:
         type=int,
         default=None,
         help="CPU processes decoding a share of the prompts each (default: 2 on a CPU where "
-        "torch has 2 threads or more, else 1)",
+        "torch has exactly 2 threads, else 1; one thread each)",
     )
     parser.add_argument(
         "--quality-batch-size",

@@ -40,7 +40,7 @@ def register(commands: Any) -> None:
         type=int,
         default=None,
         help="CPU processes scoring a share of the shards each, one thread apiece (default: 2 "
-        "on a CPU where torch has 2 threads or more, else 1; the cross-entropy metrics)",
+        "on a CPU where torch has exactly 2 threads, else 1; the cross-entropy metrics)",
     )
     score.add_argument(
         "--precision",

@@ -61,7 +61,7 @@ def score_dataset(
     (dataset order), ``spectrum.jsonl`` (rank order, zones for ``lambda_a``/``lambda_b``),
     ``dropped.jsonl`` (examples the length limit removed) and ``score_summary.json``. A killed
     run resumes from its finished shards. ``workers``: CPU processes scoring a share of the
-    shards each (``score_examples``; default 2 on a CPU where torch has 2+ threads)."""
+    shards each (``score_examples``; default 2 on a CPU where torch has exactly 2 threads, else 1)."""
     out = Path(out_dir)
     refuse_another_metrics_folder(out)
     start = time.perf_counter()

@@ -28,11 +28,13 @@ __all__ = ["auto_workers", "decode_in_workers", "shares"]
 
 
 def auto_workers(device: Any, prompts: int) -> int:
-    """Two workers on a CPU where torch may use at least two threads (the cores of this
-    project's machine, measured), one elsewhere: on a GPU, or for a single prompt."""
+    """Two one-thread workers on a CPU where torch has exactly two threads (this project's
+    machine, where they were measured: benchmarks/README.md), one elsewhere: on a GPU, for a
+    single item, and on a bigger CPU, where torch's own threads stay in use (two one-thread
+    processes would leave its other cores idle; pass ``workers`` to choose)."""
     if torch.device(device).type != "cpu" or prompts < 2:
         return 1
-    return 2 if torch.get_num_threads() >= 2 else 1
+    return 2 if torch.get_num_threads() == 2 else 1
 
 
 def shares(lengths: Sequence[int], workers: int) -> list[list[int]]:
@@ -49,13 +51,15 @@ def decode_in_workers(
     on_finish: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
     """``decode_share(prompts_of_share, share_index)`` run for every share, the first here and
-    the others in forked processes, torch's threads split between them. Returns every prompt's
+    the others in forked processes, one torch thread each. Returns every prompt's
     new token ids in prompt order; ``on_finish(n)`` is called as each forked share arrives (the
     first share reports its own rows). A worker that fails (an exception, or killed by the
     system) fails the call with its reason."""
     dealt = shares([len(p) for p in prompts], workers)
     threads = torch.get_num_threads()
-    each = max(1, threads // len(dealt))
+    # One thread per process: GNU OpenMP hangs a forked child that starts a thread pool of its
+    # own once the parent has used one (found with 4 threads: each child's first parallel op).
+    each = 1
     context = multiprocessing.get_context("fork")
     children = []
     for index, share in enumerate(dealt[1:], start=1):

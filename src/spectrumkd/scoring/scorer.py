@@ -187,9 +187,9 @@ def score_examples(
     With ``out_dir``, finished shards are written to ``out_dir/shards`` and reused by a rerun
     with the same model, data and settings (the precision included), and the table goes to
     ``out_dir/difficulties.jsonl``. ``settings.precision`` (default auto) picks the forward's
-    precision for the model's device. ``workers`` (with ``out_dir``; default: 2 on a CPU where
-    torch has 2+ threads, else 1) forked one-thread processes score every workers-th shard each
-    (:mod:`spectrumkd.scoring.workers`); the table is the same.
+    precision for the model's device. ``workers`` (with ``out_dir``, a model on the CPU;
+    default 2 where torch has exactly 2 threads, else 1): forked one-thread processes, each
+    scoring every workers-th shard (:mod:`spectrumkd.scoring.workers`); the same table.
     """
     device = next(model.parameters()).device
     settings = (settings or ScoringSettings()).resolved(device)
@@ -210,40 +210,47 @@ def score_examples(
     ]
     rank, world = process_group()
     shard_dir = _prepare_shard_dir(model, examples, settings, out_dir, len(shards), rank, world)
-    workers = (
-        1 if shard_dir is None or world > 1 else (workers or auto_workers(device, len(shards)))
-    )
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if workers is not None and workers > 1 and not on_cpu:
+        raise ValueError(
+            f"workers={workers} forks CPU processes, but the model is on {device}; use workers=1"
+        )
+    if shard_dir is None or world > 1 or not on_cpu:
+        workers = 1
+    workers = workers or auto_workers(device, len(shards))
 
-    def score_share(share: int, count: int, progress: bool) -> dict[int, dict]:
+    def tokens(numbers) -> int:
+        return sum(len(examples[i].input_ids) for s in numbers for b in shards[s] for i in b)
+
+    def score_share(share: int, count: int, advance) -> dict[int, dict]:
         """Every count-th shard from the share-th: scored, or read back when finished."""
         mine = range(share, len(shards), count)
-        bar = tqdm(
-            total=sum(len(examples[i].input_ids) for s in mine for b in shards[s] for i in b),
-            unit="tok",
-            unit_scale=True,
-            desc="scoring",
-            disable=not progress,
+        return _score_shards(
+            model,
+            examples,
+            [shards[s] for s in mine],
+            mine,
+            shard_dir,
+            settings,
+            pad_token_id,
+            advance,
         )
-        with bar:
-            return _score_shards(
-                model,
-                examples,
-                [shards[s] for s in mine],
-                mine,
-                shard_dir,
-                settings,
-                pad_token_id,
-                bar,
-            )
 
     was_training = model.training
     model.eval()
     try:
-        if workers > 1:  # the shards fill in on disk, then all are read back below
-            score_in_workers(
-                lambda share: score_share(share, workers, progress and share == 0), workers
-            )
-        rows = score_share(rank, world, progress and rank == 0 and workers == 1)
+        mine = range(rank, len(shards), world)
+        shown = progress and rank == 0
+        with tqdm(
+            total=tokens(mine), unit="tok", unit_scale=True, desc="scoring", disable=not shown
+        ) as bar:
+            if workers > 1:  # the shards fill in on disk, then all are read back below
+                score_in_workers(
+                    lambda share, advance: score_share(share, workers, advance), workers, bar.update
+                )
+                rows = score_share(0, 1, lambda n: None)
+            else:
+                rows = score_share(rank, world, bar.update)
     finally:
         model.train(was_training)
     if world > 1:
@@ -257,10 +264,10 @@ def score_examples(
 
 
 def _score_shards(
-    model, examples, shards, numbers, shard_dir, settings, pad_token_id, bar
+    model, examples, shards, numbers, shard_dir, settings, pad_token_id, advance
 ) -> dict[int, dict]:
     """The rows of ``shards`` (numbered ``numbers``): read from a finished shard file, else
-    scored and written to one."""
+    scored and written to one; ``advance(tokens)`` as each batch is done."""
     device = next(model.parameters()).device
     rows: dict[int, dict] = {}
     for shard, number in zip(shards, numbers, strict=True):
@@ -271,14 +278,14 @@ def _score_shards(
             if problem is not None:
                 logger.warning("%s; rescoring that shard", problem)
         if shard_rows is not None:
-            bar.update(sum(len(examples[i].input_ids) for batch in shard for i in batch))
+            advance(sum(len(examples[i].input_ids) for batch in shard for i in batch))
         else:
             shard_rows = []
             for batch in shard:
                 shard_rows.extend(
                     _score_batch(model, examples, batch, pad_token_id, device, settings.precision)
                 )
-                bar.update(sum(len(examples[i].input_ids) for i in batch))
+                advance(sum(len(examples[i].input_ids) for i in batch))
             if path is not None:
                 write_jsonl(path, shard_rows)
         for row in shard_rows:

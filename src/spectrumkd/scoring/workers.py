@@ -27,32 +27,49 @@ import torch
 __all__ = ["score_in_workers"]
 
 
-def score_in_workers(score_share: Callable[[int], Any], workers: int) -> None:
-    """``score_share(k)`` for every share k < ``workers``: share 0 here, the others in forked
-    processes, torch's threads split between them. A worker that fails (an exception, or killed
-    by the system) fails the call; the shards it finished stay for the next run."""
-    threads = torch.get_num_threads()
-    each = max(1, threads // workers)
+def score_in_workers(
+    score_share: Callable[[int, Callable[[int], None]], Any],
+    workers: int,
+    advance: Callable[[int], None],
+) -> None:
+    """``score_share(k, advance_k)`` for every share k < ``workers``: share 0 here, the others in
+    forked processes, each process on one torch thread (GNU OpenMP hangs a forked child that
+    starts a thread pool of its own). Every share reports its scored tokens through
+    ``advance_k``, which reaches ``advance`` here (one progress bar for all). A worker that fails
+    (an exception, or killed by the system) fails the call; the shards it finished stay for the
+    next run."""
     context = multiprocessing.get_context("fork")
+    done = context.Value("q", 0)  # tokens the workers scored, not yet passed to advance
     children = [
-        context.Process(target=_worker, args=(score_share, share, each), daemon=True)
+        context.Process(target=_worker, args=(score_share, share, done), daemon=True)
         for share in range(1, workers)
     ]
+
+    def collect() -> None:
+        with done.get_lock():
+            tokens, done.value = done.value, 0
+        if tokens:
+            advance(tokens)
+
+    threads = torch.get_num_threads()
     for child in children:
         child.start()
     try:
-        torch.set_num_threads(each)
+        torch.set_num_threads(1)
         try:
-            score_share(0)
+            score_share(0, lambda tokens: (advance(tokens), collect()))
         finally:
             torch.set_num_threads(threads)
         for share, child in enumerate(children, start=1):
-            child.join()
+            while child.is_alive():
+                child.join(timeout=0.5)
+                collect()
             if child.exitcode != 0:
                 raise RuntimeError(
                     f"scoring worker {share} failed (exit code {child.exitcode}; its traceback "
                     "is above, or it was killed for memory: try workers=1); rerun to resume"
                 )
+        collect()
     finally:
         for child in children:
             if child.is_alive():
@@ -60,12 +77,17 @@ def score_in_workers(score_share: Callable[[int], Any], workers: int) -> None:
                 child.join()
 
 
-def _worker(score_share: Callable[[int], Any], share: int, threads: int) -> None:
+def _worker(score_share: Callable[[int, Callable[[int], None]], Any], share: int, done) -> None:
     code = 0
+
+    def advance(tokens: int) -> None:
+        with done.get_lock():
+            done.value += tokens
+
     try:
         _die_with_parent()
-        torch.set_num_threads(threads)
-        score_share(share)
+        torch.set_num_threads(1)
+        score_share(share, advance)
     except BaseException:  # noqa: BLE001 - reported here, the parent fails on the exit code
         traceback.print_exc()
         code = 1
