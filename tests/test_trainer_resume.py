@@ -293,7 +293,10 @@ def test_a_checkpoint_resumes_across_loss_impl_defaults_that_leave_its_loss_as_i
     kept, resumed = run(tmp_path, TrainConfig(epochs=1, batch_size=4))
     assert kept["step"] == finished["step"] and kept["loss_path"] is None
     assert_same_weights(resumed, student)
-    with pytest.raises(ValueError, match="full logits in the checkpoint, chunks of 16 tokens now"):
+    with pytest.raises(
+        ValueError,
+        match="full logits in the checkpoint, chunks of 16 tokens now; loss_impl: full continues it",
+    ):
         run(tmp_path, TrainConfig(epochs=1, batch_size=4, loss_impl="chunked", chunk_size=16))
 
 
@@ -356,3 +359,21 @@ def test_final_links_to_best_when_the_last_epoch_is_the_kept_one(
     assert linked == best_is_last
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert_same_weights(final, student)
+
+
+def test_an_auto_checkpoint_that_predates_the_loss_path_record_is_refused_until_told(tmp_path):
+    """A checkpoint of loss_impl auto without ``loss_path`` (written before the state recorded
+    it) does not say which path auto took: resuming under auto is refused in one line naming
+    the settings that continue it; an explicit loss_impl is taken at its word."""
+    config = TrainConfig(epochs=1, batch_size=4, loss_impl="full")
+    finished, student = run(tmp_path, config)
+    state_file = tmp_path / "checkpoint" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["loss_path"]
+    state["config"]["loss_impl"] = "auto"
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="predates the record of the path it took; set loss_impl"):
+        run(tmp_path, TrainConfig(epochs=1, batch_size=4))
+    again, resumed = run(tmp_path, config)
+    assert again["step"] == finished["step"] and again["loss_path"] is None
+    assert_same_weights(resumed, student)

@@ -211,29 +211,41 @@ def _metric_row(line: str) -> dict | None:
     return row if isinstance(row, dict) and "step" in row and "epoch" in row else None
 
 
-# The loss path of a run: None for full logits, else the chunked engine's tokens per chunk.
+# The loss path of a run: None for full logits, else the chunked engine's tokens per chunk;
+# UNRECORDED for a checkpoint of loss_impl auto written before the state recorded the path.
+UNRECORDED = "unrecorded"
 
 
-def saved_loss_path(config: dict) -> int | None:
+def saved_loss_path(config: dict) -> int | str | None:
     """The loss path of a checkpoint's run, for checkpoints written before the state recorded
-    it (loss_impl was then full or chunked, chunk_size 1,024 by default)."""
+    it: loss_impl full or chunked (chunk_size 1,024 by default then) say it; auto does not."""
+    if config.get("loss_impl", "full") == "auto":
+        return UNRECORDED
     if config.get("loss_impl", "full") != "chunked":
         return None
     return int(config.get("chunk_size", 1024))
 
 
-def keeps_saved_loss_path(config: TrainConfig, saved: int | None, fresh: int | None) -> bool:
+def keeps_saved_loss_path(config: TrainConfig, saved: int | str | None, fresh: int | None) -> bool:
     """Whether a run resumed under ``loss_impl: auto`` continues on its checkpoint's loss path
     (the same sums, other roundings) rather than the one auto picks today, as after a change of
     auto's choice: full logits always can; chunks where auto chunks now and no chunk size is
     set. An explicit loss_impl that differs is a changed run."""
-    if config.loss_impl != "auto":
+    if config.loss_impl != "auto" or saved == UNRECORDED:
         return False
     return saved is None or (fresh is not None and config.chunk_size == 0)
 
 
-def loss_path_change(saved: int | None, fresh: int | None) -> str:
+def loss_path_change(saved: int | str | None, fresh: int | None) -> str:
+    """What changed, for the refusal, with the settings that continue the checkpoint."""
+    if saved == UNRECORDED:
+        return (
+            "the checkpoint's loss_impl auto predates the record of the path it took; set "
+            "loss_impl: full, or chunked with its chunk_size, to the one it trained on"
+        )
+
     def text(path: int | None) -> str:
         return "full logits" if path is None else f"chunks of {path} tokens"
 
-    return f"{text(saved)} in the checkpoint, {text(fresh)} now"
+    keep = "loss_impl: full" if saved is None else f"loss_impl: chunked, chunk_size: {saved}"
+    return f"{text(saved)} in the checkpoint, {text(fresh)} now; {keep} continues it"

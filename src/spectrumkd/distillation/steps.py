@@ -181,7 +181,7 @@ def _chunked_step_losses(
     if not (hasattr(teacher, "hidden_states") or _reads_top_k(teacher)):
         raise ValueError(
             "loss_impl=chunked needs a live teacher (its hidden states) or a teacher cache no "
-            "wider than the student's vocabulary; use loss_impl=full"
+            "wider than the run's shared vocabulary; use loss_impl=full"
         )
     hidden, head = head_inputs(
         student, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]

@@ -55,6 +55,7 @@ from spectrumkd.distillation.checkpoints import (
     CHECKPOINT,
     METRICS_FILE,
     STATE_FILE,
+    UNRECORDED,
     drop_finished_optimizer_state,
     drop_rows_past,
     keeps_saved_loss_path,
@@ -364,7 +365,7 @@ def _load_checkpoint(run: PreparedRun, fresh: dict[str, Any]) -> dict[str, Any]:
     if saved_path != fresh["loss_path"]:
         if keeps_saved_loss_path(run.config, saved_path, fresh["loss_path"]):
             run.chunk_size = fresh["loss_path"] = saved_path
-        else:
+        elif not (saved_path == UNRECORDED and run.config.loss_impl != "auto"):  # else: as told
             changed.append(f"loss_impl: {loss_path_change(saved_path, fresh['loss_path'])}")
     if saved["strategy"] != fresh["strategy"]:
         changed.append("strategy")
