@@ -377,3 +377,13 @@ def test_an_auto_checkpoint_that_predates_the_loss_path_record_is_refused_until_
     again, resumed = run(tmp_path, config)
     assert again["step"] == finished["step"] and again["loss_path"] is None
     assert_same_weights(resumed, student)
+
+
+def test_the_trainer_hands_freed_memory_back_every_ten_steps_and_at_each_epoch_end(
+    tmp_path, monkeypatch
+):
+    calls = []
+    monkeypatch.setattr(trainer_module, "release_freed_memory", lambda: calls.append(1))
+    state, _ = run(tmp_path, TrainConfig(epochs=8, batch_size=4))  # 3 steps an epoch
+    assert state["step"] == 24
+    assert len(calls) == 24 // trainer_module.RELEASE_EVERY_STEPS + 8

@@ -7,8 +7,8 @@ heap that small long-lived objects pin stays as large as its peak, plus its frag
 project's CPU an experiment cell (teacher cache built in-process, then training) was killed by
 the kernel's OOM killer at 17.4 GB resident; ``malloc_trim(0)`` on the running trainer took its
 resident memory from 4.96 GB to 2.70 GB (experiments/README.md). ``malloc_trim`` also releases
-whole free pages inside the heap. It costs milliseconds, so the trainer calls it at every epoch
-end and the teacher cache after its build. Not glibc (macOS, musl): nothing happens.
+whole free pages inside the heap. It costs milliseconds, so the trainer calls it every 10
+optimiser steps and at every epoch end, and the teacher cache after its build. Not glibc (macOS, musl): nothing happens.
 """
 
 from __future__ import annotations

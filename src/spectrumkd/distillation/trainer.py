@@ -101,6 +101,11 @@ def baseline_plan(ids: Sequence[str], config: TrainConfig) -> CurriculumPlan:
     return CurriculumPlan(strategy="baseline", epochs=epochs)
 
 
+# glibc keeps the freed memory of training steps (host_memory): a paper_cpu trainer went from
+# 2.5 to 8.9 GB resident in 12 minutes, 3.1 GB after a malloc_trim. Released every few steps.
+RELEASE_EVERY_STEPS = 10
+
+
 @dataclass
 class PreparedRun:
     """Everything the epochs of one run share, once :func:`set_up_run` has prepared it."""
@@ -449,6 +454,8 @@ def train_epoch(run: PreparedRun, state: dict[str, Any], epoch: int, bar: tqdm) 
             bar.set_postfix(ce=f"{row['ce']:.3f}", kd=f"{row['kd']:.3f}", epoch=epoch)
         if config.save_every_steps and state["step"] % config.save_every_steps == 0:
             save_checkpoint(accelerator, output, state)
+        if state["step"] % RELEASE_EVERY_STEPS == 0:
+            release_freed_memory()
     state["epoch"] = epoch
     state["step_in_epoch"] = 0
 
