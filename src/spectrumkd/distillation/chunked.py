@@ -28,6 +28,7 @@ from spectrumkd.distillation.objectives import (
     Objective,
     as_objective,
     check_temperature,
+    check_topk_signal,
     check_vocab,
     scaled_log_probs,
     topk_buckets,
@@ -257,13 +258,7 @@ def chunked_topk_kd_loss(
     check_temperature(temperature)
     _check_student(student_hidden, student_head_weight, labels, chunk_size)
     rows = int((labels != IGNORE_INDEX).sum())
-    if teacher_values.shape != teacher_indices.shape or teacher_values.shape[0] != rows:
-        raise ValueError(
-            f"teacher top-k values {tuple(teacher_values.shape)} and indices "
-            f"{tuple(teacher_indices.shape)} must both be [{rows}, k] (one row per label)"
-        )
-    if teacher_tail.shape != (rows,):
-        raise ValueError(f"teacher_tail {tuple(teacher_tail.shape)} must be [{rows}]")
+    check_topk_signal(rows, teacher_values, teacher_indices, teacher_tail)
     device = student_hidden.device
     teacher = _TopKTeacher(
         teacher_values.to(device),

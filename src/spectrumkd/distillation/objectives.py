@@ -294,18 +294,22 @@ def topk_kd_loss(
         )
     mask = labels != IGNORE_INDEX
     student_logp = scaled_log_probs(student_logits[mask], temperature)
-    rows = student_logp.shape[0]
-    if teacher_values.shape != teacher_indices.shape or teacher_values.shape[0] != rows:
-        raise ValueError(
-            f"teacher top-k values {tuple(teacher_values.shape)} and indices "
-            f"{tuple(teacher_indices.shape)} must both be [{rows}, k] (one row per label)"
-        )
-    if teacher_tail.shape != (rows,):
-        raise ValueError(f"teacher_tail {tuple(teacher_tail.shape)} must be [{rows}]")
+    check_topk_signal(student_logp.shape[0], teacher_values, teacher_indices, teacher_tail)
     student, teacher = topk_buckets(
         student_logp, teacher_values, teacher_indices, teacher_tail, temperature
     )
     return objective(student, teacher).sum(), mask.sum()
+
+
+def check_topk_signal(rows: int, values: Tensor, indices: Tensor, tail: Tensor) -> None:
+    """Refuse a truncated teacher's signal that is not one top-k row and one tail per label."""
+    if values.shape != indices.shape or values.shape[0] != rows:
+        raise ValueError(
+            f"teacher top-k values {tuple(values.shape)} and indices "
+            f"{tuple(indices.shape)} must both be [{rows}, k] (one row per label)"
+        )
+    if tail.shape != (rows,):
+        raise ValueError(f"teacher_tail {tuple(tail.shape)} must be [{rows}]")
 
 
 def topk_buckets(
