@@ -294,22 +294,27 @@ def test_new_settings_are_validated():
     assert TrainConfig().alpha == 0.3 and TrainConfig(on_policy_fraction=0.5).alpha == 0.0
 
 
+def cached_teacher_and_batch(folder) -> tuple:
+    """A float32 top-8 cache of a tiny teacher on 6 examples, and their batch."""
+    from spectrumkd.distillation.teacher_cache import CachedTeacher, build_teacher_cache
+    from spectrumkd.scoring import ScoringSettings
+
+    examples = make_examples(6)
+    teacher = build_tiny_llama(VOCAB, num_layers=2, seed=1)
+    cache = build_teacher_cache(
+        teacher, examples, folder, k=8, settings=ScoringSettings(precision="float32")
+    )
+    return CachedTeacher(cache, VOCAB), collate_with_ids(examples, 0)
+
+
 @pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd"])
 def test_a_cached_teacher_step_reads_the_top_k_and_equals_the_dense_step(tmp_path, name):
     """With the offline cache the step runs the objective over the top k and the tail bucket
     (no [B, T, V] tensor of -inf); its losses and gradients are those of kd_loss on the cache's
     dense logits and tail, to float rounding."""
     from spectrumkd.distillation.objectives import kd_loss
-    from spectrumkd.distillation.teacher_cache import CachedTeacher, build_teacher_cache
-    from spectrumkd.scoring import ScoringSettings
 
-    examples = make_examples(6)
-    teacher = build_tiny_llama(VOCAB, num_layers=2, seed=1)
-    folder = build_teacher_cache(
-        teacher, examples, tmp_path, k=8, settings=ScoringSettings(precision="float32")
-    )
-    cached = CachedTeacher(folder, VOCAB)
-    batch = collate_with_ids(examples, 0)
+    cached, batch = cached_teacher_and_batch(tmp_path)
     objective = get_objective(name)
 
     student = build_tiny_llama(VOCAB, num_layers=1, seed=2)
@@ -339,16 +344,7 @@ def test_a_cached_teacher_step_through_the_chunked_engine_equals_the_top_k_step(
     """loss_impl chunked (what auto takes) with a cached teacher: the student's logits chunk by
     chunk against the cache's top k and tail, the same losses and gradients as the top-k step
     over full logits, to float rounding."""
-    from spectrumkd.distillation.teacher_cache import CachedTeacher, build_teacher_cache
-    from spectrumkd.scoring import ScoringSettings
-
-    examples = make_examples(6)
-    teacher = build_tiny_llama(VOCAB, num_layers=2, seed=1)
-    folder = build_teacher_cache(
-        teacher, examples, tmp_path, k=8, settings=ScoringSettings(precision="float32")
-    )
-    cached = CachedTeacher(folder, VOCAB)
-    batch = collate_with_ids(examples, 0)
+    cached, batch = cached_teacher_and_batch(tmp_path)
     objective = get_objective(name)
     results = []
     for chunk_size in (None, 16):
